@@ -1,0 +1,290 @@
+//! Checked settings: raw numbers are parsed once into these types, and the search takes
+//! only these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Most rows (W*K or N) one search may keep in flight.
+pub const MAX_ROWS: usize = 1024;
+
+/// How the strong model samples tokens. Defaults are the paper's: 0.7 / 50 / 1.0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    temperature: f32,
+    top_k: u32,
+    top_p: f32,
+}
+
+impl SamplingParams {
+    /// Temperature >= 0 (0 = greedy), top-k (0 = off), top-p in (0, 1].
+    pub fn new(temperature: f32, top_k: u32, top_p: f32) -> Result<Self, ConfigError> {
+        if !temperature.is_finite() || temperature < 0.0 {
+            return Err(ConfigError::Temperature(temperature));
+        }
+        if !top_p.is_finite() || top_p <= 0.0 || top_p > 1.0 {
+            return Err(ConfigError::TopP(top_p));
+        }
+        Ok(SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+        })
+    }
+    /// Softmax temperature; 0 means greedy.
+    pub fn temperature(&self) -> f32 {
+        self.temperature
+    }
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub fn top_k(&self) -> u32 {
+        self.top_k
+    }
+    /// Nucleus mass; 1.0 keeps all.
+    pub fn top_p(&self) -> f32 {
+        self.top_p
+    }
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 50,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// The search method. Best-of-N and plain sampling are configurations of the same
+/// chunk-level beam search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Method {
+    /// Chunk-level beam search: keep `w` beams, `k` successors each, chunks of `l` tokens.
+    Cbs {
+        /// Beams kept after each chunk.
+        w: usize,
+        /// Successors sampled from each kept beam.
+        k: usize,
+        /// Strong-model tokens per chunk.
+        l: usize,
+    },
+    /// Best-of-N: N samples, scored once at the end (W = 1, K = N, L = infinity).
+    Bon {
+        /// Number of samples.
+        n: usize,
+    },
+    /// Plain sampling from the strong model (W = K = 1, L = infinity).
+    Sample,
+}
+
+impl Default for Method {
+    fn default() -> Self {
+        Method::Cbs { w: 4, k: 4, l: 5 }
+    }
+}
+
+impl Method {
+    /// Parses `cbs:WxKxL`, `bon:N`, `sample` (also `cbs`/`bon` alone with the defaults).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::MethodSyntax(s.to_string());
+        let (name, args) = match s.split_once(':') {
+            Some((n, a)) => (n.trim(), Some(a.trim())),
+            None => (s.trim(), None),
+        };
+        let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
+        match (name, args) {
+            ("sample", None) => Ok(Method::Sample),
+            ("cbs", None) => Ok(Method::default()),
+            ("cbs", Some(a)) => {
+                let parts: Vec<&str> = a.split(['x', 'X']).collect();
+                if parts.len() != 3 {
+                    return Err(bad());
+                }
+                Ok(Method::Cbs {
+                    w: num(parts[0])?,
+                    k: num(parts[1])?,
+                    l: num(parts[2])?,
+                })
+            }
+            ("bon", None) => Ok(Method::Bon { n: 16 }),
+            ("bon", Some(a)) => Ok(Method::Bon { n: num(a)? }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Beams kept after each selection (W).
+    pub fn width(&self) -> usize {
+        match *self {
+            Method::Cbs { w, .. } => w,
+            Method::Bon { .. } | Method::Sample => 1,
+        }
+    }
+    /// Successors per kept beam (K).
+    pub fn successors(&self) -> usize {
+        match *self {
+            Method::Cbs { k, .. } => k,
+            Method::Bon { n } => n,
+            Method::Sample => 1,
+        }
+    }
+    /// Tokens per chunk (L); `None` is "until the end".
+    pub fn chunk_len(&self) -> Option<usize> {
+        match *self {
+            Method::Cbs { l, .. } => Some(l),
+            Method::Bon { .. } | Method::Sample => None,
+        }
+    }
+    /// Rows sampled in parallel (W*K).
+    pub fn rows(&self) -> usize {
+        self.width().saturating_mul(self.successors())
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Cbs { w, k, l } => write!(f, "cbs:{w}x{k}x{l}"),
+            Method::Bon { n } => write!(f, "bon:{n}"),
+            Method::Sample => write!(f, "sample"),
+        }
+    }
+}
+
+/// A checked search configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    method: Method,
+    max_new_tokens: usize,
+    beta: f64,
+    seed: u64,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+}
+
+impl SearchConfig {
+    /// Checks every number: W, K, L, N >= 1, W*K <= [`MAX_ROWS`], max new tokens >= 1,
+    /// beta finite, stop strings non-empty.
+    pub fn new(
+        method: Method,
+        max_new_tokens: usize,
+        beta: f64,
+        seed: u64,
+        sampling: SamplingParams,
+        stop: Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        match method {
+            Method::Cbs { w, k, l } => {
+                for (name, v) in [("W (-w)", w), ("K (-k)", k), ("L (-l)", l)] {
+                    if v == 0 {
+                        return Err(ConfigError::Zero(name));
+                    }
+                }
+            }
+            Method::Bon { n } if n == 0 => return Err(ConfigError::Zero("N (--n)")),
+            _ => {}
+        }
+        if method.rows() > MAX_ROWS {
+            return Err(ConfigError::TooManyRows(method.rows()));
+        }
+        if max_new_tokens == 0 {
+            return Err(ConfigError::Zero("max new tokens"));
+        }
+        if !beta.is_finite() {
+            return Err(ConfigError::Beta(beta));
+        }
+        if stop.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::EmptyStop);
+        }
+        Ok(SearchConfig {
+            method,
+            max_new_tokens,
+            beta,
+            seed,
+            sampling,
+            stop,
+        })
+    }
+    /// The search method.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+    /// Strong-model tokens per response at most.
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens
+    }
+    /// Weight of the log-probability ratio.
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+    /// Seed of every random draw of the search.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// Strong-model sampler settings.
+    pub fn sampling(&self) -> &SamplingParams {
+        &self.sampling
+    }
+    /// Strings that end a response (the stop string itself is not part of it).
+    pub fn stop(&self) -> &[String] {
+        &self.stop
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            method: Method::default(),
+            max_new_tokens: 50,
+            beta: 1.0,
+            seed: 1,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_methods() {
+        assert_eq!(
+            Method::parse("cbs:4x4x5").unwrap(),
+            Method::Cbs { w: 4, k: 4, l: 5 }
+        );
+        assert_eq!(Method::parse("bon:16").unwrap(), Method::Bon { n: 16 });
+        assert_eq!(Method::parse("sample").unwrap(), Method::Sample);
+        assert_eq!(Method::parse("cbs").unwrap(), Method::default());
+        for bad in ["cbs:4x4", "bon:x", "beam", "cbs:4x4x-1", ""] {
+            assert!(Method::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Method::parse("cbs:2x8x5").unwrap().to_string(), "cbs:2x8x5");
+    }
+
+    #[test]
+    fn rejects_bad_numbers() {
+        let s = SamplingParams::default();
+        let zero_w = Method::Cbs { w: 0, k: 4, l: 5 };
+        assert!(matches!(
+            SearchConfig::new(zero_w, 50, 1.0, 1, s, vec![]),
+            Err(ConfigError::Zero(_))
+        ));
+        assert!(SearchConfig::new(Method::Bon { n: 0 }, 50, 1.0, 1, s, vec![]).is_err());
+        assert!(SearchConfig::new(Method::Sample, 0, 1.0, 1, s, vec![]).is_err());
+        assert!(SearchConfig::new(Method::Sample, 5, f64::NAN, 1, s, vec![]).is_err());
+        assert!(SearchConfig::new(Method::Sample, 5, 1.0, 1, s, vec![String::new()]).is_err());
+        let huge = Method::Cbs {
+            w: 1000,
+            k: 1000,
+            l: 1,
+        };
+        assert!(SearchConfig::new(huge, 5, 1.0, 1, s, vec![]).is_err());
+        assert!(SamplingParams::new(-0.1, 50, 1.0).is_err());
+        assert!(SamplingParams::new(f32::NAN, 50, 1.0).is_err());
+        assert!(SamplingParams::new(0.7, 50, 0.0).is_err());
+        assert!(SamplingParams::new(0.7, 50, 1.5).is_err());
+        assert!(SamplingParams::new(0.0, 0, 1.0).is_ok());
+    }
+}

@@ -1,0 +1,259 @@
+//! Loading GGUF models (each file once per process) and owning llama.cpp contexts.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use w2s_core::FilledPrompt;
+
+use crate::error::LlamaError;
+
+/// How to load models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Layers to offload to the GPU (only with the `cuda` feature; 0 = CPU only).
+    pub gpu_layers: u32,
+}
+
+/// A loaded GGUF model, shared by every role that uses the same file.
+pub struct Model {
+    inner: LlamaModel,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).finish()
+    }
+}
+
+pub(crate) fn backend() -> Result<&'static LlamaBackend, LlamaError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LlamaError::Init(e.clone()))
+}
+
+impl Model {
+    /// Loads `path`, or returns the already loaded model of the same file.
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Arc<Model>, LlamaError> {
+        static LOADED: OnceLock<Mutex<HashMap<(PathBuf, u32), Weak<Model>>>> = OnceLock::new();
+        check_file(path)?;
+        let key = (
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            options.gpu_layers,
+        );
+        let mut loaded = LOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(model) = loaded.get(&key).and_then(Weak::upgrade) {
+            return Ok(model);
+        }
+        let arch = llama_cpp_2::gguf::GgufContext::from_file(path)
+            .ok_or_else(|| LlamaError::NotGguf(path.to_path_buf()))
+            .map(|g| {
+                let i = g.find_key("general.architecture");
+                (i >= 0)
+                    .then(|| g.val_str(i).map(str::to_string))
+                    .flatten()
+                    .unwrap_or_else(|| "unknown".into())
+            })?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+        let inner = LlamaModel::load_from_file(backend()?, path, &params).map_err(|_| {
+            LlamaError::Load {
+                path: path.to_path_buf(),
+                arch,
+            }
+        })?;
+        let model = Arc::new(Model {
+            inner,
+            path: path.to_path_buf(),
+        });
+        loaded.insert(key, Arc::downgrade(&model));
+        Ok(model)
+    }
+
+    /// The file it came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The llama.cpp model.
+    pub fn llama(&self) -> &LlamaModel {
+        &self.inner
+    }
+
+    /// Context length the model was trained with.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.inner.n_ctx_train()
+    }
+
+    /// Vocabulary size.
+    pub fn n_vocab(&self) -> usize {
+        self.inner.n_vocab().max(0) as usize
+    }
+
+    /// Renders a filled template to the text the model reads.
+    pub fn render(&self, prompt: &FilledPrompt) -> Result<String, LlamaError> {
+        match prompt {
+            FilledPrompt::Text(t) => Ok(t.clone()),
+            FilledPrompt::Chat {
+                user,
+                assistant_prefix,
+            } => {
+                let err = |reason: String| LlamaError::ChatTemplate {
+                    path: self.path.clone(),
+                    reason,
+                };
+                let tmpl = self
+                    .inner
+                    .chat_template(None)
+                    .map_err(|e| err(format!("the model has none ({e})")))?;
+                let msg = LlamaChatMessage::new("user".into(), user.clone())
+                    .map_err(|e| err(e.to_string()))?;
+                let mut text = self
+                    .inner
+                    .apply_chat_template(&tmpl, &[msg], true)
+                    .map_err(|e| err(e.to_string()))?;
+                text.push_str(assistant_prefix);
+                Ok(text)
+            }
+        }
+    }
+
+    /// Tokenises rendered prompt text: BOS as the model wants it, special tokens parsed.
+    pub fn tokenize_prompt(&self, text: &str) -> Vec<LlamaToken> {
+        self.inner.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Tokenises response text: no BOS, special-token text kept as plain text.
+    pub fn tokenize_response(&self, text: &str) -> Vec<LlamaToken> {
+        self.inner.vocab().tokenize(text.as_bytes(), false, false)
+    }
+
+    /// Checks that prompt + `max_new` tokens fit the trained context.
+    pub(crate) fn check_fits(
+        &self,
+        prompt_tokens: usize,
+        max_new: usize,
+    ) -> Result<(), LlamaError> {
+        let n_ctx_train = self.n_ctx_train();
+        if prompt_tokens + max_new > n_ctx_train as usize {
+            return Err(LlamaError::PromptTooLong {
+                path: self.path.clone(),
+                prompt_tokens,
+                max_new,
+                n_ctx_train,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_file(path: &Path) -> Result<(), LlamaError> {
+    use std::io::Read;
+    if !path.exists() {
+        return Err(LlamaError::NotFound(path.to_path_buf()));
+    }
+    let unreadable = |e: std::io::Error| LlamaError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    if path.is_dir() {
+        return Err(LlamaError::Unreadable {
+            path: path.to_path_buf(),
+            reason: "it is a directory".into(),
+        });
+    }
+    match file.read_exact(&mut magic) {
+        Ok(()) if &magic == b"GGUF" => Ok(()),
+        Ok(()) => Err(LlamaError::NotGguf(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(LlamaError::NotGguf(path.to_path_buf()))
+        }
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
+/// A llama.cpp context together with the model it borrows.
+pub(crate) struct Engine {
+    // Field order matters: the context is dropped before the model it points into.
+    pub(crate) ctx: LlamaContext<'static>,
+    pub(crate) model: Arc<Model>,
+    pub(crate) n_ctx: u32,
+    pub(crate) n_seq: u32,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        model: Arc<Model>,
+        n_ctx: u32,
+        n_seq: u32,
+        n_batch: u32,
+        threads: i32,
+    ) -> Result<Engine, LlamaError> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx.max(64)))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch.min(512))
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(true)
+            .with_swa_full(true)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model
+            .inner
+            .new_context(backend()?, params)
+            .map_err(|_| LlamaError::Context {
+                path: model.path.clone(),
+                n_ctx,
+            })?;
+        // SAFETY: the context borrows the model, which lives on the heap inside the Arc we
+        // keep in the same struct; `ctx` is declared first, so it is dropped first, and the
+        // model is never moved or mutated while the context exists.
+        let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+        Ok(Engine {
+            ctx,
+            model,
+            n_ctx,
+            n_seq,
+        })
+    }
+
+    /// Reuses `slot` if it fits `n_ctx` and `n_seq`, else makes a new context.
+    pub(crate) fn ensure(
+        slot: &mut Option<Engine>,
+        model: &Arc<Model>,
+        n_ctx: u32,
+        n_seq: u32,
+        n_batch: u32,
+        threads: i32,
+    ) -> Result<(), LlamaError> {
+        let fits = slot
+            .as_ref()
+            .is_some_and(|e| e.n_ctx >= n_ctx && e.n_seq >= n_seq);
+        if fits {
+            if let Some(e) = slot.as_mut() {
+                e.ctx.clear_kv_cache();
+            }
+        } else {
+            *slot = None; // free the old one first
+            *slot = Some(Engine::new(model.clone(), n_ctx, n_seq, n_batch, threads)?);
+        }
+        Ok(())
+    }
+}
