@@ -14,7 +14,10 @@ use crate::settings::RunSettings;
 
 /// Arguments of `w2s generate`.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["prompt", "prompts"]))]
+#[command(
+    group = clap::ArgGroup::new("input").required(true).args(["prompt", "prompts"]),
+    allow_negative_numbers = true
+)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub run: RunSettings,
@@ -27,6 +30,9 @@ pub struct GenerateArgs {
     /// Print JSON (one object per prompt) with every final beam, counters and timings.
     #[arg(long)]
     pub json: bool,
+    /// After each plain response, print its guide value, counters and timings to stderr.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), Fail> {
@@ -57,8 +63,29 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
             writeln!(out, "{}", result.best().text)?;
         }
         out.flush()?;
+        if args.verbose && !args.json {
+            eprintln!("{}", summary(&result));
+        }
     }
     Ok(())
+}
+
+/// One line: guide value, log-probs, strong tokens and where the time went.
+pub fn summary(r: &SearchOutput) -> String {
+    let (b, s) = (r.best(), &r.stats);
+    format!(
+        "[guide value {:.2} = tuned {:.2} - untuned {:.2} | {} strong tokens sampled, {:.1} tok/s | \
+         {:.2} s: strong {:.2} s, tuned {:.2} s, untuned {:.2} s]",
+        b.score,
+        b.tuned_logprob,
+        b.untuned_logprob,
+        s.strong_tokens_sampled,
+        s.strong_tokens_sampled as f64 / s.strong_time.as_secs_f64().max(1e-9),
+        s.total_time.as_secs_f64(),
+        s.strong_time.as_secs_f64(),
+        s.tuned_time.as_secs_f64(),
+        s.untuned_time.as_secs_f64(),
+    )
 }
 
 /// The JSON object printed for one prompt.

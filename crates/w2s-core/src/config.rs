@@ -181,7 +181,7 @@ impl SearchConfig {
                     }
                 }
             }
-            Method::Bon { n } if n == 0 => return Err(ConfigError::Zero("N (--n)")),
+            Method::Bon { n: 0 } => return Err(ConfigError::Zero("N (--n)")),
             _ => {}
         }
         if method.rows() > MAX_ROWS {

@@ -34,6 +34,9 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// Models alive in this process, by file and GPU offload.
+type Loaded = HashMap<(PathBuf, u32), Weak<Model>>;
+
 pub(crate) fn backend() -> Result<&'static LlamaBackend, LlamaError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
@@ -48,7 +51,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, LlamaError> {
 impl Model {
     /// Loads `path`, or returns the already loaded model of the same file.
     pub fn load(path: &Path, options: LoadOptions) -> Result<Arc<Model>, LlamaError> {
-        static LOADED: OnceLock<Mutex<HashMap<(PathBuf, u32), Weak<Model>>>> = OnceLock::new();
+        static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
         check_file(path)?;
         let key = (
             std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
