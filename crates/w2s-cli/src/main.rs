@@ -1,5 +1,6 @@
 //! `w2s`: weak-to-strong search from the command line.
 
+mod bench;
 mod fail;
 mod generate;
 mod prompts;
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Generate a response chosen by chunk-level beam search (or Best-of-N, or sampling).
     Generate(generate::GenerateArgs),
+    /// Measure each method against raw batched sampling: wall time, token counts, split,
+    /// peak memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -31,6 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);

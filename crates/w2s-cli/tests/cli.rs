@@ -307,3 +307,47 @@ fn prompts_file_gives_one_line_per_prompt_and_flags_override_config() {
     let v: serde_json::Value = serde_json::from_slice(&sample_json.stdout).unwrap();
     assert_eq!(text.trim_end_matches('\n'), v["text"].as_str().unwrap());
 }
+
+#[test]
+fn bench_reports_every_method_against_raw_sampling() {
+    let cfg = config_path();
+    let out = w2s(&[
+        "bench",
+        "--config",
+        &cfg,
+        "--methods",
+        "sample,cbs:2x2x3",
+        "--max-new-tokens",
+        "6",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let methods = v["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    for m in methods {
+        for k in [
+            "wall_s_median",
+            "ratio_to_raw",
+            "strong_tokens",
+            "guide_tokens_evaluated",
+            "peak_rss_mb",
+        ] {
+            assert!(m[k].as_f64().unwrap() > 0.0, "{k} in {m}");
+        }
+        let rows = m["rows"].as_f64().unwrap();
+        assert!(m["strong_tokens"].as_f64().unwrap() <= rows * 6.0);
+        // Incremental scoring: each small model evaluates about one token per strong token.
+        let per =
+            m["tuned_tokens_evaluated"].as_f64().unwrap() / m["strong_tokens"].as_f64().unwrap();
+        assert!(per < 2.0, "{per}");
+    }
+    assert_eq!(methods[1]["method"], "cbs:2x2x3");
+    assert!(v["models_mb"].as_f64().unwrap() > 300.0);
+}

@@ -72,5 +72,7 @@ pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRe
 pub use config::{Method, SamplingParams, SearchConfig, MAX_ROWS};
 pub use error::{BackendError, ConfigError, Role, SearchError};
 pub use rng::RowRng;
-pub use search::{search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats};
+pub use search::{
+    rank, search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats,
+};
 pub use template::{FilledPrompt, PromptTemplate};

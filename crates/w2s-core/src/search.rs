@@ -228,12 +228,8 @@ pub fn search_with_progress(
         score_rows(&mut rows, config.beta(), tuned, untuned, &mut stats)?;
 
         // 3. Keep the top W of the pool (ended rows compete with their final score).
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by(|&a, &b| {
-            sort_key(rows[b].score)
-                .total_cmp(&sort_key(rows[a].score))
-                .then(a.cmp(&b))
-        });
+        let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
+        let order = rank(&scores);
         let kept = &order[..width.min(order.len())];
         let settled = common_prefix(kept.iter().map(|&i| rows[i].text.as_str()));
         let live_kept = kept.iter().filter(|&&i| rows[i].finish.is_none()).count();
@@ -347,6 +343,18 @@ fn contract(role: Role, message: String) -> SearchError {
     SearchError::Contract { role, message }
 }
 
+/// Row indices by score, best first; ties keep the lower index first and NaN sorts last,
+/// so the order is deterministic.
+pub fn rank(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| {
+        sort_key(scores[b])
+            .total_cmp(&sort_key(scores[a]))
+            .then(a.cmp(&b))
+    });
+    order
+}
+
 /// NaN sorts last.
 fn sort_key(score: f64) -> f64 {
     if score.is_nan() {
@@ -378,7 +386,13 @@ fn common_prefix<'a>(mut texts: impl Iterator<Item = &'a str>) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use super::common_prefix;
+    use super::{common_prefix, rank};
+
+    #[test]
+    fn rank_is_best_first_stable_and_puts_nan_last() {
+        assert_eq!(rank(&[1.0, 3.0, f64::NAN, 3.0, -1.0]), vec![1, 3, 0, 4, 2]);
+        assert!(rank(&[]).is_empty());
+    }
 
     #[test]
     fn common_prefix_respects_char_boundaries() {

@@ -77,6 +77,20 @@ pub fn stop_search_start(len: usize, added: usize, stops: &[String]) -> usize {
     (len - added).saturating_sub(longest.saturating_sub(1))
 }
 
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string: text
+/// that must be held back until the next chunk shows whether the stop string completes.
+pub fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (k, _) in s.char_indices().skip(1) {
+            if k > best && text.ends_with(&s[..k]) {
+                best = k;
+            }
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +117,15 @@ mod tests {
         assert_eq!(acc.push(b"\xe2\x82"), "");
         assert!(acc.has_pending());
         assert_eq!(acc.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn holds_back_a_possible_stop_start() {
+        let stops = vec!["\n\n".to_string(), "THE END".to_string()];
+        assert_eq!(stop_prefix_len("abc\n", &stops), 1);
+        assert_eq!(stop_prefix_len("abc THE E", &stops), 5);
+        assert_eq!(stop_prefix_len("abc", &stops), 0);
+        assert_eq!(stop_prefix_len("é", &["éa".to_string()]), 2);
     }
 
     #[test]

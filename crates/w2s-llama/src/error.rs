@@ -81,4 +81,7 @@ pub enum LlamaError {
     /// Two models that must share a vocabulary do not.
     #[error("{0}")]
     Vocabulary(String),
+    /// A bad setting (template, prompt).
+    #[error(transparent)]
+    Config(#[from] w2s_core::ConfigError),
 }

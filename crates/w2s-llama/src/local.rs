@@ -63,6 +63,13 @@ impl LocalModels {
         }
     }
 
+    /// Frees the three llama.cpp contexts (the models stay loaded).
+    pub fn release_contexts(&mut self) {
+        self.strong.release_context();
+        self.tuned.release_context();
+        self.untuned.release_context();
+    }
+
     /// Runs one search.
     pub fn search(
         &mut self,

@@ -108,6 +108,28 @@ impl Model {
         self.inner.n_vocab().max(0) as usize
     }
 
+    /// Bytes of KV cache one token takes in every layer (f16 keys and values).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let m = &self.inner;
+        let arch = m.meta_val_str("general.architecture").unwrap_or_default();
+        let key = |k: &str| {
+            m.meta_val_str(&format!("{arch}.attention.{k}"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let head = (m.n_embd() as u64) / (m.n_head().max(1) as u64);
+        let (k, v) = (
+            key("key_length").unwrap_or(head),
+            key("value_length").unwrap_or(head),
+        );
+        m.n_layer() as u64 * m.n_head_kv() as u64 * (k + v) * 2
+    }
+
+    /// Size of the model file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
     /// Renders a filled template to the text the model reads.
     pub fn render(&self, prompt: &FilledPrompt) -> Result<String, LlamaError> {
         match prompt {

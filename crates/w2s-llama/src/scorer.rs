@@ -83,6 +83,12 @@ impl LlamaScorer {
         &self.model
     }
 
+    /// Frees the llama.cpp context (KV cache and buffers); the next search makes a new one.
+    pub fn release_context(&mut self) {
+        self.state = None;
+        self.engine = None;
+    }
+
     /// The template.
     pub fn template(&self) -> &PromptTemplate {
         &self.template
@@ -126,7 +132,7 @@ impl LlamaScorer {
         self.model.check_fits(tokens.len(), max_new)?;
         // Response tokens per row: the small tokenizer may need more tokens than the
         // strong one for the same text; a row that outgrows this makes the context grow.
-        let per_row = 2 * max_new + 16;
+        let per_row = max_new + max_new / 2 + 16;
         let n_ctx = tokens.len() + rows * per_row;
         self.open(tokens, rows, n_ctx)?;
         self.evaluated = 0;
@@ -181,9 +187,16 @@ impl LlamaScorer {
                     let n_ctx = self.engine.as_ref().map_or(0, |e| e.n_ctx as usize);
                     (st.prompt.clone(), st.rows.len(), n_ctx)
                 };
+                // Every row starts afresh, so the requests alone say what is needed.
+                let needed: usize = prompt.len()
+                    + requests
+                        .iter()
+                        .map(|r| self.model.tokenize_response(r.text).len() + 1)
+                        .sum::<usize>();
+                let n_ctx = (2 * n_ctx).max(needed + needed / 4 + 16);
                 tracing::debug!(n_ctx, "scorer context full; growing it");
                 self.engine = None;
-                self.open(prompt, rows, 2 * n_ctx)?;
+                self.open(prompt, rows, n_ctx)?;
                 self.try_score(requests)
             }
             other => other,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::sample_token;
-use w2s_core::text::{find_stop, stop_search_start, Utf8Accumulator};
+use w2s_core::text::{find_stop, stop_prefix_len, stop_search_start, Utf8Accumulator};
 use w2s_core::{
     BackendError, Chunk, ExtendRequest, Finish, PromptTemplate, ProposalSetup, Proposer,
     SamplingParams,
@@ -69,6 +69,12 @@ impl LlamaProposer {
     /// The model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// Frees the llama.cpp context (KV cache and buffers); the next search makes a new one.
+    pub fn release_context(&mut self) {
+        self.state = None;
+        self.engine = None;
     }
 
     fn begin_inner(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
@@ -201,7 +207,7 @@ impl LlamaProposer {
                 row.done = true;
                 row.text.len()
             } else {
-                (row.text.len() - held_back(&row.text, &st.stop)).max(row.emitted)
+                (row.text.len() - stop_prefix_len(&row.text, &st.stop)).max(row.emitted)
             };
             chunks.push(Chunk {
                 text: row.text[row.emitted..end].to_string(),
@@ -239,20 +245,6 @@ fn append_and_check_stop(row: &mut Row, piece: &str, stop: &[String]) -> bool {
     }
 }
 
-/// Length of the longest suffix of `text` that could be the start of a stop string: it is
-/// held back until the next chunk shows whether the stop string completes.
-fn held_back(text: &str, stop: &[String]) -> usize {
-    let mut best = 0;
-    for s in stop {
-        for (k, _) in s.char_indices().skip(1) {
-            if k > best && text.ends_with(&s[..k]) {
-                best = k;
-            }
-        }
-    }
-    best
-}
-
 impl Proposer for LlamaProposer {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
         self.state = None;
@@ -265,19 +257,5 @@ impl Proposer for LlamaProposer {
 
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
         Ok(self.reorder_inner(parents)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::held_back;
-
-    #[test]
-    fn holds_back_a_possible_stop_start() {
-        let stops = vec!["\n\n".to_string(), "THE END".to_string()];
-        assert_eq!(held_back("abc\n", &stops), 1);
-        assert_eq!(held_back("abc THE E", &stops), 5);
-        assert_eq!(held_back("abc", &stops), 0);
-        assert_eq!(held_back("é", &["éa".to_string()]), 2);
     }
 }

@@ -396,3 +396,41 @@ fn a_file_in_two_roles_is_loaded_once() {
     let again = model("smollm2-135m-instruct");
     assert!(Arc::ptr_eq(&again, m.tuned.model()));
 }
+
+#[test]
+fn a_scorer_whose_rows_outgrow_the_planned_context_grows_it_and_stays_exact() {
+    let _g = serial();
+    let small = model("smollm2-135m-instruct");
+    let mut scorer = LlamaScorer::new(small.clone(), PromptTemplate::bare(), THREADS);
+    // Planned for 1 strong token per row; the rows get ~40 small tokens each.
+    scorer.begin(PROMPT, 4, 1).unwrap();
+    let text = " the plot was thin, but the photography, the music and the two leads carried \
+                it all the way to a finale that I will remember for a long time."
+        .repeat(4);
+    let text = text.as_str();
+    let half = text.len() / 2;
+    let reqs: Vec<ScoreRequest<'_>> = (0..4)
+        .map(|row| ScoreRequest {
+            row,
+            text: &text[..half],
+            ended: false,
+        })
+        .collect();
+    scorer.score(&reqs).unwrap();
+    let reqs: Vec<ScoreRequest<'_>> = (0..4)
+        .map(|row| ScoreRequest {
+            row,
+            text,
+            ended: true,
+        })
+        .collect();
+    let got = scorer.score(&reqs).unwrap();
+    let mut fresh = LlamaScorer::new(small, PromptTemplate::bare(), THREADS);
+    let once = score_once(&mut fresh, PROMPT, text, true).unwrap();
+    for v in got {
+        assert!(
+            (v - once).abs() <= tolerance(small_tokens(text)),
+            "{v} vs {once}"
+        );
+    }
+}

@@ -1,0 +1,413 @@
+//! `w2s bench`: what each method costs next to the raw batched sampling it is built on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use w2s_core::{Method, SearchConfig, SearchOutput};
+use w2s_llama::{raw_batch_sample, LocalModels, RawBatch};
+
+use crate::fail::{usage, Fail};
+use crate::prompts::{read_jsonl, PromptItem};
+use crate::settings::{Checked, RunSettings};
+
+const DEFAULT_PROMPT: &str = "I rented this movie last weekend and";
+
+/// Arguments of `w2s bench`.
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub run: RunSettings,
+    /// Methods to measure, comma-separated.
+    #[arg(long, default_value = "sample,bon:16,cbs:4x4x5", value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// A prompt (default: a movie-review opening).
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// A JSONL prompts file; the first `--limit` prompts are used.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub prompts: Option<PathBuf>,
+    /// Prompts to use from --prompts.
+    #[arg(long, default_value_t = 3)]
+    pub limit: usize,
+    /// Repeats of every measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Also measure how CBS scales: W*K = 4, 16, 64 at the run's token count, and 50,
+    /// 200, 800 new tokens at W*K = 4 (one prompt, one repeat each).
+    #[arg(long)]
+    pub scales: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct MethodReport {
+    method: String,
+    rows: usize,
+    runs: usize,
+    wall_s_median: f64,
+    wall_s_min: f64,
+    wall_s_max: f64,
+    raw_s_median: f64,
+    ratio_to_raw: f64,
+    strong_ratio_to_raw: f64,
+    strong_tokens: f64,
+    strong_tokens_per_s: f64,
+    guide_tokens_evaluated: f64,
+    tuned_tokens_evaluated: f64,
+    untuned_tokens_evaluated: f64,
+    reencode_tokens_estimate: f64,
+    strong_s: f64,
+    tuned_s: f64,
+    untuned_s: f64,
+    bookkeeping_s: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ScaleRow {
+    method: String,
+    rows: usize,
+    max_new_tokens: usize,
+    wall_s: f64,
+    strong_tokens: usize,
+    ms_per_strong_token: f64,
+    strong_s: f64,
+    guide_s: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    threads: usize,
+    max_new_tokens: usize,
+    prompts: usize,
+    repeats: usize,
+    models_mb: f64,
+    kv_budget_mb: BTreeMap<String, f64>,
+    methods: Vec<MethodReport>,
+    scales: Vec<ScaleRow>,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), Fail> {
+    if args.repeats == 0 || args.limit == 0 {
+        return Err(usage("--repeats and --limit must be at least 1"));
+    }
+    let settings = args.run.clone().check()?;
+    let methods: Vec<Method> = args
+        .methods
+        .iter()
+        .map(|m| Method::parse(m))
+        .collect::<Result<_, _>>()?;
+    let items = match (&args.prompt, &args.prompts) {
+        (_, Some(path)) => read_jsonl(path)?.into_iter().take(args.limit).collect(),
+        (p, None) => vec![PromptItem {
+            id: "prompt".into(),
+            prompt: p.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
+        }],
+    };
+    let mut models = LocalModels::load(&settings.local_spec())?;
+    let t = settings.search.max_new_tokens();
+
+    let mut samples: BTreeMap<String, Vec<(SearchOutput, f64)>> = BTreeMap::new();
+    let mut raw: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for rep in 0..args.repeats {
+        for item in &items {
+            for &m in &methods {
+                let rows = m.rows();
+                if raw.get(&rows).map_or(0, Vec::len) <= rep * items.len() {
+                    let wall = measure_raw(&mut models, &settings, &item.prompt, rows, t)?;
+                    raw.entry(rows).or_default().push(wall);
+                }
+                let config = with_method(&settings.search, m, t)?;
+                let (out, rss) = measured(&mut models, &config, &item.prompt)?;
+                eprintln!(
+                    "rep {} {} {}: {:.2} s, {} strong tokens",
+                    rep + 1,
+                    item.id,
+                    m,
+                    out.stats.total_time.as_secs_f64(),
+                    out.stats.strong_tokens_sampled
+                );
+                samples.entry(m.to_string()).or_default().push((out, rss));
+            }
+        }
+    }
+
+    let mut reports = Vec::new();
+    for &m in &methods {
+        let runs = &samples[&m.to_string()];
+        let raw_median = median(&raw[&m.rows()]);
+        reports.push(report(m, runs, raw_median, t));
+    }
+    let scales = if args.scales {
+        run_scales(&mut models, &settings, &items[0].prompt, t)?
+    } else {
+        Vec::new()
+    };
+    let report = BenchReport {
+        threads: settings.threads,
+        max_new_tokens: t,
+        prompts: items.len(),
+        repeats: args.repeats,
+        models_mb: models_mb(&models),
+        kv_budget_mb: kv_budget(&models, &methods, t),
+        methods: reports,
+        scales,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| usage(e.to_string()))?
+        );
+    } else {
+        print_tables(&report);
+    }
+    Ok(())
+}
+
+fn with_method(base: &SearchConfig, method: Method, t: usize) -> Result<SearchConfig, Fail> {
+    Ok(SearchConfig::new(
+        method,
+        t,
+        base.beta(),
+        base.seed(),
+        *base.sampling(),
+        base.stop().to_vec(),
+    )?)
+}
+
+fn measure_raw(
+    models: &mut LocalModels,
+    settings: &Checked,
+    prompt: &str,
+    rows: usize,
+    t: usize,
+) -> Result<f64, Fail> {
+    models.release_contexts();
+    let run = raw_batch_sample(
+        models.strong.model(),
+        &settings.strong_template,
+        prompt,
+        &RawBatch {
+            rows,
+            tokens: t,
+            sampling: *settings.search.sampling(),
+            seed: settings.search.seed(),
+            threads: settings.threads,
+        },
+    )?;
+    Ok(run.wall.as_secs_f64())
+}
+
+/// One search with fresh contexts and the peak resident memory it reached (MB).
+fn measured(
+    models: &mut LocalModels,
+    config: &SearchConfig,
+    prompt: &str,
+) -> Result<(SearchOutput, f64), Fail> {
+    models.release_contexts();
+    reset_peak_rss();
+    let out = models.search(config, prompt)?;
+    Ok((out, peak_rss_mb()))
+}
+
+fn report(m: Method, runs: &[(SearchOutput, f64)], raw_median: f64, t: usize) -> MethodReport {
+    let walls: Vec<f64> = runs
+        .iter()
+        .map(|(o, _)| o.stats.total_time.as_secs_f64())
+        .collect();
+    let mean = |f: &dyn Fn(&SearchOutput) -> f64| -> f64 {
+        runs.iter().map(|(o, _)| f(o)).sum::<f64>() / runs.len() as f64
+    };
+    let secs = |d: Duration| d.as_secs_f64();
+    let wall = median(&walls);
+    let strong_s = mean(&|o| secs(o.stats.strong_time));
+    let tuned_s = mean(&|o| secs(o.stats.tuned_time));
+    let untuned_s = mean(&|o| secs(o.stats.untuned_time));
+    let total = mean(&|o| secs(o.stats.total_time));
+    let strong_tokens = mean(&|o| o.stats.strong_tokens_sampled as f64);
+    let tuned_tok = mean(&|o| o.stats.tuned_tokens_evaluated as f64);
+    let untuned_tok = mean(&|o| o.stats.untuned_tokens_evaluated as f64);
+    // The authors' code re-encodes every row's whole response at every chunk:
+    // about W*K * T * (T/L) / 2 small-model tokens per model.
+    let chunks = m
+        .chunk_len()
+        .map_or(1.0, |l| (t as f64 / l as f64).max(1.0));
+    let reencode = m.rows() as f64 * t as f64 * chunks.max(2.0) / 2.0;
+    MethodReport {
+        method: m.to_string(),
+        rows: m.rows(),
+        runs: runs.len(),
+        wall_s_median: wall,
+        wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
+        wall_s_max: walls.iter().copied().fold(0.0, f64::max),
+        raw_s_median: raw_median,
+        ratio_to_raw: wall / raw_median,
+        strong_ratio_to_raw: strong_s / raw_median,
+        strong_tokens,
+        strong_tokens_per_s: strong_tokens / strong_s.max(1e-9),
+        guide_tokens_evaluated: tuned_tok + untuned_tok,
+        tuned_tokens_evaluated: tuned_tok,
+        untuned_tokens_evaluated: untuned_tok,
+        reencode_tokens_estimate: reencode,
+        strong_s,
+        tuned_s,
+        untuned_s,
+        bookkeeping_s: (total - strong_s - tuned_s - untuned_s).max(0.0),
+        peak_rss_mb: runs.iter().map(|(_, r)| *r).fold(0.0, f64::max),
+    }
+}
+
+fn run_scales(
+    models: &mut LocalModels,
+    settings: &Checked,
+    prompt: &str,
+    t: usize,
+) -> Result<Vec<ScaleRow>, Fail> {
+    let mut plan = vec![
+        (Method::Cbs { w: 2, k: 2, l: 5 }, t),
+        (Method::Cbs { w: 4, k: 4, l: 5 }, t),
+        (Method::Cbs { w: 8, k: 8, l: 5 }, t),
+    ];
+    for tokens in [50, 200, 800] {
+        if tokens != t {
+            plan.push((Method::Cbs { w: 2, k: 2, l: 5 }, tokens));
+        }
+    }
+    let mut rows = Vec::new();
+    for (m, tokens) in plan {
+        let config = with_method(&settings.search, m, tokens)?;
+        let (out, rss) = measured(models, &config, prompt)?;
+        let s = &out.stats;
+        eprintln!("scale {m} T={tokens}: {:.2} s", s.total_time.as_secs_f64());
+        rows.push(ScaleRow {
+            method: m.to_string(),
+            rows: m.rows(),
+            max_new_tokens: tokens,
+            wall_s: s.total_time.as_secs_f64(),
+            strong_tokens: s.strong_tokens_sampled,
+            ms_per_strong_token: 1000.0 * s.total_time.as_secs_f64()
+                / s.strong_tokens_sampled.max(1) as f64,
+            strong_s: s.strong_time.as_secs_f64(),
+            guide_s: (s.tuned_time + s.untuned_time).as_secs_f64(),
+            peak_rss_mb: rss,
+        });
+    }
+    Ok(rows)
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn models_mb(models: &LocalModels) -> f64 {
+    let mut files: Vec<(&std::path::Path, u64)> = [
+        models.strong.model(),
+        models.tuned.model(),
+        models.untuned.model(),
+    ]
+    .iter()
+    .map(|m| (m.path(), m.file_size()))
+    .collect();
+    files.sort();
+    files.dedup();
+    files.iter().map(|(_, b)| *b as f64).sum::<f64>() / 1e6
+}
+
+/// KV cache each method needs: strong prompt + W*K*T tokens, each small model
+/// prompt + W*K*1.5T tokens (as the contexts are sized), in MB.
+fn kv_budget(models: &LocalModels, methods: &[Method], t: usize) -> BTreeMap<String, f64> {
+    let strong = models.strong.model().kv_bytes_per_token() as f64;
+    let small = (models.tuned.model().kv_bytes_per_token()
+        + models.untuned.model().kv_bytes_per_token()) as f64;
+    methods
+        .iter()
+        .map(|m| {
+            let rows = m.rows() as f64;
+            let bytes = strong * rows * t as f64 + small * rows * (1.5 * t as f64 + 16.0);
+            (m.to_string(), bytes / 1e6)
+        })
+        .collect()
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 resets the peak resident set size (VmHWM) to the current size.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn print_tables(r: &BenchReport) {
+    println!(
+        "threads {}, {} new tokens, {} prompt(s) x {} repeat(s); model files {:.0} MB",
+        r.threads, r.max_new_tokens, r.prompts, r.repeats, r.models_mb
+    );
+    println!();
+    println!("| method | rows | wall s (median, min-max) | raw s | ratio to raw | strong / raw | strong tok/s | strong s | tuned s | untuned s | bookkeeping s | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for m in &r.methods {
+        println!(
+            "| {} | {} | {:.2} ({:.2}-{:.2}) | {:.2} | {:.2}x | {:.2}x | {:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {:.0} |",
+            m.method, m.rows, m.wall_s_median, m.wall_s_min, m.wall_s_max, m.raw_s_median,
+            m.ratio_to_raw, m.strong_ratio_to_raw, m.strong_tokens_per_s, m.strong_s, m.tuned_s,
+            m.untuned_s, m.bookkeeping_s, m.peak_rss_mb
+        );
+    }
+    println!();
+    println!("| method | strong tokens | tuned tokens evaluated | untuned tokens evaluated | per strong token | re-encoding every chunk would evaluate | KV needed MB |");
+    println!("|---|---|---|---|---|---|---|");
+    for m in &r.methods {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            m.method,
+            m.strong_tokens,
+            m.tuned_tokens_evaluated,
+            m.untuned_tokens_evaluated,
+            m.tuned_tokens_evaluated / m.strong_tokens.max(1.0),
+            m.reencode_tokens_estimate,
+            r.kv_budget_mb.get(&m.method).copied().unwrap_or(0.0)
+        );
+    }
+    if !r.scales.is_empty() {
+        println!();
+        println!("| method | rows | new tokens | wall s | strong tokens | ms per strong token | strong s | guide s | peak RSS MB |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for s in &r.scales {
+            println!(
+                "| {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                s.method,
+                s.rows,
+                s.max_new_tokens,
+                s.wall_s,
+                s.strong_tokens,
+                s.ms_per_strong_token,
+                s.strong_s,
+                s.guide_s,
+                s.peak_rss_mb
+            );
+        }
+    }
+}
