@@ -256,7 +256,9 @@ impl LlamaScorer {
             }
             news.push(new);
         }
-        for piece in feeds.chunks(SCORE_BATCH) {
+        // llama.cpp caps a context's batch at its size; never hand it more.
+        let per_decode = SCORE_BATCH.min(engine.ctx.n_batch().max(1) as usize);
+        for piece in feeds.chunks(per_decode) {
             st.batch.clear();
             for f in piece {
                 st.batch

@@ -402,7 +402,9 @@ fn a_scorer_whose_rows_outgrow_the_planned_context_grows_it_and_stays_exact() {
     let _g = serial();
     let small = model("smollm2-135m-instruct");
     let mut scorer = LlamaScorer::new(small.clone(), PromptTemplate::bare(), THREADS);
-    // Planned for 1 strong token per row; the rows get ~40 small tokens each.
+    // Planned for 1 strong token per row; the rows get ~150 small tokens each. The tiny
+    // context also caps llama.cpp's batch below the scorer's usual batch (this aborted
+    // the process once: llama.cpp asserts on a batch larger than the context's).
     scorer.begin(PROMPT, 4, 1).unwrap();
     let text = " the plot was thin, but the photography, the music and the two leads carried \
                 it all the way to a finale that I will remember for a long time."
