@@ -4,6 +4,7 @@ mod bench;
 mod fail;
 mod generate;
 mod prompts;
+mod serve;
 mod settings;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     /// Measure each method against raw batched sampling: wall time, token counts, split,
     /// peak memory.
     Bench(bench::BenchArgs),
+    /// Serve aligned generations over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);

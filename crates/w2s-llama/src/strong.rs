@@ -71,6 +71,11 @@ impl LlamaProposer {
         &self.model
     }
 
+    /// Tokens of the templated prompt of the last search (0 before any).
+    pub fn last_prompt_tokens(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.prompt_len)
+    }
+
     /// Frees the llama.cpp context (KV cache and buffers); the next search makes a new one.
     pub fn release_context(&mut self) {
         self.state = None;

@@ -1,0 +1,100 @@
+//! `w2s serve`: the OpenAI-compatible server.
+
+use std::time::Duration;
+
+use clap::Args;
+use w2s_server::{serve, ServeConfig};
+
+use crate::fail::{usage, Fail};
+use crate::settings::RunSettings;
+
+/// Arguments of `w2s serve`.
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub run: RunSettings,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Name of an environment variable holding the API key clients must send as
+    /// `Authorization: Bearer KEY` (every route but /health).
+    #[arg(long, value_name = "NAME")]
+    pub api_key_env: Option<String>,
+    /// The model name clients ask for.
+    #[arg(long, default_value = "w2s")]
+    pub model_name: String,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Admission cap in W*K*max_tokens units [default: 8 default requests].
+    #[arg(long)]
+    pub queue_capacity: Option<u64>,
+    /// Per-request deadline in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub deadline_secs: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+    /// Seconds without search progress after which /health answers 503.
+    #[arg(long, default_value_t = 120)]
+    pub watchdog_secs: u64,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_cap: usize,
+}
+
+pub fn run(args: ServeArgs) -> Result<(), Fail> {
+    let settings = args.run.check()?;
+    let mut cfg = ServeConfig::new(settings.search.clone());
+    cfg.host = args.host;
+    cfg.port = args.port;
+    cfg.model_name = args.model_name;
+    cfg.max_body_bytes = args.max_body_bytes;
+    if let Some(c) = args.queue_capacity {
+        if c == 0 {
+            return Err(usage("--queue-capacity must be at least 1"));
+        }
+        cfg.queue_capacity = c;
+    }
+    cfg.deadline = Duration::from_secs(args.deadline_secs.max(1));
+    cfg.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_secs);
+    cfg.watchdog = Duration::from_secs(args.watchdog_secs.max(1));
+    cfg.policy.max_tokens = args.max_tokens_cap.max(1);
+    if let Some(name) = args.api_key_env {
+        match std::env::var(&name) {
+            Ok(k) if !k.is_empty() => cfg.api_key = Some(k),
+            _ => {
+                return Err(usage(format!(
+                    "--api-key-env {name}: the environment variable {name} is not set or empty"
+                )))
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Fail {
+            code: 1,
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
+    let spec = settings.local_spec();
+    runtime.block_on(serve(cfg, spec)).map_err(|e| {
+        let code = if matches!(
+            e,
+            w2s_server::ServeError::Models(_) | w2s_server::ServeError::Bind { .. }
+        ) {
+            2
+        } else {
+            1
+        };
+        Fail {
+            code,
+            message: e.to_string(),
+        }
+    })
+}

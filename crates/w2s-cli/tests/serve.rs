@@ -1,0 +1,542 @@
+//! `w2s serve` as a real process on loopback, with real clients: the official openai
+//! Python SDK, bad bodies, load, disconnects, shutdown, determinism, keys.
+
+// Each test holds a process-wide lock for its whole run (its own runtime, its own server)
+// so that two model servers never share the 2 cores; the lock is never contended inside
+// one runtime.
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::server::{serial, Server};
+use w2s_core::RowRng;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+fn venv_python() -> std::path::PathBuf {
+    let cache = std::env::var_os("W2S_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/w2s")
+        });
+    cache.join("venv-test/bin/python")
+}
+
+#[test]
+fn the_official_openai_python_sdk_works_against_the_server() {
+    let _g = serial();
+    let python = venv_python();
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/install-test-python",
+        python.display()
+    );
+    let server = Server::start(&[], &[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&server.base)
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    assert!(so.contains("all checks passed"));
+}
+
+/// Deterministic bad bodies: every one must be rejected before any model work.
+fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
+    let good = json!({"model": "w2s", "prompt": "Ünïcödé prompt 😀 text", "max_tokens": 5});
+    let good_text = good.to_string();
+    let pick = |rng: &mut RowRng, n: usize| (rng.next_u64() % n as u64) as usize;
+    match i % 12 {
+        // Truncated JSON, cut anywhere (including inside multi-byte characters).
+        0 => {
+            let cut = 1 + pick(rng, good_text.len() - 1);
+            good_text.as_bytes()[..cut].to_vec()
+        }
+        // Wrong types on every field.
+        1 => {
+            let fields = [
+                "model",
+                "prompt",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "top_k",
+                "stop",
+                "seed",
+                "stream",
+                "n",
+                "search",
+            ];
+            let wrong = [
+                json!([]),
+                json!({}),
+                json!("x"),
+                json!(true),
+                json!(-1),
+                json!(1.5),
+            ];
+            let mut v = good.clone();
+            let f = fields[pick(rng, fields.len())];
+            let w = wrong[pick(rng, wrong.len())].clone();
+            // Skip combinations that are valid (e.g. "x" for model is just unknown -> 404 is fine too).
+            v[f] = if f == "model" || f == "prompt" {
+                json!(5)
+            } else if f == "search" {
+                json!("cbs")
+            } else if w == json!(true) && f == "stream" {
+                json!("yes")
+            } else if f == "stop" {
+                json!(3)
+            } else if w == json!(1.5) && (f == "temperature" || f == "top_p") {
+                json!("x")
+            } else {
+                w
+            };
+            v.to_string().into_bytes()
+        }
+        // Huge and out-of-range numbers.
+        2 => {
+            let nums = ["1e400", "-1e400", "99999999999999999999999", "-5", "1e308"];
+            let field = ["max_tokens", "temperature", "top_p", "seed", "n"][pick(rng, 5)];
+            format!(
+                r#"{{"model": "w2s", "prompt": "x", "{field}": {}}}"#,
+                nums[pick(rng, nums.len())]
+            )
+            .into_bytes()
+        }
+        // Deep nesting.
+        3 => {
+            let depth = 200 + pick(rng, 5000);
+            format!(
+                r#"{{"model": "w2s", "prompt": "x", "search": {}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+            .into_bytes()
+        }
+        // Not an object.
+        4 => [&b"[]"[..], b"null", b"42", b"\"text\"", b"", b"   "][pick(rng, 6)].to_vec(),
+        // Unknown fields, top level and in search.
+        5 => {
+            let mut v = good.clone();
+            if pick(rng, 2) == 0 {
+                v[format!("field_{}", rng.next_u64() % 1000)] = json!(1);
+            } else {
+                v["search"] = json!({"method": "cbs", "wdith": 4});
+            }
+            v.to_string().into_bytes()
+        }
+        // Bad search settings.
+        6 => {
+            let bad = [
+                json!({"method": "beam"}),
+                json!({"method": "cbs:4x4"}),
+                json!({"w": 0}),
+                json!({"k": 100}),
+                json!({"w": 16, "k": 16}),
+                json!({"l": 0}),
+                json!({"method": "bon", "n": 0}),
+                json!({"beta": "high"}),
+            ];
+            let mut v = good.clone();
+            v["search"] = bad[pick(rng, bad.len())].clone();
+            v.to_string().into_bytes()
+        }
+        // Invalid UTF-8 inside a string, at random positions.
+        7 => {
+            let mut b = good_text.clone().into_bytes();
+            let at = b.iter().position(|&c| c == 0xC3).unwrap_or(20) + 1;
+            b.insert(at, [0xFF, 0xC0, 0x80][pick(rng, 3)]);
+            b
+        }
+        // Empty prompts and messages.
+        8 => [
+            &br#"{"model": "w2s", "prompt": ""}"#[..],
+            br#"{"model": "w2s", "prompt": []}"#,
+            br#"{"model": "w2s", "prompt": ["a", "b"]}"#,
+            br#"{"model": "w2s"}"#,
+            br#"{"model": "", "prompt": "x"}"#,
+        ][pick(rng, 5)]
+        .to_vec(),
+        // Unsupported standard options.
+        9 => {
+            let opts = [
+                json!({"echo": true}),
+                json!({"logprobs": 3}),
+                json!({"best_of": 4}),
+                json!({"presence_penalty": 1.0}),
+                json!({"n": 0}),
+                json!({"n": 1000}),
+            ];
+            let mut v = good.clone();
+            if let Value::Object(m) = opts[pick(rng, opts.len())].clone() {
+                for (k, x) in m {
+                    v[k] = x;
+                }
+            }
+            v.to_string().into_bytes()
+        }
+        // Over-long prompts and bad stop lists.
+        10 => {
+            if pick(rng, 2) == 0 {
+                json!({"model": "w2s", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]})
+                    .to_string()
+                    .into_bytes()
+            } else {
+                json!({"model": "w2s", "prompt": "x", "stop": [""]})
+                    .to_string()
+                    .into_bytes()
+            }
+        }
+        // Random bytes.
+        _ => (0..pick(rng, 64) + 1)
+            .map(|_| rng.next_u64() as u8)
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_bad_bodies_all_get_4xx_with_small_openai_errors() {
+    let _g = serial();
+    let server = Server::start(&[], &[]);
+    let c = client();
+    let mut rng = RowRng::new(2024, 0);
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut bodies: Vec<(Vec<u8>, &str)> = Vec::new();
+    for i in 0..4990 {
+        bodies.push((
+            bad_body(i, &mut rng),
+            if i % 3 == 0 {
+                "/v1/chat/completions"
+            } else {
+                "/v1/completions"
+            },
+        ));
+    }
+    // Bodies over the 2 MB limit, and a 3 MB one.
+    for size in [
+        2 * 1024 * 1024 + 1,
+        3 * 1024 * 1024,
+        2_500_000,
+        4_000_000,
+        3 * 1024 * 1024 + 7,
+    ] {
+        let mut b = br#"{"model": "w2s", "prompt": ""#.to_vec();
+        b.extend(std::iter::repeat_n(b'a', size));
+        b.extend(br#""}"#);
+        bodies.push((b, "/v1/completions"));
+    }
+    // Multi-byte text cut at every byte of a 4-byte character near the size limit.
+    for cut in 0..5 {
+        let mut b = br#"{"model": "w2s", "prompt": ""#.to_vec();
+        b.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024 - 40));
+        b.extend(&"😀".as_bytes()[..cut.min(4)]);
+        bodies.push((b, "/v1/completions"));
+    }
+    assert_eq!(bodies.len(), 5000);
+    let started = Instant::now();
+    for (body, path) in bodies {
+        let resp = c
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.bytes().await.unwrap();
+        assert!(
+            (400..500).contains(&status),
+            "status {status} for {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+        assert!(text.len() < 4096, "error body of {} bytes", text.len());
+        let v: Value = serde_json::from_slice(&text).unwrap();
+        let e = &v["error"];
+        assert!(e["message"].is_string() && e["type"].is_string(), "{v}");
+        assert!(
+            !e["message"].as_str().unwrap().contains("/root")
+                && !e["message"].as_str().unwrap().contains(".gguf"),
+            "{v}"
+        );
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    eprintln!(
+        "5000 bad bodies in {:.1} s: {statuses:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(statuses.get(&413).copied().unwrap_or(0) >= 5);
+    assert_eq!(
+        server.metric(&c, "w2s_strong_tokens_total").await,
+        0.0,
+        "no bad body reached the models"
+    );
+    // Still healthy and serving.
+    let ok = c.post(server.url("/v1/completions")).json(&json!({"model": "w2s", "prompt": "This movie", "max_tokens": 3, "search": {"method": "sample"}})).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_beyond_the_queue_cap_gets_only_200_and_429_and_the_queue_drains() {
+    let _g = serial();
+    // Each request costs 1 row x 4 tokens; the cap admits 3 at a time.
+    let server = Server::start(&["--queue-capacity", "12"], &[]);
+    let c = client();
+    let body = json!({"model": "w2s", "prompt": "The film", "max_tokens": 4, "search": {"method": "sample"}});
+    let mut tasks = Vec::new();
+    for client_id in 0..64 {
+        let (c, url, body) = (c.clone(), server.url("/v1/completions"), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let r = c.post(&url).json(&body).send().await.unwrap();
+                let status = r.status().as_u16();
+                if status == 429 {
+                    assert!(
+                        r.headers().get("retry-after").is_some(),
+                        "429 without Retry-After"
+                    );
+                }
+                let _ = r.bytes().await;
+                out.push((status, t.elapsed().as_secs_f64()));
+            }
+            let _ = client_id;
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let ok: Vec<f64> = all
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, t)| *t)
+        .collect();
+    let rejected = all.iter().filter(|(s, _)| *s == 429).count();
+    assert!(
+        all.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{:?}",
+        all.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    assert!(
+        !ok.is_empty() && rejected > 0,
+        "{} ok, {rejected} rejected",
+        ok.len()
+    );
+    let mut lat: Vec<f64> = all.iter().map(|(_, t)| *t).collect();
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "load: {} ok, {rejected} rejected (429); latency p50 {:.3} s, p99 {:.3} s",
+        ok.len(),
+        p(0.5),
+        p(0.99)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = server.metric(&c, "w2s_queue_depth").await;
+        let f = server.metric(&c, "w2s_in_flight_searches").await;
+        if q == 0.0 && f == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue did not drain: depth {q}, in flight {f}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_streams_cancel_their_searches_and_later_requests_are_served() {
+    let _g = serial();
+    let server = Server::start(&[], &[]);
+    let c = client();
+    let body = json!({"model": "w2s", "prompt": "I rented this movie last weekend and", "max_tokens": 200,
+                      "stream": true, "search": {"method": "cbs", "w": 1, "k": 2, "l": 3}});
+    for _ in 0..20 {
+        let resp = c
+            .post(server.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut events = resp.bytes_stream();
+        let first = events.next().await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&first).starts_with("data: "),
+            "{first:?}"
+        );
+        drop(events); // the client goes away after its first event
+    }
+    // Each cancelled search stops at its next chunk (3 tokens, ~0.1 s here); the bound
+    // leaves room for a loaded machine.
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(10);
+    loop {
+        let f = server.metric(&c, "w2s_in_flight_searches").await;
+        let r = server.metric(&c, "w2s_in_flight_requests").await;
+        if f == 0.0 && r == 0.0 {
+            eprintln!(
+                "in-flight gauges back to 0 {:.3} s after the last drop",
+                t0.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight: {f} searches, {r} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.metric(&c, "w2s_disconnects_total").await >= 20.0);
+    // 20 searches of up to 200 tokens were cancelled early: far fewer strong tokens ran.
+    assert!(server.metric(&c, "w2s_strong_tokens_total").await < 20.0 * 2.0 * 200.0 / 4.0);
+    let ok = c
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "w2s", "prompt": "This movie", "max_tokens": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_seeded_requests_return_identical_text() {
+    let _g = serial();
+    let server = Server::start(&[], &[]);
+    let c = client();
+    let body = json!({"model": "w2s", "prompt": "My wife dragged me to see this and", "max_tokens": 10, "seed": 42,
+                      "search": {"method": "cbs", "w": 2, "k": 2, "l": 5}});
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url, body) = (c.clone(), server.url("/v1/completions"), body.clone());
+            tokio::spawn(async move {
+                c.post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut texts = Vec::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    assert!(
+        texts.iter().all(|t| t == &texts[0]) && !texts[0].is_empty(),
+        "{texts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits() {
+    let _g = serial();
+    let mut server = Server::start(&[], &[]);
+    let c = client();
+    let body = json!({"model": "w2s", "prompt": "The first thing you notice about this film is", "max_tokens": 20,
+                      "search": {"method": "cbs", "w": 2, "k": 2, "l": 5}});
+    let inflight: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url, body) = (c.clone(), server.url("/v1/completions"), body.clone());
+            tokio::spawn(async move {
+                c.post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    // Wait until both are admitted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric(&c, "w2s_in_flight_requests").await < 2.0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = server.child.id();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = c
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 503);
+    assert!(late.headers().get("retry-after").is_some());
+    for t in inflight {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_every_route_but_health() {
+    let _g = serial();
+    let server = Server::start(
+        &["--api-key-env", "W2S_TEST_KEY"],
+        &[("W2S_TEST_KEY", "s3cret-key")],
+    );
+    let c = client();
+    assert_eq!(
+        c.get(server.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    for key in [None, Some("wrong"), Some("s3cret-ke"), Some("s3cret-key-")] {
+        let mut r = c.get(server.url("/v1/models"));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{key:?}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+    }
+    let ok = c
+        .get(server.url("/v1/models"))
+        .bearer_auth("s3cret-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let metrics = c.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 401);
+}

@@ -1,0 +1,116 @@
+//! Starts a real `w2s serve` process on a free loopback port and stops it on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One model-heavy test at a time: two llama.cpp processes on 2 cores starve each other.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+pub fn config_path() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../configs/sentiment.toml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl Server {
+    /// Starts `w2s serve --config configs/sentiment.toml --port 0 EXTRA...` and waits until
+    /// /health answers 200 (models loaded and warmed up).
+    pub fn start(extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        let cfg = config_path();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_w2s"));
+        cmd.args(["serve", "--config", &cfg, "--port", "0", "--threads", "2"])
+            .args(extra)
+            .env_remove("W2S_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start w2s serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(addr) = l.strip_prefix("listening on ") {
+                        break addr.trim().to_string();
+                    }
+                }
+                _ => panic!("w2s serve exited before listening"),
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let server = Server { child, base };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = blocking_status(&format!("{}/health", server.base)) {
+                if r == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server not healthy in time");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// One gauge or counter from /metrics.
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status of a plain GET, without an async runtime.
+pub fn blocking_status(url: &str) -> Result<u16, std::io::Error> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad response"))
+}

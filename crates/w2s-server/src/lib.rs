@@ -1,0 +1,216 @@
+//! # w2s-server: weak-to-strong search behind the OpenAI API
+//!
+//! `POST /v1/completions` and `POST /v1/chat/completions` answer with text chosen by the
+//! search; any OpenAI client gets aligned output by changing its base URL. Model forward
+//! passes run on one dedicated worker thread fed by a queue whose admitted cost
+//! (W*K*max_tokens) is capped: beyond it a request gets 429 with `Retry-After` at once.
+//! Every body is validated into a checked request before any model work; errors have the
+//! OpenAI shape. A client that disconnects cancels its search within one chunk.
+//!
+//! ```no_run
+//! # async fn run(spec: w2s_llama::LocalSpec) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = w2s_server::ServeConfig::new(w2s_core::SearchConfig::default());
+//! w2s_server::serve(config, spec).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod admission;
+pub mod api;
+pub mod error;
+pub mod metrics;
+mod routes;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use w2s_core::SearchConfig;
+use w2s_llama::LocalSpec;
+
+use crate::admission::Admission;
+use crate::api::Policy;
+use crate::metrics::Metrics;
+use crate::worker::{JobQueue, ModelInfo, WorkerState};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to bind (default 127.0.0.1).
+    pub host: String,
+    /// Port (default 8080; 0 picks a free one).
+    pub port: u16,
+    /// Bearer key required on every route but /health (None: no auth).
+    pub api_key: Option<String>,
+    /// The model name clients ask for.
+    pub model_name: String,
+    /// Largest request body in bytes (default 2 MB): larger gets 413.
+    pub max_body_bytes: usize,
+    /// Admission cap in W*K*max_tokens units: beyond it, 429.
+    pub queue_capacity: u64,
+    /// Per-request deadline.
+    pub deadline: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// A search with no progress for this long makes /health answer 503.
+    pub watchdog: Duration,
+    /// Defaults and caps of requests.
+    pub policy: Policy,
+}
+
+impl ServeConfig {
+    /// Defaults around the given default search.
+    pub fn new(defaults: SearchConfig) -> Self {
+        let default_cost = defaults.method().rows() as u64 * defaults.max_new_tokens() as u64;
+        ServeConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            model_name: "w2s".into(),
+            max_body_bytes: 2 * 1024 * 1024,
+            queue_capacity: 8 * default_cost.max(1),
+            deadline: Duration::from_secs(600),
+            shutdown_timeout: Duration::from_secs(30),
+            watchdog: Duration::from_secs(120),
+            policy: Policy {
+                defaults,
+                max_width: 16,
+                max_successors: 16,
+                max_chunk: 256,
+                max_rows: 64,
+                max_tokens: 2048,
+                max_prompt_bytes: 1024 * 1024,
+            },
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// The models could not be loaded.
+    #[error("{0}")]
+    Models(String),
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) struct App {
+    pub cfg: ServeConfig,
+    pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+    pub queue: JobQueue,
+    pub worker: Arc<WorkerState>,
+    pub info: Arc<OnceLock<ModelInfo>>,
+    pub shutting_down: AtomicBool,
+    pub next_seed: AtomicU64,
+    pub started_unix: u64,
+}
+
+/// Loads the models on a worker thread, binds, serves until SIGINT/SIGTERM, then drains
+/// (new requests get 503; in-flight ones finish up to the shutdown timeout) and returns.
+/// Prints `listening on http://ADDR` to stderr once bound.
+pub async fn serve(cfg: ServeConfig, spec: LocalSpec) -> Result<(), ServeError> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local: SocketAddr = listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::default());
+    let worker = Arc::new(WorkerState::default());
+    let info = Arc::new(OnceLock::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let loaded = worker::start(spec, rx, worker.clone(), metrics.clone(), info.clone())
+        .map_err(ServeError::Models)?;
+    let seed0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let app = Arc::new(App {
+        admission: Admission::new(cfg.queue_capacity),
+        queue: JobQueue::new(tx, metrics.clone()),
+        cfg,
+        metrics,
+        worker,
+        info,
+        shutting_down: AtomicBool::new(false),
+        next_seed: AtomicU64::new(seed0),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    eprintln!("listening on http://{local}");
+
+    let (load_fail_tx, load_fail_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(Err(e)) = loaded.recv() {
+            let _ = load_fail_tx.send(e);
+        }
+    });
+    let router = routes::router(app.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        Ok(e) = load_fail_rx => Some(e),
+    };
+    app.shutting_down.store(true, Ordering::SeqCst);
+    if failed.is_none() {
+        eprintln!("shutting down: draining in-flight requests");
+        let until = tokio::time::Instant::now() + app.cfg.shutdown_timeout;
+        while app.metrics.in_flight_requests.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    match failed {
+        Some(e) => Err(ServeError::Models(e)),
+        None => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
