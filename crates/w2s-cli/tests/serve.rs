@@ -544,3 +544,107 @@ async fn api_keys_guard_every_route_but_health() {
     let metrics = c.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_loaded_model_is_served_plainly_for_remote_sampling_and_scoring() {
+    let _g = serial();
+    let server = Server::start(&[], &[]);
+    let c = client();
+    let models: Value = c
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w2s", "strong", "tuned", "untuned"]);
+
+    // Echo with log-probabilities (what a remote scorer asks for).
+    let (prompt, response) = ("Hello there,", " how are you today?");
+    let v: Value = c
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "untuned", "prompt": format!("{prompt}{response}"), "echo": true, "logprobs": 0, "max_tokens": 1, "temperature": 0}))
+        .send().await.unwrap().json().await.unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let offsets: Vec<usize> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap() as usize)
+        .collect();
+    let lps = lp["token_logprobs"].as_array().unwrap();
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(tokens.concat(), text);
+    assert!(text.starts_with(&format!("{prompt}{response}")));
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(&text[offsets[i]..offsets[i] + t.len()], *t);
+    }
+    assert!(lps[0].is_null() && lps[1..].iter().all(|x| x.as_f64().unwrap() <= 0.0));
+    // The response's tokens (by offset; the last echoed token is the one sampled) sum to
+    // what the local scorer gives the same text: tolerance as in the real-model tests.
+    let end = prompt.len() + response.len();
+    let remote: f64 = (0..tokens.len())
+        .filter(|&i| offsets[i] >= prompt.len() && offsets[i] < end)
+        .map(|i| lps[i].as_f64().unwrap())
+        .sum();
+    let small = w2s_llama::Model::load(
+        &w2s_llama::resolve_model("smollm2-135m-instruct"),
+        Default::default(),
+    )
+    .unwrap();
+    let mut scorer = w2s_llama::LlamaScorer::new(small, w2s_core::PromptTemplate::bare(), 2);
+    let local = w2s_llama::score_once(&mut scorer, prompt, response, false).unwrap();
+    assert!(
+        (remote - local).abs() < 0.05 * 6.0 + 0.1,
+        "remote {remote} vs local {local}"
+    );
+
+    // Plain sampling of n continuations, reproducible by seed.
+    let body = json!({"model": "strong", "prompt": "The movie was", "n": 3, "max_tokens": 6, "logprobs": 0, "seed": 4});
+    let a: Value = c
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Value = c
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["choices"], b["choices"]);
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for ch in choices {
+        let n = ch["logprobs"]["tokens"].as_array().unwrap().len();
+        assert!((1..=6).contains(&n));
+        assert!(ch["finish_reason"] == "length" || ch["finish_reason"] == "stop");
+    }
+    let bad = c
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "strong", "prompt": "x", "echo": true, "n": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

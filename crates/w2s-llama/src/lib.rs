@@ -33,6 +33,7 @@
 mod error;
 mod local;
 mod model;
+mod plain;
 mod raw;
 mod scorer;
 mod seqs;
@@ -43,6 +44,7 @@ use std::path::PathBuf;
 pub use error::LlamaError;
 pub use local::{LocalModels, LocalSpec};
 pub use model::{LoadOptions, Model};
+pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer};
 pub use strong::{LlamaProposer, MAX_ROWS};

@@ -169,11 +169,8 @@ impl Model {
     }
 
     /// Checks that prompt + `max_new` tokens fit the trained context.
-    pub(crate) fn check_fits(
-        &self,
-        prompt_tokens: usize,
-        max_new: usize,
-    ) -> Result<(), LlamaError> {
+    #[allow(clippy::missing_errors_doc)]
+    pub fn check_fits(&self, prompt_tokens: usize, max_new: usize) -> Result<(), LlamaError> {
         let n_ctx_train = self.n_ctx_train();
         if prompt_tokens + max_new > n_ctx_train as usize {
             return Err(LlamaError::PromptTooLong {

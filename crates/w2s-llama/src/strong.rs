@@ -26,6 +26,7 @@ pub struct LlamaProposer {
     threads: i32,
     engine: Option<Engine>,
     state: Option<State>,
+    record: bool,
 }
 
 struct State {
@@ -51,6 +52,8 @@ struct Row {
     emitted: usize,
     utf8: Utf8Accumulator,
     done: bool,
+    /// (token piece, log-probability) of every sampled token, when recording.
+    sampled: Vec<(Vec<u8>, f64)>,
 }
 
 impl LlamaProposer {
@@ -63,7 +66,23 @@ impl LlamaProposer {
             threads: threads.max(1) as i32,
             engine: None,
             state: None,
+            record: false,
         }
+    }
+
+    /// Records every sampled token's piece and log-probability under the model (before
+    /// temperature), for [`LlamaProposer::sampled_tokens`]. Costs one log-sum-exp over the
+    /// vocabulary per token.
+    pub fn set_record_tokens(&mut self, record: bool) {
+        self.record = record;
+    }
+
+    /// The (piece bytes, log-probability) of each token row `row` sampled, when recording.
+    pub fn sampled_tokens(&self, row: usize) -> &[(Vec<u8>, f64)] {
+        self.state
+            .as_ref()
+            .and_then(|s| s.rows.get(row))
+            .map_or(&[], |r| r.sampled.as_slice())
     }
 
     /// The model.
@@ -183,6 +202,15 @@ impl LlamaProposer {
                 };
                 let tok = LlamaToken(sample_token(logits, &st.sampling, req.rng) as i32);
                 let row = &mut st.rows[req.row];
+                if self.record {
+                    let lp = logits
+                        .get(tok.0.max(0) as usize)
+                        .copied()
+                        .unwrap_or(f32::NEG_INFINITY) as f64
+                        - w2s_core::sampling::log_sum_exp(logits);
+                    row.sampled
+                        .push((vocab.token_to_piece(tok, true, None), lp));
+                }
                 row.pending = None;
                 row.n_tokens += 1;
                 produced[i] += 1;

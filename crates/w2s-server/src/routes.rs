@@ -18,11 +18,15 @@ use serde_json::{json, Value};
 use w2s_core::{Beam, Finish};
 
 use crate::admission::Permit;
+use crate::api::PlainRequest;
 use crate::api::{self, CheckedRequest, Endpoint};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::worker::{Event, Failure, Finished, Job};
+use crate::worker::{Event, Failure, Finished, Job, ModelInfo, Outcome, Work};
 use crate::App;
+
+/// The loaded models, served plainly on `/v1/completions` by role.
+pub(crate) const PLAIN_MODELS: [&str; 3] = ["strong", "tuned", "untuned"];
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -85,7 +89,9 @@ async fn models(State(app): State<Arc<App>>) -> Response {
     app.metrics.request(200, "ok");
     Json(json!({
         "object": "list",
-        "data": [{"id": app.cfg.model_name, "object": "model", "created": app.started_unix, "owned_by": "w2s"}],
+        "data": std::iter::once(app.cfg.model_name.as_str()).chain(PLAIN_MODELS)
+            .map(|id| json!({"id": id, "object": "model", "created": app.started_unix, "owned_by": "w2s"}))
+            .collect::<Vec<_>>(),
     }))
     .into_response()
 }
@@ -209,6 +215,14 @@ async fn start(
     let seed = app
         .next_seed
         .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst);
+    if endpoint == Endpoint::Completions {
+        let plain_role =
+            api::model_of(&bytes).and_then(|m| PLAIN_MODELS.iter().position(|p| *p == m));
+        if let Some(role) = plain_role {
+            let req = api::parse_plain(&bytes, role, &app.cfg.policy, seed)?;
+            return plain(app, info.clone(), req, in_flight).await;
+        }
+    }
     let req = api::parse(&bytes, endpoint, &app.cfg.policy, seed)?;
     if req.model != app.cfg.model_name {
         let mut e = ApiError::new(
@@ -274,7 +288,7 @@ async fn start(
         _in_flight: in_flight,
     };
     let job = Job {
-        request: req.clone(),
+        work: Work::Search(req.clone()),
         events: tx,
         cancel,
         deadline: Instant::now() + app.cfg.deadline,
@@ -310,7 +324,9 @@ async fn start(
                 if !first {
                     app.metrics.first_token(started.elapsed());
                 }
-                let fin = result.map_err(failure_error)?;
+                let Outcome::Search(fin) = result.map_err(failure_error)? else {
+                    return Err(failure_error(Failure::Internal("unexpected answer".into())));
+                };
                 app.metrics.request(200, "ok");
                 return Ok(Json(full_body(app, &req, &fin)).into_response());
             }
@@ -495,7 +511,7 @@ fn stream_response(
                     vec![e]
                 }
             }
-            Some(Event::Done(Ok(fin))) => {
+            Some(Event::Done(Ok(Outcome::Search(fin)))) => {
                 st.guard.done = true;
                 st.ended = true;
                 let best = fin.output.best();
@@ -526,6 +542,11 @@ fn stream_response(
                 evs.push(SseEvent::default().data("[DONE]"));
                 evs
             }
+            Some(Event::Done(Ok(_))) => {
+                st.guard.done = true;
+                st.ended = true;
+                vec![SseEvent::default().data("[DONE]")]
+            }
             Some(Event::Done(Err(f))) => {
                 st.guard.done = true;
                 st.ended = true;
@@ -549,4 +570,139 @@ fn stream_response(
     Sse::new(flat)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// A plain request to one loaded model: sampling, or echo with log-probabilities.
+async fn plain(
+    app: &Arc<App>,
+    info: ModelInfo,
+    req: PlainRequest,
+    in_flight: InFlight,
+) -> Result<Response, ApiError> {
+    let (model, prompt, max_tokens) = (
+        info.roles[req.role].0.clone(),
+        req.prompt.clone(),
+        req.max_tokens,
+    );
+    tokio::task::spawn_blocking(move || {
+        let n = model.tokenize_prompt(&prompt).len();
+        model.check_fits(n, max_tokens).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            "prompt check failed",
+        )
+    })?
+    .map_err(|m| ApiError::invalid("prompt", m))?;
+    let cost = req.cost();
+    if cost > app.admission.capacity() {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "this request costs more than the server's queue capacity; lower n or max_tokens",
+        ));
+    }
+    let Some(permit) = app.admission.try_admit(cost) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            "the server's queue is full; retry after the time in Retry-After",
+        )
+        .retry_after(1));
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut guard = Guard {
+        cancel: cancel.clone(),
+        metrics: app.metrics.clone(),
+        done: false,
+        _permit: permit,
+        _in_flight: in_flight,
+    };
+    let job = Job {
+        work: Work::Plain(req.clone()),
+        events: tx,
+        cancel,
+        deadline: Instant::now() + app.cfg.deadline,
+    };
+    if !app.queue.push(job) {
+        guard.done = true;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "worker_down",
+            "the model worker is down",
+        ));
+    }
+    let outcome = loop {
+        match rx.recv().await {
+            Some(Event::Done(r)) => break r,
+            Some(Event::Settled(_)) => continue,
+            None => break Err(Failure::Internal("the model worker stopped".into())),
+        }
+    };
+    guard.done = true;
+    let body = plain_body(app, &req, outcome.map_err(failure_error)?)?;
+    app.metrics.request(200, "ok");
+    Ok(Json(body).into_response())
+}
+
+fn plain_body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiError> {
+    let id = format!(
+        "cmpl-w2s-{:x}",
+        app.next_seed.fetch_add(1, Ordering::SeqCst)
+    );
+    let (choices, prompt_tokens, completion) = match outcome {
+        Outcome::Echo {
+            text,
+            tokens,
+            prompt_tokens,
+        } => {
+            let completion = tokens.len().saturating_sub(prompt_tokens);
+            let logprobs = json!({
+                "tokens": tokens.iter().map(|t| t.text.clone()).collect::<Vec<_>>(),
+                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "text_offset": tokens.iter().map(|t| t.offset).collect::<Vec<_>>(),
+                "top_logprobs": null,
+            });
+            (
+                vec![
+                    json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}),
+                ],
+                prompt_tokens,
+                completion,
+            )
+        }
+        Outcome::Samples {
+            choices,
+            prompt_tokens,
+        } => {
+            let completion: usize = choices.iter().map(|c| c.n_tokens).sum();
+            let out = choices.iter().enumerate().map(|(i, c)| {
+                let logprobs = if req.logprobs {
+                    let mut offset = req.prompt.len();
+                    let offsets: Vec<usize> = c.tokens.iter().map(|(t, _)| { let o = offset; offset += t.len(); o }).collect();
+                    json!({"tokens": c.tokens.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+                           "token_logprobs": c.tokens.iter().map(|(_, lp)| *lp).collect::<Vec<_>>(),
+                           "text_offset": offsets, "top_logprobs": null})
+                } else {
+                    Value::Null
+                };
+                json!({"index": i, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(c.finish)})
+            }).collect();
+            (out, prompt_tokens, completion)
+        }
+        Outcome::Search(_) => {
+            return Err(failure_error(Failure::Internal("unexpected answer".into())))
+        }
+    };
+    Ok(json!({
+        "id": id, "object": "text_completion", "created": created(app), "model": PLAIN_MODELS[req.role],
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
+    }))
 }

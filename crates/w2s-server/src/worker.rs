@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use w2s_core::{
     search_with_progress, Method, SamplingParams, SearchConfig, SearchError, SearchOutput,
 };
-use w2s_llama::{LlamaError, LocalModels, LocalSpec, Model};
+use w2s_llama::{
+    EchoToken, LlamaError, LocalModels, LocalSpec, Model, PlainChoice, PlainModel, PlainSampling,
+};
 
-use crate::api::CheckedRequest;
+use crate::api::{CheckedRequest, PlainRequest};
 use crate::metrics::Metrics;
 
 /// What the worker tells a request's handler.
@@ -20,8 +22,40 @@ use crate::metrics::Metrics;
 pub enum Event {
     /// The text all kept beams share: it can no longer change.
     Settled(String),
-    /// The search ended.
-    Done(Result<Finished, Failure>),
+    /// The work ended.
+    Done(Result<Outcome, Failure>),
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A search's result.
+    Search(Finished),
+    /// Plain samples of a model.
+    Samples {
+        /// One per continuation.
+        choices: Vec<PlainChoice>,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+    },
+    /// An echoed text with per-token log-probabilities.
+    Echo {
+        /// Prompt + sampled text.
+        text: String,
+        /// Its tokens.
+        tokens: Vec<EchoToken>,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+    },
+}
+
+/// The work of a job.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A weak-to-strong search.
+    Search(CheckedRequest),
+    /// A plain request to one model.
+    Plain(PlainRequest),
 }
 
 /// A finished search.
@@ -50,8 +84,8 @@ pub enum Failure {
 
 /// One search to run.
 pub struct Job {
-    /// The request.
-    pub request: CheckedRequest,
+    /// The work.
+    pub work: Work,
     /// Where events go.
     pub events: tokio::sync::mpsc::UnboundedSender<Event>,
     /// Set when the client disconnects.
@@ -184,6 +218,7 @@ fn worker_main(
             return;
         }
     }
+    let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
     for job in jobs {
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         if job.cancel.load(Ordering::SeqCst) {
@@ -192,10 +227,22 @@ fn worker_main(
         }
         metrics.in_flight_searches.fetch_add(1, Ordering::SeqCst);
         state.touch(true);
-        let result = run_job(&mut models, &job, &state);
+        let result = match &job.work {
+            Work::Search(req) => run_search(&mut models, req, &job, &state).map(Outcome::Search),
+            Work::Plain(req) => {
+                let model = match req.role {
+                    0 => models.strong.model().clone(),
+                    1 => models.tuned.model().clone(),
+                    _ => models.untuned.model().clone(),
+                };
+                let slot = &mut plain[req.role.min(2)];
+                let pm = slot.get_or_insert_with(|| PlainModel::new(model, spec.threads));
+                run_plain(pm, req)
+            }
+        };
         state.touch(false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
-        if let Ok(f) = &result {
+        if let Ok(Outcome::Search(f)) = &result {
             let s = &f.output.stats;
             metrics.search_done(
                 s.strong_tokens_sampled as u64,
@@ -207,27 +254,69 @@ fn worker_main(
         if result.as_ref().err() == Some(&Failure::Panic) {
             // Contexts may be half-updated: start them afresh.
             models.release_contexts();
+            plain = vec![None, None, None];
         }
         let _ = job.events.send(Event::Done(result));
     }
 }
 
-fn run_job(models: &mut LocalModels, job: &Job, state: &WorkerState) -> Result<Finished, Failure> {
+fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
+    let prompt_tokens = pm.model().tokenize_prompt(&req.prompt).len();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if req.echo {
+            pm.echo(&req.prompt, req.max_tokens, &req.sampling, req.seed)
+                .map(|(text, tokens)| Outcome::Echo {
+                    text,
+                    tokens,
+                    prompt_tokens,
+                })
+                .map_err(|e| e.to_string())
+        } else {
+            let s = PlainSampling {
+                n: req.n,
+                max_tokens: req.max_tokens,
+                sampling: req.sampling,
+                stop: req.stop.clone(),
+                seed: req.seed,
+                with_tokens: req.logprobs,
+            };
+            pm.sample(&req.prompt, &s)
+                .map(|choices| Outcome::Samples {
+                    choices,
+                    prompt_tokens,
+                })
+                .map_err(|e| e.to_string())
+        }
+    }));
+    match outcome {
+        Err(_) => Err(Failure::Panic),
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(m)) if m.contains("exceeds its context") || m.contains("prompt is empty") => {
+            Err(Failure::Input(m))
+        }
+        Ok(Err(m)) => {
+            tracing::error!(%m, "plain request failed");
+            Err(Failure::Internal("the model failed".into()))
+        }
+    }
+}
+
+fn run_search(
+    models: &mut LocalModels,
+    req: &CheckedRequest,
+    job: &Job,
+    state: &WorkerState,
+) -> Result<Finished, Failure> {
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        search_with_progress(
-            &job.request.config,
-            &job.request.prompt,
-            models.models(),
-            &mut |p| {
-                state.touch(true);
-                if p.settled_text.len() > sent {
-                    sent = p.settled_text.len();
-                    let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
-                }
-                !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
-            },
-        )
+        search_with_progress(&req.config, &req.prompt, models.models(), &mut |p| {
+            state.touch(true);
+            if p.settled_text.len() > sent {
+                sent = p.settled_text.len();
+                let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
+            }
+            !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
+        })
     }));
     match outcome {
         Err(_) => Err(Failure::Panic),
