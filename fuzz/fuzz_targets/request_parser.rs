@@ -1,4 +1,4 @@
-//! Fuzzes the server's request parser/validator (`w2s-server/src/api.rs`) with arbitrary
+//! Fuzzes the server's request parsers/validators (`w2s-server/src/api.rs`, `plain_api.rs`) with arbitrary
 //! bodies: it must never panic, every rejection must be a 4xx with an error body under
 //! 4 KB, and every accepted request must satisfy the caps.
 //!
@@ -11,6 +11,11 @@ mod error;
 #[allow(dead_code)]
 #[path = "../../crates/w2s-server/src/api.rs"]
 mod api;
+#[path = "../../crates/w2s-server/src/fields.rs"]
+mod fields;
+#[allow(dead_code)]
+#[path = "../../crates/w2s-server/src/plain_api.rs"]
+mod plain_api;
 
 use libfuzzer_sys::fuzz_target;
 use w2s_core::SearchConfig;
@@ -25,6 +30,10 @@ fuzz_target!(|data: &[u8]| {
         max_tokens: 2048,
         max_prompt_bytes: 1024 * 1024,
     };
+    match api::parse_plain(data, 0, &policy, 1) {
+        Ok(r) => assert!(r.n >= 1 && r.n <= api::MAX_PLAIN_N && (r.max_tokens >= 1 || r.echo)),
+        Err(e) => assert!(e.status.is_client_error() && e.body().to_string().len() < 4096),
+    }
     for endpoint in [api::Endpoint::Completions, api::Endpoint::Chat] {
         match api::parse(data, endpoint, &policy, 1) {
             Ok(r) => {

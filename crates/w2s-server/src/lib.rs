@@ -18,7 +18,9 @@
 pub mod admission;
 pub mod api;
 pub mod error;
+mod fields;
 pub mod metrics;
+mod plain_api;
 mod routes;
 pub mod worker;
 

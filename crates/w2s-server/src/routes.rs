@@ -152,6 +152,78 @@ impl Drop for InFlight {
     }
 }
 
+/// Runs a prompt check (tokenising: CPU work) on a blocking thread; its error is a 400
+/// on `param`.
+async fn check_prompt(
+    param: &'static str,
+    check: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(check)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                "prompt check failed",
+            )
+        })?
+        .map_err(|m| ApiError::invalid(param, m))
+}
+
+/// Admits `work` of `cost` (W*K*max_tokens) and queues it for the model worker: 400 if it
+/// can never fit, 429 with Retry-After while the queue is full. The guard cancels the work
+/// and frees its share when dropped before the answer.
+fn submit(
+    app: &Arc<App>,
+    work: Work,
+    cost: u64,
+    in_flight: InFlight,
+) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, Guard), ApiError> {
+    let capacity = app.admission.capacity();
+    if cost > capacity {
+        return Err(ApiError::invalid("max_tokens", format!(
+            "this request costs {cost} (rows x max_tokens), more than the server's queue capacity {capacity}; lower W, K, n or max_tokens")));
+    }
+    let Some(permit) = app.admission.try_admit(cost) else {
+        let backlog = app.admission.used() as f64;
+        let rate = app.metrics.strong_tokens_per_s().max(1.0);
+        let secs = (backlog / rate).ceil().clamp(1.0, 600.0) as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            "the server's queue is full; retry after the time in Retry-After",
+        )
+        .retry_after(secs));
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut guard = Guard {
+        cancel: cancel.clone(),
+        metrics: app.metrics.clone(),
+        done: false,
+        _permit: permit,
+        _in_flight: in_flight,
+    };
+    let job = Job {
+        work,
+        events: tx,
+        cancel,
+        deadline: Instant::now() + app.cfg.deadline,
+    };
+    if !app.queue.push(job) {
+        guard.done = true;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "worker_down",
+            "the model worker is down",
+        ));
+    }
+    Ok((rx, guard))
+}
+
 /// Holds a request's queue share; cancels its search if dropped before the answer.
 struct Guard {
     cancel: Arc<AtomicBool>,
@@ -238,71 +310,18 @@ async fn start(
         e.param = Some("model".into());
         return Err(e);
     }
-    let cost = req.cost();
-    if cost > app.admission.capacity() {
-        return Err(ApiError::invalid("max_tokens", format!(
-            "this request costs {cost} (W*K*max_tokens), more than the server's queue capacity {}; lower W, K or max_tokens",
-            app.admission.capacity())));
-    }
-    let info = info.clone();
+    let param = if endpoint == Endpoint::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
     let (prompt, max_tokens) = (req.prompt.clone(), req.config.max_new_tokens());
-    tokio::task::spawn_blocking(move || info.check_prompt(&prompt, max_tokens))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal",
-                "prompt check failed",
-            )
-        })?
-        .map_err(|m| {
-            ApiError::invalid(
-                if endpoint == Endpoint::Chat {
-                    "messages"
-                } else {
-                    "prompt"
-                },
-                m,
-            )
-        })?;
-    let Some(permit) = app.admission.try_admit(cost) else {
-        let backlog = app.admission.used() as f64;
-        let rate = app.metrics.strong_tokens_per_s().max(1.0);
-        let secs = (backlog / rate).ceil().clamp(1.0, 600.0) as u64;
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "queue_full",
-            "the server's queue is full; retry after the time in Retry-After",
-        )
-        .retry_after(secs));
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let guard = Guard {
-        cancel: cancel.clone(),
-        metrics: app.metrics.clone(),
-        done: false,
-        _permit: permit,
-        _in_flight: in_flight,
-    };
-    let job = Job {
-        work: Work::Search(req.clone()),
-        events: tx,
-        cancel,
-        deadline: Instant::now() + app.cfg.deadline,
-    };
-    if !app.queue.push(job) {
-        let mut guard = guard;
-        guard.done = true;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "worker_down",
-            "the model worker is down",
-        ));
-    }
+    let info = info.clone();
+    check_prompt(param, move || {
+        info.check_prompt(&prompt, max_tokens).map(|_| ())
+    })
+    .await?;
+    let (rx, guard) = submit(app, Work::Search(req.clone()), req.cost(), in_flight)?;
     let started = Instant::now();
     if req.stream {
         app.metrics.request(200, "ok");
@@ -584,60 +603,12 @@ async fn plain(
         req.prompt.clone(),
         req.max_tokens,
     );
-    tokio::task::spawn_blocking(move || {
+    check_prompt("prompt", move || {
         let n = model.tokenize_prompt(&prompt).len();
         model.check_fits(n, max_tokens).map_err(|e| e.to_string())
     })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal",
-            "prompt check failed",
-        )
-    })?
-    .map_err(|m| ApiError::invalid("prompt", m))?;
-    let cost = req.cost();
-    if cost > app.admission.capacity() {
-        return Err(ApiError::invalid(
-            "max_tokens",
-            "this request costs more than the server's queue capacity; lower n or max_tokens",
-        ));
-    }
-    let Some(permit) = app.admission.try_admit(cost) else {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "queue_full",
-            "the server's queue is full; retry after the time in Retry-After",
-        )
-        .retry_after(1));
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let mut guard = Guard {
-        cancel: cancel.clone(),
-        metrics: app.metrics.clone(),
-        done: false,
-        _permit: permit,
-        _in_flight: in_flight,
-    };
-    let job = Job {
-        work: Work::Plain(req.clone()),
-        events: tx,
-        cancel,
-        deadline: Instant::now() + app.cfg.deadline,
-    };
-    if !app.queue.push(job) {
-        guard.done = true;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "worker_down",
-            "the model worker is down",
-        ));
-    }
+    .await?;
+    let (mut rx, mut guard) = submit(app, Work::Plain(req.clone()), req.cost(), in_flight)?;
     let outcome = loop {
         match rx.recv().await {
             Some(Event::Done(r)) => break r,
