@@ -7,7 +7,7 @@ base = sys.argv[1]
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
 
 models = [m.id for m in client.models.list().data]
-assert models == ["w2s"], models
+assert models == ["w2s", "strong", "tuned", "untuned"], models
 
 c = client.completions.create(
     model="w2s", prompt="I rented this movie last weekend and", max_tokens=12, seed=5,

@@ -188,7 +188,8 @@ pub async fn serve(cfg: ServeConfig, spec: LocalSpec) -> Result<(), ServeError> 
         }
     }
     let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // Let the last responses reach their clients (axum closes idle keep-alive connections).
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     match failed {
         Some(e) => Err(ServeError::Models(e)),
         None => Ok(()),

@@ -359,15 +359,38 @@ async fn start(
     }
 }
 
+/// Reads the body up to `limit` bytes. A larger body is read on and discarded (up to
+/// 8 x the limit) before the 413 is sent, so that a client still writing its body gets
+/// the answer instead of a reset connection.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    use http_body_util::BodyExt;
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "body_too_large",
             format!("the request body is over the limit of {limit} bytes"),
         )
-    })
+    };
+    let bad = |_| ApiError::invalid("", "the request body could not be read");
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(bad)?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit.saturating_mul(8) {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn failure_error(f: Failure) -> ApiError {
