@@ -17,7 +17,7 @@ use w2s_core::RowRng;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(1200))
         .build()
         .unwrap()
 }
