@@ -1,6 +1,7 @@
 //! `w2s`: weak-to-strong search from the command line.
 
 mod bench;
+mod eval;
 mod fail;
 mod generate;
 mod prompts;
@@ -23,6 +24,10 @@ enum Command {
     /// Measure each method against raw batched sampling: wall time, token counts, split,
     /// peak memory.
     Bench(bench::BenchArgs),
+    /// Compare methods on a prompt set with gold rewards; resumable; writes a report.
+    Eval(eval::EvalArgs),
+    /// Redraw an eval directory's report, summary and plots from its results.jsonl.
+    Report(eval::ReportArgs),
 }
 
 fn main() {
@@ -36,6 +41,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Report(args) => eval::report(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);
