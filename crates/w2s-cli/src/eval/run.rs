@@ -165,9 +165,10 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         );
     }
     let mut todo: Vec<(u64, EvalMethod, &PromptItem)> = Vec::new();
+    // Prompt-major: an interrupted run has compared every method on the same prompts.
     for &seed in &seeds {
-        for &m in &methods {
-            for p in &prompts {
+        for p in &prompts {
+            for &m in &methods {
                 if !store.is_done(&(m.to_string(), seed, p.id.clone())) {
                     todo.push((seed, m, p));
                 }
