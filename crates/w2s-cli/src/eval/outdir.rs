@@ -72,6 +72,17 @@ pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), Fail> {
             dir.display()
         )));
     }
+    // Find out now, before models load, whether the directory can be written.
+    let cannot = |e: std::io::Error| {
+        usage(format!(
+            "cannot create or write the output directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(cannot)?;
+    let probe = dir.join(".w2s-write-probe");
+    std::fs::write(&probe, b"").map_err(cannot)?;
+    let _ = std::fs::remove_file(&probe);
     let old = match read_settings(dir) {
         Ok(o) => o,
         Err(e) if force => {
