@@ -1,6 +1,7 @@
 //! `w2s`: weak-to-strong search from the command line.
 
 mod bench;
+mod eval;
 mod fail;
 mod generate;
 mod prompts;
@@ -26,6 +27,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve aligned generations over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Compare methods on a prompt set with gold rewards; resumable; writes a report.
+    Eval(eval::EvalArgs),
+    /// Redraw an eval directory's report, summary and plots from its results.jsonl.
+    Report(eval::ReportArgs),
 }
 
 fn main() {
@@ -40,6 +45,8 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Report(args) => eval::report(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);

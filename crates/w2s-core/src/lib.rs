@@ -62,6 +62,7 @@
 mod backend;
 mod config;
 mod error;
+mod gold;
 pub mod rng;
 pub mod sampling;
 mod search;
@@ -71,6 +72,7 @@ pub mod text;
 pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
 pub use config::{Method, SamplingParams, SearchConfig, MAX_ROWS};
 pub use error::{BackendError, ConfigError, Role, SearchError};
+pub use gold::GoldReward;
 pub use rng::RowRng;
 pub use search::{
     rank, search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats,

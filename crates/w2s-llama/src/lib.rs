@@ -30,7 +30,10 @@
 //! ```
 #![deny(missing_docs)]
 
+mod chat;
+mod eft;
 mod error;
+mod judge;
 mod local;
 mod model;
 mod plain;
@@ -41,7 +44,10 @@ mod strong;
 
 use std::path::PathBuf;
 
+pub use chat::{render_chat, Message};
+pub use eft::{same_vocabulary, EftOutput, ProxyTuner};
 pub use error::LlamaError;
+pub use judge::{Judge, Rubric};
 pub use local::{LocalModels, LocalSpec};
 pub use model::{LoadOptions, Model};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};

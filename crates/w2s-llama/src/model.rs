@@ -9,7 +9,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use w2s_core::FilledPrompt;
 
@@ -142,19 +142,57 @@ impl Model {
                     path: self.path.clone(),
                     reason,
                 };
-                let tmpl = self
-                    .inner
-                    .chat_template(None)
-                    .map_err(|e| err(format!("the model has none ({e})")))?;
-                let msg = LlamaChatMessage::new("user".into(), user.clone())
-                    .map_err(|e| err(e.to_string()))?;
                 let mut text = self
-                    .inner
-                    .apply_chat_template(&tmpl, &[msg], true)
-                    .map_err(|e| err(e.to_string()))?;
+                    .render_messages(
+                        &[crate::chat::Message {
+                            role: "user",
+                            content: user,
+                        }],
+                        true,
+                    )
+                    .map_err(err)?;
                 text.push_str(assistant_prefix);
                 Ok(text)
             }
+        }
+    }
+
+    /// The Jinja chat template stored in the GGUF file.
+    pub fn chat_template(&self) -> Result<String, LlamaError> {
+        self.inner
+            .chat_template(None)
+            .ok()
+            .and_then(|t| t.to_string().ok())
+            .ok_or_else(|| LlamaError::ChatTemplate {
+                path: self.path.clone(),
+                reason: "the model file has no chat template".into(),
+            })
+    }
+
+    /// Renders chat `messages` through the model's own template (minijinja). A leading
+    /// BOS text is dropped when tokenisation adds BOS anyway, so it is never doubled.
+    pub fn render_messages(
+        &self,
+        messages: &[crate::chat::Message<'_>],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
+        let template = self
+            .chat_template()
+            .map_err(|_| "the model has none".to_string())?;
+        let vocab = self.inner.vocab();
+        let special = |t: LlamaToken| {
+            vocab
+                .text(t)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (bos, eos) = (special(vocab.bos()), special(vocab.eos()));
+        let text =
+            crate::chat::render_chat(&template, messages, add_generation_prompt, &bos, &eos)?;
+        match text.strip_prefix(bos.as_str()) {
+            Some(rest) if !bos.is_empty() && vocab.should_add_bos() => Ok(rest.to_string()),
+            _ => Ok(text),
         }
     }
 

@@ -1,0 +1,113 @@
+//! The gold rewards an evaluation can use: VADER and a model judge.
+
+use w2s_core::{BackendError, GoldReward};
+
+use crate::fail::{usage, Fail};
+
+/// VADER's compound sentiment score of prompt + response, in [-1, 1] (the lexicon is
+/// built into the `vader_sentiment` crate).
+pub struct Vader {
+    analyzer: vader_sentiment::SentimentIntensityAnalyzer<'static>,
+}
+
+impl Vader {
+    pub fn new() -> Self {
+        Vader {
+            analyzer: vader_sentiment::SentimentIntensityAnalyzer::new(),
+        }
+    }
+
+    /// The compound score of `text`.
+    pub fn compound(&self, text: &str) -> Result<f64, BackendError> {
+        // The crate indexes tokens freely; a panic on odd text becomes an error here.
+        let scores = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.analyzer.polarity_scores(text).get("compound").copied()
+        }))
+        .map_err(|_| "VADER failed on this text")?;
+        scores.ok_or_else(|| "VADER gave no compound score".into())
+    }
+}
+
+impl GoldReward for Vader {
+    fn name(&self) -> &str {
+        "vader"
+    }
+
+    fn score(&mut self, prompt: &str, response: &str) -> Result<f64, BackendError> {
+        self.compound(&format!("{prompt}{response}"))
+    }
+}
+
+/// A gold reward named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoldKind {
+    Vader,
+    Judge,
+}
+
+/// Parses `--gold vader,judge`.
+pub fn parse_golds(spec: &str) -> Result<Vec<GoldKind>, Fail> {
+    let mut out = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        let kind = match name {
+            "vader" => GoldKind::Vader,
+            "judge" => GoldKind::Judge,
+            other => {
+                return Err(usage(format!(
+                    "--gold: unknown gold reward '{other}': use vader and/or judge"
+                )))
+            }
+        };
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vader_ranks_positive_above_negative_text() {
+        let mut v = Vader::new();
+        let good = v
+            .score("This movie was", " wonderful, I loved it!")
+            .unwrap();
+        let bad = v
+            .score("This movie was", " awful and boring. I hated it.")
+            .unwrap();
+        let flat = v.score("The film is", " ninety minutes long.").unwrap();
+        assert!(good > 0.5 && bad < -0.5, "{good} {bad}");
+        assert_eq!(flat, 0.0);
+    }
+
+    #[test]
+    fn vader_survives_odd_text() {
+        let v = Vader::new();
+        for t in [
+            "",
+            "!!!",
+            "not",
+            "never so",
+            "without doubt",
+            "at least",
+            "kind of",
+            "😀 no",
+            "but",
+        ] {
+            let s = v.compound(t).unwrap();
+            assert!((-1.0..=1.0).contains(&s), "{t}: {s}");
+        }
+    }
+
+    #[test]
+    fn parses_gold_names() {
+        assert_eq!(
+            parse_golds("vader, judge").unwrap(),
+            vec![GoldKind::Vader, GoldKind::Judge]
+        );
+        assert!(parse_golds("rm").unwrap_err().message.contains("'rm'"));
+    }
+}

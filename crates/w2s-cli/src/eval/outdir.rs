@@ -1,0 +1,191 @@
+//! The output directory: `run.json` records the settings a run's lines depend on; a rerun
+//! with the same settings resumes, one with other settings is refused (or, with
+//! `--force`, the old run is moved to `previous-N/`: never mixed, never deleted).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::fail::{usage, Fail};
+
+pub const RUN_FILE: &str = "run.json";
+pub const RESULTS_FILE: &str = "results.jsonl";
+/// Files a run writes (moved together by --force).
+const RUN_FILES: [&str; 7] = [
+    RUN_FILE,
+    RESULTS_FILE,
+    "report.md",
+    "summary.json",
+    "gold_by_method.svg",
+    "gold_vs_tokens.svg",
+    "model_outputs.json",
+];
+
+/// 64-bit FNV-1a, as hex: a fingerprint of the prompts.
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The settings keys whose values differ, as `key: old -> new`.
+pub fn differences(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return vec!["the settings are not an object".into()];
+    };
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| o.get(*k) != n.get(*k))
+        .map(|k| {
+            let show = |v: Option<&Value>| v.map_or("(none)".into(), |v| v.to_string());
+            format!("{k}: {} -> {}", show(o.get(k)), show(n.get(k)))
+        })
+        .collect()
+}
+
+fn read_settings(dir: &Path) -> Result<Option<Value>, Fail> {
+    let path = dir.join(RUN_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(usage(format!("cannot read {}: {e}", path.display()))),
+    };
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "{} is damaged ({e}); move the directory away or use --force",
+            path.display()
+        ))
+    })?;
+    Ok(Some(v.get("settings").cloned().unwrap_or(Value::Null)))
+}
+
+/// Refuses early (before models load) a directory holding another run, unless `force`.
+pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), Fail> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(usage(format!(
+            "--out {} is a file, not a directory",
+            dir.display()
+        )));
+    }
+    // Find out now, before models load, whether the directory can be written.
+    let cannot = |e: std::io::Error| {
+        usage(format!(
+            "cannot create or write the output directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(cannot)?;
+    let probe = dir.join(".w2s-write-probe");
+    std::fs::write(&probe, b"").map_err(cannot)?;
+    let _ = std::fs::remove_file(&probe);
+    let old = match read_settings(dir) {
+        Ok(o) => o,
+        Err(e) if force => {
+            eprintln!("warning: {}", e.message);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let has_results = dir.join(RESULTS_FILE).exists();
+    match old {
+        Some(old) if old != *settings && !force => Err(usage(format!(
+            "{} holds a run with different settings ({}); use another --out, or --force to move that run to {}/previous-N",
+            dir.display(),
+            differences(&old, settings).join("; "),
+            dir.display()
+        ))),
+        None if has_results && !force => Err(usage(format!(
+            "{} holds {RESULTS_FILE} but no {RUN_FILE}, so its settings are unknown; use another --out or --force",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the directory, moves an incompatible old run aside (`force`), writes
+/// `run.json`. Returns the results file's path.
+pub fn prepare(dir: &Path, settings: &Value, info: &Value, force: bool) -> Result<PathBuf, Fail> {
+    let cannot = |what: &str, e: std::io::Error| {
+        usage(format!(
+            "cannot {what} in the output directory {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| cannot("create it", e))?;
+    let same = matches!(read_settings(dir), Ok(Some(ref old)) if old == settings);
+    let has_any = RUN_FILES.iter().any(|f| dir.join(f).exists());
+    if force && !same && has_any {
+        let aside = (1..)
+            .map(|n| dir.join(format!("previous-{n}")))
+            .find(|p| !p.exists())
+            .unwrap_or_else(|| dir.join("previous"));
+        std::fs::create_dir(&aside).map_err(|e| cannot("make previous-N", e))?;
+        for f in RUN_FILES {
+            let from = dir.join(f);
+            if from.exists() {
+                std::fs::rename(&from, aside.join(f)).map_err(|e| cannot("move old files", e))?;
+            }
+        }
+        eprintln!("moved the earlier run to {}", aside.display());
+    }
+    let body = serde_json::json!({"settings": settings, "info": info});
+    let text = serde_json::to_string_pretty(&body).map_err(|e| usage(e.to_string()))?;
+    let tmp = dir.join(".run.json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|e| cannot("write run.json", e))?;
+    std::fs::rename(&tmp, dir.join(RUN_FILE)).map_err(|e| cannot("write run.json", e))?;
+    Ok(dir.join(RESULTS_FILE))
+}
+
+/// The command line recorded in `run.json`, if any.
+pub fn recorded_command(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(RUN_FILE)).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v["info"]["command"].as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_the_settings_that_differ() {
+        let a = json!({"max_new_tokens": 50, "beta": 1.0, "strong": "g"});
+        let b = json!({"max_new_tokens": 20, "beta": 1.0, "tuned": "s"});
+        let d = differences(&a, &b);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d.contains(&"max_new_tokens: 50 -> 20".to_string()));
+        assert!(d.iter().any(|x| x.starts_with("strong: \"g\" -> (none)")));
+    }
+
+    #[test]
+    fn fingerprints_differ_on_any_byte() {
+        assert_eq!(fnv1a(b""), "cbf29ce484222325");
+        assert_ne!(fnv1a(b"{\"prompt\":\"a\"}"), fnv1a(b"{\"prompt\":\"b\"}"));
+    }
+
+    #[test]
+    fn refuses_other_settings_unless_forced_and_moves_them_aside() {
+        let dir = std::env::temp_dir().join(format!("w2s-outdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b) = (json!({"beta": 1.0}), json!({"beta": 2.0}));
+        check(&dir, &a, false).unwrap();
+        let results = prepare(&dir, &a, &json!({}), false).unwrap();
+        std::fs::write(&results, "kept\n").unwrap();
+        check(&dir, &a, false).unwrap();
+        let e = check(&dir, &b, false).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("beta: 1.0 -> 2.0"), "{}", e.message);
+        check(&dir, &b, true).unwrap();
+        prepare(&dir, &b, &json!({}), true).unwrap();
+        assert!(!results.exists());
+        let moved = std::fs::read_to_string(dir.join("previous-1").join(RESULTS_FILE)).unwrap();
+        assert_eq!(moved, "kept\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

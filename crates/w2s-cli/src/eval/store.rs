@@ -1,0 +1,295 @@
+//! The result file, `results.jsonl`: one line per (method, seed, prompt), appended and
+//! flushed to disk as soon as it is done. Reopening it keeps every complete line, cuts a
+//! torn last line (a write interrupted by kill -9 or power loss) so that it is redone,
+//! and knows which lines are done, so a rerun never duplicates one.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use w2s_core::Finish;
+
+use crate::fail::{usage, Fail};
+
+/// One gold reward of a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldScore {
+    /// The reward's name (`vader`, `judge`).
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Seconds spent, by component.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub strong_s: f64,
+    pub tuned_s: f64,
+    pub untuned_s: f64,
+    /// The whole method (search or EFT), guide scoring included, gold excluded.
+    pub method_s: f64,
+    pub gold_s: f64,
+}
+
+/// One line of `results.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub task: String,
+    pub method: String,
+    pub seed: u64,
+    pub prompt_id: String,
+    pub prompt: String,
+    pub response: String,
+    pub finish: Finish,
+    /// Guide value beta * (tuned - untuned) of the response.
+    pub guide: f64,
+    pub tuned_logprob: f64,
+    pub untuned_logprob: f64,
+    /// Gold rewards, the run's primary one first.
+    pub gold: Vec<GoldScore>,
+    /// Strong-model tokens sampled over all rows (the method's cost).
+    pub strong_tokens: usize,
+    /// Strong-model tokens of the returned response.
+    pub response_tokens: usize,
+    pub tuned_tokens: u64,
+    pub untuned_tokens: u64,
+    pub timings: Timings,
+}
+
+/// What identifies a line.
+pub type Key = (String, u64, String);
+
+impl Record {
+    pub fn key(&self) -> Key {
+        (self.method.clone(), self.seed, self.prompt_id.clone())
+    }
+}
+
+/// The open result file.
+pub struct Store {
+    path: PathBuf,
+    file: File,
+    done: HashSet<Key>,
+    records: Vec<Record>,
+    /// Bytes of a torn last line that were cut on opening.
+    pub torn_bytes: usize,
+}
+
+/// Parses the text of a result file: the complete records, the byte length they cover,
+/// and whether a torn last line follows. A bad line before the last is an error
+/// (line number, reason): the file was not written by an interrupted run.
+pub fn parse(text: &[u8]) -> Result<(Vec<Record>, usize, bool), (usize, String)> {
+    let mut records = Vec::new();
+    let mut good = 0;
+    let mut line_no = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        line_no += 1;
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            return Ok((records, good, true)); // no newline: torn
+        };
+        let line = &rest[..nl];
+        rest = &rest[nl + 1..];
+        if line.iter().all(u8::is_ascii_whitespace) {
+            good += nl + 1;
+            continue;
+        }
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) => records.push(r),
+            // The last line, newline and all, may still be garbage after a power loss.
+            Err(_) if rest.is_empty() => return Ok((records, good, true)),
+            Err(e) => return Err((line_no, e.to_string())),
+        }
+        good += nl + 1;
+    }
+    Ok((records, good, false))
+}
+
+impl Store {
+    /// Opens (creating) `path`, cutting a torn last line.
+    pub fn open(path: &Path) -> Result<Store, Fail> {
+        let unwritable = |e: std::io::Error| {
+            usage(format!(
+                "cannot write the results file {}: {e}",
+                path.display()
+            ))
+        };
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(unwritable(e)),
+        };
+        let (records, good, torn) = parse(&text).map_err(|(line, e)| {
+            usage(format!(
+                "{} line {line} is not a result record ({e}); it was edited by hand? move the file away or fix the line",
+                path.display()
+            ))
+        })?;
+        let mut done = HashSet::new();
+        for r in &records {
+            if !done.insert(r.key()) {
+                return Err(usage(format!(
+                    "{} holds ({}, seed {}, prompt {}) twice; move the file away",
+                    path.display(),
+                    r.method,
+                    r.seed,
+                    r.prompt_id
+                )));
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(unwritable)?;
+        let torn_bytes = if torn { text.len() - good } else { 0 };
+        if torn {
+            file.set_len(good as u64).map_err(unwritable)?;
+            file.sync_data().map_err(unwritable)?;
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            file,
+            done,
+            records,
+            torn_bytes,
+        })
+    }
+
+    /// Whether this line is already done.
+    pub fn is_done(&self, key: &Key) -> bool {
+        self.done.contains(key)
+    }
+
+    /// Every record, in file order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Appends one record and flushes it to disk.
+    pub fn append(&mut self, record: Record) -> Result<(), Fail> {
+        let mut line = serde_json::to_vec(&record).map_err(|e| Fail {
+            code: 1,
+            message: format!("cannot encode a result: {e}"),
+        })?;
+        line.push(b'\n');
+        let io = |e: std::io::Error| Fail {
+            code: 1,
+            message: format!("cannot write {}: {e}", self.path.display()),
+        };
+        self.file.write_all(&line).map_err(io)?;
+        self.file.flush().map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.done.insert(record.key());
+        self.records.push(record);
+        Ok(())
+    }
+}
+
+/// Reads the records of a result file without changing it (a torn last line is skipped).
+pub fn read_records(path: &Path) -> Result<Vec<Record>, Fail> {
+    let text =
+        std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let (records, _, _) = parse(&text).map_err(|(line, e)| {
+        usage(format!(
+            "{} line {line} is not a result record ({e})",
+            path.display()
+        ))
+    })?;
+    Ok(records)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn record(method: &str, seed: u64, id: &str, gold: f64) -> Record {
+        Record {
+            task: "sentiment".into(),
+            method: method.into(),
+            seed,
+            prompt_id: id.into(),
+            prompt: format!("prompt {id}"),
+            response: " was great".into(),
+            finish: Finish::Length,
+            guide: gold * 2.0,
+            tuned_logprob: -10.0,
+            untuned_logprob: -12.0,
+            gold: vec![GoldScore {
+                name: "vader".into(),
+                value: gold,
+            }],
+            strong_tokens: 16 * 50,
+            response_tokens: 50,
+            tuned_tokens: 100,
+            untuned_tokens: 100,
+            timings: Timings {
+                method_s: 1.5,
+                ..Timings::default()
+            },
+        }
+    }
+
+    fn line(r: &Record) -> Vec<u8> {
+        let mut l = serde_json::to_vec(r).unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    #[test]
+    fn keeps_complete_lines_and_cuts_a_torn_one() {
+        let (a, b) = (
+            record("sample", 1, "p1", 0.1),
+            record("sample", 1, "p2", 0.2),
+        );
+        let mut text = line(&a);
+        text.extend(line(&b));
+        let full = text.len();
+        assert_eq!(
+            parse(&text).unwrap(),
+            (vec![a.clone(), b.clone()], full, false)
+        );
+        let torn = &line(&record("sample", 1, "p3", 0.3))[..40];
+        text.extend_from_slice(torn);
+        assert_eq!(parse(&text).unwrap(), (vec![a.clone(), b], full, true));
+        // A garbage last line with its newline (zero-filled blocks after power loss).
+        let mut zeroed = line(&a);
+        let good = zeroed.len();
+        zeroed.extend_from_slice(b"\0\0\0\0\n");
+        assert_eq!(parse(&zeroed).unwrap(), (vec![a], good, true));
+    }
+
+    #[test]
+    fn a_bad_line_before_the_last_is_an_error_with_its_number() {
+        let mut text = line(&record("sample", 1, "p1", 0.1));
+        text.extend_from_slice(b"{\"not\": \"a record\"}\n");
+        text.extend(line(&record("sample", 1, "p2", 0.1)));
+        assert_eq!(parse(&text).unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn reopening_truncates_the_torn_line_and_appends_after_it() {
+        let dir = std::env::temp_dir().join(format!("w2s-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("results.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut s = Store::open(&path).unwrap();
+        s.append(record("bon:16", 2, "a", 0.5)).unwrap();
+        drop(s);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"task\":\"sent").unwrap();
+        drop(f);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.torn_bytes, 13);
+        assert!(s.is_done(&("bon:16".into(), 2, "a".into())));
+        assert!(!s.is_done(&("bon:16".into(), 2, "b".into())));
+        s.append(record("bon:16", 2, "b", 0.5)).unwrap();
+        drop(s);
+        let back = read_records(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].prompt_id, "b");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

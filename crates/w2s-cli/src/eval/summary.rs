@@ -1,0 +1,312 @@
+//! Figures of a run, computed from its records alone: per method the mean gold reward
+//! with a seeded 95% bootstrap interval, the mean guide value, the cost per prompt.
+
+use serde::Serialize;
+use w2s_core::RowRng;
+
+use super::store::Record;
+
+/// Bootstrap resamples per interval.
+pub const RESAMPLES: usize = 2000;
+/// Seed of the bootstrap (fixed: the same records give the same report).
+pub const BOOTSTRAP_SEED: u64 = 2024;
+
+/// Mean and 95% bootstrap interval of some values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Interval {
+    pub mean: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// One method's figures (the fields of `summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodSummary {
+    pub method: String,
+    /// Mean of the primary gold reward.
+    pub mean_gold: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub mean_guide: f64,
+    pub strong_tokens_per_prompt: f64,
+    pub wall_s_per_prompt: f64,
+    /// Records (prompts x seeds).
+    pub n: usize,
+    /// Every gold reward by name, the primary one included.
+    pub golds: Vec<(String, Interval)>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub task: String,
+    /// Name of the primary gold reward.
+    pub gold: String,
+    pub prompts: usize,
+    pub seeds: Vec<u64>,
+    pub methods: Vec<MethodSummary>,
+}
+
+/// Mean with a percentile bootstrap interval (95%), seeded.
+pub fn bootstrap(values: &[f64], seed: u64) -> Interval {
+    let n = values.len();
+    if n == 0 {
+        return Interval {
+            mean: f64::NAN,
+            ci_low: f64::NAN,
+            ci_high: f64::NAN,
+        };
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let mut rng = RowRng::new(seed, 0);
+    let mut means: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            let sum: f64 = (0..n)
+                .map(|_| values[((rng.next_f64() * n as f64) as usize).min(n - 1)])
+                .sum();
+            sum / n as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (RESAMPLES - 1) as f64).round() as usize).min(RESAMPLES - 1)];
+    Interval {
+        mean,
+        ci_low: at(0.025),
+        ci_high: at(0.975),
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+/// Summarises records: methods in order of first appearance, golds in the first
+/// record's order (the first is primary).
+pub fn summarize(records: &[Record]) -> Summary {
+    let mut methods: Vec<&str> = Vec::new();
+    let mut seeds: Vec<u64> = Vec::new();
+    let mut prompts: Vec<&str> = Vec::new();
+    for r in records {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+        if !seeds.contains(&r.seed) {
+            seeds.push(r.seed);
+        }
+        if !prompts.contains(&r.prompt_id.as_str()) {
+            prompts.push(&r.prompt_id);
+        }
+    }
+    seeds.sort_unstable();
+    let gold_names: Vec<String> = records
+        .first()
+        .map(|r| r.gold.iter().map(|g| g.name.clone()).collect())
+        .unwrap_or_default();
+    let methods = methods
+        .iter()
+        .map(|&m| {
+            let rs: Vec<&Record> = records.iter().filter(|r| r.method == m).collect();
+            let golds: Vec<(String, Interval)> = gold_names
+                .iter()
+                .map(|name| {
+                    let vals: Vec<f64> = rs
+                        .iter()
+                        .filter_map(|r| r.gold.iter().find(|g| &g.name == name))
+                        .map(|g| g.value)
+                        .collect();
+                    (name.clone(), bootstrap(&vals, BOOTSTRAP_SEED))
+                })
+                .collect();
+            let primary = golds.first().map_or(
+                Interval {
+                    mean: f64::NAN,
+                    ci_low: f64::NAN,
+                    ci_high: f64::NAN,
+                },
+                |g| g.1,
+            );
+            MethodSummary {
+                method: m.to_string(),
+                mean_gold: primary.mean,
+                ci_low: primary.ci_low,
+                ci_high: primary.ci_high,
+                mean_guide: mean(rs.iter().map(|r| r.guide)),
+                strong_tokens_per_prompt: mean(rs.iter().map(|r| r.strong_tokens as f64)),
+                wall_s_per_prompt: mean(rs.iter().map(|r| r.timings.method_s)),
+                n: rs.len(),
+                golds,
+            }
+        })
+        .collect();
+    Summary {
+        task: records.first().map_or_else(String::new, |r| r.task.clone()),
+        gold: gold_names.first().cloned().unwrap_or_default(),
+        prompts: prompts.len(),
+        seeds,
+        methods,
+    }
+}
+
+/// `summary.json`: per method `mean_gold`, `ci_low`, `ci_high`, `mean_guide`,
+/// `strong_tokens_per_prompt`, `wall_s_per_prompt`, `n` (and every gold's interval).
+pub fn to_json(s: &Summary) -> serde_json::Value {
+    let mut methods = serde_json::Map::new();
+    for m in &s.methods {
+        let golds: serde_json::Map<String, serde_json::Value> = m
+            .golds
+            .iter()
+            .map(|(name, i)| (name.clone(), serde_json::json!(i)))
+            .collect();
+        methods.insert(
+            m.method.clone(),
+            serde_json::json!({
+                "mean_gold": m.mean_gold,
+                "ci_low": m.ci_low,
+                "ci_high": m.ci_high,
+                "mean_guide": m.mean_guide,
+                "strong_tokens_per_prompt": m.strong_tokens_per_prompt,
+                "wall_s_per_prompt": m.wall_s_per_prompt,
+                "n": m.n,
+                "golds": golds,
+            }),
+        );
+    }
+    serde_json::json!({
+        "task": s.task,
+        "gold": s.gold,
+        "prompts": s.prompts,
+        "seeds": s.seeds,
+        "method_order": s.methods.iter().map(|m| m.method.clone()).collect::<Vec<_>>(),
+        "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95},
+        "methods": methods,
+    })
+}
+
+/// `report.md`: a table per method and the plots.
+pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
+    let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
+    let mut md = format!(
+        "# Evaluation report\n\nTask `{}`; {} prompts; seeds {}; primary gold reward `{}`. \
+         Intervals: 95% percentile bootstrap over responses ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}).\n\n",
+        s.task,
+        s.prompts,
+        seeds.join(", "),
+        s.gold
+    );
+    md.push_str("| method | n | mean gold [95% CI] |");
+    let extra: Vec<&String> = s
+        .methods
+        .first()
+        .map(|m| m.golds.iter().skip(1).map(|g| &g.0).collect())
+        .unwrap_or_default();
+    for name in &extra {
+        md.push_str(&format!(" {name} [95% CI] |"));
+    }
+    md.push_str(" mean guide | strong tokens / prompt | wall s / prompt |\n|---|---:|---:|");
+    md.push_str(&"---:|".repeat(extra.len()));
+    md.push_str("---:|---:|---:|\n");
+    for m in &s.methods {
+        md.push_str(&format!(
+            "| `{}` | {} | {:.3} [{:.3}, {:.3}] |",
+            m.method, m.n, m.mean_gold, m.ci_low, m.ci_high
+        ));
+        for (_, i) in m.golds.iter().skip(1) {
+            md.push_str(&format!(
+                " {:.3} [{:.3}, {:.3}] |",
+                i.mean, i.ci_low, i.ci_high
+            ));
+        }
+        md.push_str(&format!(
+            " {:.2} | {:.0} | {:.2} |\n",
+            m.mean_guide, m.strong_tokens_per_prompt, m.wall_s_per_prompt
+        ));
+    }
+    for (file, title) in plots {
+        md.push_str(&format!("\n![{title}]({file})\n"));
+    }
+    md
+}
+
+/// `model_outputs.json` in AlpacaEval's format, one entry per record; `generator` names
+/// the method and seed (`w2s/cbs:4x4x5/seed1`).
+pub fn alpaca_outputs(records: &[Record]) -> serde_json::Value {
+    serde_json::Value::Array(
+        records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "instruction": r.prompt,
+                    "output": r.response,
+                    "generator": format!("w2s/{}/seed{}", r.method, r.seed),
+                    "dataset": "w2s",
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::tests::record;
+    use super::*;
+
+    #[test]
+    fn bootstrap_is_seeded_and_brackets_the_mean() {
+        let vals: Vec<f64> = (0..40).map(|i| (i % 7) as f64 / 7.0).collect();
+        let a = bootstrap(&vals, 3);
+        assert_eq!(a, bootstrap(&vals, 3));
+        assert!(a.ci_low < a.mean && a.mean < a.ci_high, "{a:?}");
+        // The interval of a mean of n values shrinks like 1/sqrt(n).
+        let many: Vec<f64> = vals.iter().cycle().take(1600).copied().collect();
+        let b = bootstrap(&many, 3);
+        let (wa, wb) = (a.ci_high - a.ci_low, b.ci_high - b.ci_low);
+        assert!(wb < wa / 4.0 && wb > wa / 9.0, "{wa} {wb}");
+        let c = bootstrap(&[2.0, 2.0], 1);
+        assert_eq!((c.mean, c.ci_low, c.ci_high), (2.0, 2.0, 2.0));
+    }
+
+    #[test]
+    fn summarizes_per_method_in_order() {
+        let recs = vec![
+            record("sample", 1, "a", 0.0),
+            record("cbs:4x4x5", 1, "a", 1.0),
+            record("sample", 1, "b", 0.5),
+            record("cbs:4x4x5", 1, "b", 0.5),
+            record("sample", 2, "a", 0.1),
+        ];
+        let s = summarize(&recs);
+        assert_eq!(
+            (s.prompts, s.seeds.clone(), s.gold.as_str()),
+            (2, vec![1, 2], "vader")
+        );
+        assert_eq!(s.methods[0].method, "sample");
+        assert_eq!(s.methods[0].n, 3);
+        assert!((s.methods[0].mean_gold - 0.2).abs() < 1e-12);
+        assert!((s.methods[1].mean_gold - 0.75).abs() < 1e-12);
+        assert!((s.methods[1].mean_guide - 1.5).abs() < 1e-12);
+        assert_eq!(s.methods[1].strong_tokens_per_prompt, 800.0);
+        let j = to_json(&s);
+        for key in [
+            "mean_gold",
+            "ci_low",
+            "ci_high",
+            "mean_guide",
+            "strong_tokens_per_prompt",
+            "wall_s_per_prompt",
+            "n",
+        ] {
+            assert!(j["methods"]["cbs:4x4x5"].get(key).is_some(), "{key}");
+        }
+        let md = to_markdown(&s, &[("gold_by_method.svg", "gold")]);
+        assert!(md.contains("| `cbs:4x4x5` | 2 | 0.750 ["), "{md}");
+        assert!(md.contains("![gold](gold_by_method.svg)"));
+        let out = alpaca_outputs(&recs);
+        assert_eq!(out[1]["generator"], "w2s/cbs:4x4x5/seed1");
+        assert_eq!(out[1]["instruction"], "prompt a");
+    }
+}

@@ -1,0 +1,351 @@
+//! `w2s eval` and `w2s report` as a user runs them, on the real models: a run killed with
+//! kill -9 resumes without duplicates and redoes a torn line; bad input gets one clear
+//! line, exit 2, and nothing already written is lost.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const W2S: &str = env!("CARGO_BIN_EXE_w2s");
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("w2s-eval-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Three short prompts.
+fn prompts(dir: &Path) -> String {
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(
+        &p,
+        "{\"id\": \"a\", \"prompt\": \"I rented this movie last weekend and\"}\n\
+         {\"id\": \"b\", \"prompt\": \"The first thing you notice about this film is\"}\n\
+         {\"id\": \"c\", \"prompt\": \"My friends told me to see this one because\"}\n",
+    )
+    .unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn eval_args(prompts: &str, out: &Path, methods: &str) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "eval",
+        "--config",
+        &repo("configs/eval-sentiment-a.toml"),
+        "--prompts",
+        prompts,
+        "--methods",
+        methods,
+        "--seeds",
+        "1,2",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "2",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(out.to_string_lossy().into_owned());
+    a
+}
+
+fn w2s(args: &[String]) -> Output {
+    Command::new(W2S)
+        .args(args)
+        .env_remove("W2S_LOG")
+        .output()
+        .expect("run w2s")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn key(v: &Value) -> (String, u64, String) {
+    (
+        v["method"].as_str().unwrap().into(),
+        v["seed"].as_u64().unwrap(),
+        v["prompt_id"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn a_run_killed_with_kill_9_resumes_without_duplicates_and_redoes_a_torn_line() {
+    let dir = scratch("resume");
+    let p = prompts(&dir);
+    let out = dir.join("run");
+    let results = out.join("results.jsonl");
+    let args = eval_args(&p, &out, "sample,bon:2");
+    // Start a real run and kill it -9 once two lines are on disk.
+    let mut child = Command::new(W2S)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(&results).map_or(0, |t| t.lines().count());
+        if n >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Tear the last complete line in half, as a power loss mid-write would.
+    let text = std::fs::read_to_string(&results).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    assert!(kept.len() >= 2 && kept.len() < 12, "{} lines", kept.len());
+    let torn = kept[kept.len() - 1];
+    let torn_key = key(&serde_json::from_str(torn).unwrap());
+    let intact = kept[..kept.len() - 1].join("\n") + "\n";
+    std::fs::write(&results, format!("{intact}{}", &torn[..torn.len() / 2])).unwrap();
+
+    // The same command resumes and finishes.
+    let o = w2s(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("torn last line"), "{stderr}");
+    let all = lines(&results);
+    assert_eq!(all.len(), 2 * 2 * 3, "2 methods x 2 seeds x 3 prompts");
+    let mut seen = HashMap::new();
+    for v in &all {
+        assert!(
+            seen.insert(key(v), v.clone()).is_none(),
+            "duplicate {:?}",
+            key(v)
+        );
+    }
+    assert!(seen.contains_key(&torn_key), "the torn line was redone");
+    let after = std::fs::read_to_string(&results).unwrap();
+    assert!(
+        after.starts_with(&intact),
+        "finished lines are kept byte for byte"
+    );
+    // A rerun of a finished run does nothing.
+    let o = w2s(&args);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 of 12 lines to do"));
+    assert_eq!(std::fs::read_to_string(&results).unwrap(), after);
+
+    // Seeded: a fresh run gives the same responses, line for line.
+    let fresh = dir.join("fresh");
+    assert!(w2s(&eval_args(&p, &fresh, "sample,bon:2")).status.success());
+    for v in lines(&fresh.join("results.jsonl")) {
+        let r = &seen[&key(&v)];
+        assert_eq!(v["response"], r["response"], "{:?}", key(&v));
+        assert_eq!(v["gold"], r["gold"]);
+        assert_eq!(v["strong_tokens"], r["strong_tokens"]);
+    }
+
+    // The report, from the JSONL alone.
+    for f in [
+        "report.md",
+        "summary.json",
+        "gold_by_method.svg",
+        "gold_vs_tokens.svg",
+        "run.json",
+    ] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let o = w2s(&["report".into(), out.to_string_lossy().into_owned()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for m in ["sample", "bon:2"] {
+        let mine: Vec<f64> = all
+            .iter()
+            .filter(|v| v["method"] == m)
+            .map(|v| v["gold"][0]["value"].as_f64().unwrap())
+            .collect();
+        let mean = mine.iter().sum::<f64>() / mine.len() as f64;
+        let row = &s["methods"][m];
+        assert_eq!(row["n"], 6);
+        assert!((row["mean_gold"].as_f64().unwrap() - mean).abs() < 1e-9);
+        assert!(
+            row["ci_low"].as_f64().unwrap() <= mean && mean <= row["ci_high"].as_f64().unwrap()
+        );
+        let tokens = row["strong_tokens_per_prompt"].as_f64().unwrap();
+        assert!(
+            tokens > 0.0 && tokens <= if m == "sample" { 8.0 } else { 16.0 },
+            "{m} {tokens}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| `bon:2` | 6 |") && md.contains("gold_vs_tokens.svg"),
+        "{md}"
+    );
+    assert!(std::fs::read_to_string(out.join("gold_by_method.svg"))
+        .unwrap()
+        .contains("bon:2"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `args`, expecting exit 2 with one `error:` line that contains `needle`.
+fn expect_usage_error(args: &[String], needle: &str) {
+    let o = w2s(args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+    let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errs.len(), 1, "{stderr}");
+    assert!(
+        errs[0].contains(needle),
+        "expected {needle:?} in {stderr:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_refused_with_exit_2_and_nothing_written_is_lost() {
+    let dir = scratch("bad");
+    let p = prompts(&dir);
+    let out = dir.join("run");
+    // A finished one-line run to protect.
+    let mut one = eval_args(&p, &out, "sample");
+    let seeds = one.iter().position(|x| x == "--seeds").unwrap();
+    one[seeds + 1] = "1".into();
+    one.extend(["--limit".into(), "1".into()]);
+    let o = w2s(&one);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = out.join("results.jsonl");
+    let before = std::fs::read(&results).unwrap();
+    let with = |f: &dyn Fn(&mut Vec<String>)| {
+        let mut a = one.clone();
+        f(&mut a);
+        a
+    };
+    let set = |a: &mut Vec<String>, flag: &str, v: &str| {
+        let i = a.iter().rposition(|x| x == flag).unwrap();
+        a[i + 1] = v.into();
+    };
+    expect_usage_error(
+        &with(&|a| set(a, "--methods", "cbs:4x4")),
+        "unknown method 'cbs:4x4'",
+    );
+    expect_usage_error(
+        &with(&|a| set(a, "--methods", "sample,eft:1")),
+        "shared vocabulary",
+    );
+    expect_usage_error(
+        &with(&|a| set(a, "--max-new-tokens", "9")),
+        "max_new_tokens: 8 -> 9",
+    );
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"ok\"}\n{\"prompt\": \"ok 2\"\n").unwrap();
+    expect_usage_error(
+        &with(&|a| set(a, "--prompts", bad.to_str().unwrap())),
+        "bad.jsonl line 2",
+    );
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under_file = file.join("out");
+    expect_usage_error(
+        &with(&|a| set(a, "--out", under_file.to_str().unwrap())),
+        "cannot create",
+    );
+    expect_usage_error(
+        &with(&|a| a.extend(["--method".into(), "bon:4".into()])),
+        "--methods",
+    );
+    assert_eq!(
+        std::fs::read(&results).unwrap(),
+        before,
+        "nothing written is lost"
+    );
+    // --force moves the old run aside instead of mixing.
+    let forced = with(&|a| {
+        set(a, "--max-new-tokens", "4");
+        a.push("--force".into());
+    });
+    assert!(w2s(&forced).status.success());
+    assert_eq!(
+        std::fs::read(out.join("previous-1/results.jsonl")).unwrap(),
+        before
+    );
+    let now = lines(&results);
+    assert_eq!(now.len(), 1);
+    assert!(now[0]["response_tokens"].as_u64().unwrap() <= 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn instruct_task_renders_chat_templates_and_writes_alpacaeval_outputs() {
+    let dir = scratch("instruct");
+    let out = dir.join("run");
+    let prompts = dir.join("instructions.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": \"i1\", \"prompt\": \"Write a short poem about autumn rain.\"}\n\
+         {\"id\": \"i2\", \"prompt\": \"What is the difference between weather and climate?\"}\n",
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "eval",
+        "--task",
+        "instruct",
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--methods",
+        "sample",
+        "--strong",
+        "smollm2-135m-instruct",
+        "--tuned",
+        "smollm2-135m-instruct",
+        "--untuned",
+        "smollm2-135m-instruct",
+        "--untuned-template",
+        "{prompt}",
+        "--judge",
+        "smollm2-135m-instruct",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = w2s(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = lines(&out.join("results.jsonl"));
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r["gold"][0]["name"], "judge");
+        let j = r["gold"][0]["value"].as_f64().unwrap();
+        assert!((1.0..=9.0).contains(&j), "{j}");
+    }
+    let outputs: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model_outputs.json")).unwrap())
+            .unwrap();
+    let first = &outputs[0];
+    assert_eq!(first["instruction"], recs[0]["prompt"]);
+    assert_eq!(first["output"], recs[0]["response"]);
+    assert_eq!(first["generator"], "w2s/sample/seed1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
