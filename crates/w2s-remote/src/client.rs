@@ -47,6 +47,9 @@ impl Client {
             .connect_timeout(ep.connect_timeout)
             .timeout(ep.request_timeout)
             .pool_max_idle_per_host(ep.max_concurrency)
+            // Below uvicorn's 5 s keep-alive (vLLM, SGLang, llama-cpp-python): a pooled
+            // connection is not reused just as the server closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(3))
             .build()
             .map_err(|e| RemoteError::Init(e.to_string()))?;
         let seed = std::time::SystemTime::now()

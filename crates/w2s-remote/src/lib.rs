@@ -51,11 +51,10 @@
 //! the term out on purpose.
 //!
 //! llama-cpp-python 0.3.x pairs each echoed token with the logits *after* it unless it
-//! dropped a leading BOS token, so its echo log-probs are right only when the prompt
-//! starts with the model's BOS token (models that add one, e.g. Gemma, Llama; or a
-//! template that starts with it, e.g. SmolLM2's ChatML markup, whose BOS is
-//! `<|im_start|>`). The scorer detects the other case from the reply's token counts and
-//! fails with [`RemoteError::Misaligned`] rather than return shifted numbers.
+//! dropped a leading BOS token, so its echo log-probs are right only for models that add
+//! a BOS token (Gemma, Llama, Mistral; not SmolLM2 or Qwen). The scorer asks its
+//! `/extras/tokenize` once whether the model adds one and otherwise fails with
+//! [`RemoteError::Misaligned`] rather than return shifted numbers.
 //!
 //! ## Failures
 //! Connect and request timeouts; retries with jittered exponential backoff on 429, 5xx,

@@ -63,7 +63,11 @@ impl RemoteScorer {
             }
         };
         if self.engine.is_none() {
-            self.engine = Some(self.client.resolve_engine()?);
+            let engine = self.client.resolve_engine()?;
+            if engine == Engine::LlamaCppPython && self.client.ctx.ep.score_api == ScoreApi::Echo {
+                self.check_adds_bos()?;
+            }
+            self.engine = Some(engine);
         }
         self.prompt = Some(text);
         self.rows = rows;
@@ -71,8 +75,36 @@ impl RemoteScorer {
         Ok(())
     }
 
+    /// llama-cpp-python 0.3.x pairs each echoed token with the logits *after* it unless
+    /// it dropped a leading BOS token; with a model that adds no BOS every value would be
+    /// shifted by one token. Its tokenizer endpoint shows whether the model adds one
+    /// ("a" is one token in every vocabulary, two with a BOS).
+    fn check_adds_bos(&self) -> Result<(), RemoteError> {
+        let ctx = self.client.ctx.clone();
+        let body = json!({"input": "a", "model": ctx.ep.model});
+        let reply = self
+            .client
+            .block_on(async move { ctx.send("../extras/tokenize", Some(&body)).await })??;
+        let url = format!("{}/../extras/tokenize", self.client.ctx.ep.base);
+        let n = reply
+            .get("tokens")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .ok_or_else(|| malformed(&url, "no tokens", &reply))?;
+        if n < 2 {
+            return Err(RemoteError::Misaligned {
+                url,
+                reason: "llama-cpp-python's echo log-probs are shifted by one token for models that add \
+                         no BOS token (e.g. SmolLM2), so this model cannot be scored through it; serve it \
+                         with an engine whose echo log-probs are right (vLLM, SGLang) or score it locally"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     fn score_inner(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, RemoteError> {
-        let (Some(prompt), Some(engine)) = (self.prompt.as_deref(), self.engine) else {
+        let (Some(prompt), Some(_)) = (self.prompt.as_deref(), self.engine) else {
             return Err(RemoteError::Usage("score before begin".into()));
         };
         let ep = &self.client.ctx.ep;
@@ -113,7 +145,7 @@ impl RemoteScorer {
         let mut out = Vec::with_capacity(requests.len());
         for ((r, eos), reply) in requests.iter().zip(eos_of).zip(replies) {
             let (echoed, sent) = match ep.score_api {
-                ScoreApi::Echo => echoed_tokens(&reply, &url, engine)?,
+                ScoreApi::Echo => echoed_tokens(&reply, &url)?,
                 ScoreApi::PromptLogprobs => prompt_logprobs(&reply, &url)?,
             };
             let summed = response_logprob(&echoed, r.text, eos).map_err(|reason| {
@@ -145,7 +177,7 @@ fn usage_count(reply: &Value, field: &str) -> Option<usize> {
 }
 
 /// The echoed prompt tokens of an `echo: true` reply, and the prompt tokens sent.
-fn echoed_tokens(reply: &Value, url: &str, engine: Engine) -> Result<(Echoed, u64), RemoteError> {
+fn echoed_tokens(reply: &Value, url: &str) -> Result<(Echoed, u64), RemoteError> {
     let choice = reply
         .pointer("/choices/0")
         .ok_or_else(|| malformed(url, "no choices", reply))?;
@@ -184,18 +216,6 @@ fn echoed_tokens(reply: &Value, url: &str, engine: Engine) -> Result<(Echoed, u6
         .len()
         .checked_sub(completion)
         .ok_or_else(|| malformed(url, "fewer tokens than usage.completion_tokens", reply))?;
-    if engine == Engine::LlamaCppPython && prompt_tokens <= n_echo {
-        // llama-cpp-python 0.3.x pairs echoed token i with the logits after token i
-        // unless it dropped a leading BOS token: without one, every value is shifted.
-        return Err(RemoteError::Misaligned {
-            url: url.to_string(),
-            reason: "llama-cpp-python's echo log-probs are shifted by one token when the prompt does \
-                     not start with the model's BOS token (models that add no BOS, e.g. SmolLM2, with a \
-                     plain template); start the template with the BOS token's text (SmolLM2: \
-                     <|im_start|>, as its chat markup does) or use another engine"
-                .into(),
-        });
-    }
     let mut echoed = Echoed { tokens, logprobs };
     echoed.tokens.truncate(n_echo);
     echoed.logprobs.truncate(n_echo);
