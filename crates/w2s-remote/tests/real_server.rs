@@ -262,7 +262,12 @@ fn cbs_with_every_model_remote() {
         tuned.requests_sent(),
         untuned.requests_sent()
     );
-    assert!(tuned.requests_sent() >= 4 && tuned.requests_sent() == untuned.requests_sent());
+    // Each scorer: GET /v1/models, the BOS check, then one request per row and step (4
+    // rows, 2 steps); a retry or two (e.g. over a pooled connection the server just
+    // closed) is tolerated.
+    for n in [tuned.requests_sent(), untuned.requests_sent()] {
+        assert!((10..=12).contains(&n), "{n} requests");
+    }
     check_result(
         &out,
         max_new,
