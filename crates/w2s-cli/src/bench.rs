@@ -99,6 +99,7 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
         return Err(usage("--repeats and --limit must be at least 1"));
     }
     let settings = args.run.clone().check()?;
+    settings.require_local("bench")?;
     let methods: Vec<Method> = args
         .methods
         .iter()

@@ -53,6 +53,8 @@ impl From<SearchError> for Fail {
             SearchError::Backend { source, .. } => {
                 if source.downcast_ref::<ConfigError>().is_some() {
                     2
+                } else if let Some(r) = source.downcast_ref::<w2s_remote::RemoteError>() {
+                    crate::backends::remote_exit_code(r)
                 } else if let Some(l) = source.downcast_ref::<LlamaError>() {
                     if is_input_error(l) {
                         2

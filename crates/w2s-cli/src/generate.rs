@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 use w2s_core::SearchOutput;
-use w2s_llama::LocalModels;
 
 use crate::fail::Fail;
 use crate::prompts::{read_jsonl, PromptItem};
@@ -50,7 +49,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
         (None, Some(path)) => read_jsonl(path)?,
         (None, None) => unreachable!("clap requires one of --prompt, --prompts"),
     };
-    let mut models = LocalModels::load(&settings.local_spec())?;
+    let mut models = crate::backends::Backends::build(&settings)?;
     let mut out = std::io::stdout().lock();
     for item in &items {
         let result = models.search(&settings.search, &item.prompt)?;

@@ -1,5 +1,6 @@
 //! `w2s`: weak-to-strong search from the command line.
 
+mod backends;
 mod bench;
 mod eval;
 mod fail;

@@ -49,6 +49,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<(), Fail> {
     let settings = args.run.check()?;
+    settings.require_local("serve")?;
     let mut cfg = ServeConfig::new(settings.search.clone());
     cfg.host = args.host;
     cfg.port = args.port;

@@ -18,14 +18,15 @@ pub struct RunSettings {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Strong model: a GGUF file, or a name fetched by scripts/fetch-models.
-    #[arg(long, value_name = "FILE|NAME")]
+    /// Strong model: a GGUF file, a name fetched by scripts/fetch-models, or a remote
+    /// OpenAI-compatible endpoint URL#MODEL (e.g. http://127.0.0.1:8000/v1#my-model).
+    #[arg(long, value_name = "FILE|NAME|URL#MODEL")]
     pub strong: Option<String>,
-    /// Small tuned model (GGUF file or name).
-    #[arg(long, value_name = "FILE|NAME")]
+    /// Small tuned model (GGUF file, name or URL#MODEL).
+    #[arg(long, value_name = "FILE|NAME|URL#MODEL")]
     pub tuned: Option<String>,
-    /// Small untuned model (GGUF file or name); may be the tuned file with another template.
-    #[arg(long, value_name = "FILE|NAME")]
+    /// Small untuned model (GGUF file, name or URL#MODEL); may be the tuned one with another template.
+    #[arg(long, value_name = "FILE|NAME|URL#MODEL")]
     pub untuned: Option<String>,
 
     /// Strong model's prompt template, with {prompt}; `chat:USER||ASSISTANT` uses the
@@ -85,6 +86,11 @@ pub struct RunSettings {
     /// Model layers to offload to the GPU (builds with the `cuda` feature) [default: 0].
     #[arg(long)]
     pub gpu_layers: Option<u32>,
+
+    /// Remote models (config file only): `[models.strong]` etc., see w2s_remote::RemoteSpec.
+    #[arg(skip)]
+    #[serde(default)]
+    pub models: Option<crate::backends::ModelTables>,
 }
 
 /// Settings after merging and checking.
@@ -99,6 +105,7 @@ pub struct Checked {
     pub search: SearchConfig,
     pub threads: usize,
     pub gpu_layers: u32,
+    pub remote: crate::backends::Remotes,
 }
 
 impl RunSettings {
@@ -111,6 +118,7 @@ impl RunSettings {
         macro_rules! pick {
             ($($f:ident),*) => { RunSettings { $($f: self.$f.or(file.$f),)*
                 stop: if self.stop.is_empty() { file.stop } else { self.stop },
+                models: self.models.or(file.models),
                 config: self.config } };
         }
         Ok(pick!(
@@ -138,8 +146,52 @@ impl RunSettings {
 
     /// Checks everything into library types.
     pub fn check(self) -> Result<Checked, Fail> {
-        let s = self.merged()?;
+        let mut s = self.merged()?;
+        let tables = s.models.clone().unwrap_or_default();
+        let mut remote = crate::backends::Remotes::default();
+        for (flag, table, ep, tmpl) in [
+            (
+                "strong",
+                &tables.strong,
+                &mut remote.strong,
+                &mut s.strong_template,
+            ),
+            (
+                "tuned",
+                &tables.tuned,
+                &mut remote.tuned,
+                &mut s.tuned_template,
+            ),
+            (
+                "untuned",
+                &tables.untuned,
+                &mut remote.untuned,
+                &mut s.untuned_template,
+            ),
+        ] {
+            let value = match flag {
+                "strong" => &s.strong,
+                "tuned" => &s.tuned,
+                _ => &s.untuned,
+            };
+            let (e, t) = crate::backends::remote_role(value.as_deref(), table.as_ref(), flag)?;
+            *ep = e;
+            if tmpl.is_none() {
+                *tmpl = t;
+            }
+        }
+        let is_remote = [
+            remote.strong.is_some(),
+            remote.tuned.is_some(),
+            remote.untuned.is_some(),
+        ];
         let model = |v: &Option<String>, flag: &str| -> Result<PathBuf, Fail> {
+            let role = ["strong", "tuned", "untuned"]
+                .iter()
+                .position(|r| *r == flag);
+            if role.is_some_and(|i| is_remote[i]) {
+                return Ok(PathBuf::new());
+            }
             let spec = v.as_deref().ok_or_else(|| {
                 usage(format!(
                     "no {flag} model: give --{flag} FILE|NAME or set {flag} = \"...\" in --config"
@@ -195,6 +247,7 @@ impl RunSettings {
             search,
             threads,
             gpu_layers: s.gpu_layers.unwrap_or(0),
+            remote,
         })
     }
 }
@@ -215,6 +268,25 @@ fn read_config(path: &Path) -> Result<RunSettings, Fail> {
 }
 
 impl Checked {
+    /// Refuses remote models for a command that runs local models only.
+    pub fn require_local(&self, command: &str) -> Result<(), Fail> {
+        let roles = [
+            ("strong", self.remote.strong.is_some()),
+            ("tuned", self.remote.tuned.is_some()),
+            ("untuned", self.remote.untuned.is_some()),
+        ];
+        let remote: Vec<&str> = roles.iter().filter(|r| r.1).map(|r| r.0).collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "`w2s {command}` runs local GGUF models only, but the {} model{} remote; \
+             remote models work with `w2s generate`",
+            remote.join(" and "),
+            if remote.len() == 1 { " is" } else { "s are" }
+        )))
+    }
+
     /// The local backend's view of these settings.
     pub fn local_spec(&self) -> w2s_llama::LocalSpec {
         w2s_llama::LocalSpec {

@@ -41,7 +41,9 @@ fn settings(run: RunSettings, task: Task) -> Result<Checked, Fail> {
             t.get_or_insert_with(|| "chat:{prompt}".into());
         }
     }
-    s.check()
+    let checked = s.check()?;
+    checked.require_local("eval")?;
+    Ok(checked)
 }
 
 /// The settings every line depends on (compared on resume).

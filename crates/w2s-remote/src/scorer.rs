@@ -1,0 +1,293 @@
+//! A small model behind an OpenAI-compatible `/v1/completions` endpoint, scoring text by
+//! the log-probabilities the engine echoes for "prompt + response".
+
+use serde_json::{json, Value};
+use w2s_core::{BackendError, FilledPrompt, PromptTemplate, ScoreRequest, Scorer};
+
+use crate::align::{response_logprob, Echoed};
+use crate::client::{snippet, Client};
+use crate::endpoint::{Endpoint, Engine, ScoreApi};
+use crate::error::RemoteError;
+
+/// A scorer on a remote engine (the tuned or the untuned model of a guide pair).
+///
+/// Stateless per row: every [`Scorer::score`] call sends one request per row with the
+/// whole "prompt + response so far" and leaves prompt caching to the engine (vLLM's
+/// `--enable-prefix-caching`, llama-cpp-python's prefix reuse).
+pub struct RemoteScorer {
+    client: Client,
+    template: PromptTemplate,
+    engine: Option<Engine>,
+    prompt: Option<String>,
+    rows: usize,
+    evaluated: u64,
+}
+
+impl RemoteScorer {
+    /// A scorer for `endpoint` that reads the prompt through `template` (plain text: the
+    /// engine's completions endpoint takes text, so a chat model's markup is written into
+    /// the template, see [`RemoteError::Unsupported`]).
+    pub fn new(endpoint: Endpoint, template: PromptTemplate) -> Result<Self, RemoteError> {
+        Ok(RemoteScorer {
+            client: Client::new(endpoint)?,
+            template,
+            engine: None,
+            prompt: None,
+            rows: 0,
+            evaluated: 0,
+        })
+    }
+
+    /// HTTP requests sent so far (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.client.requests()
+    }
+
+    /// The engine (after the first `begin`, resolved if it was `auto`).
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine
+    }
+
+    fn begin_inner(&mut self, prompt: &str, rows: usize) -> Result<(), RemoteError> {
+        let text = match self.template.fill(prompt).map_err(|e| RemoteError::Usage(e.to_string()))? {
+            FilledPrompt::Text(t) => t,
+            FilledPrompt::Chat { .. } => {
+                return Err(RemoteError::Unsupported(format!(
+                    "a remote scorer reads a text prompt, so template '{}' cannot use the model's chat \
+                     template: write its chat markup into a plain template instead, e.g. \
+                     \"<|im_start|>user\\nWrite a positive review.<|im_end|>\\n<|im_start|>assistant\\n{{prompt}}\" \
+                     for ChatML models (the engine must parse special tokens in prompts, as vLLM and \
+                     llama-cpp-python do)",
+                    self.template.as_str()
+                )))
+            }
+        };
+        if self.engine.is_none() {
+            let engine = self.client.resolve_engine()?;
+            if engine == Engine::LlamaCppPython && self.client.ctx.ep.score_api == ScoreApi::Echo {
+                self.check_adds_bos()?;
+            }
+            self.engine = Some(engine);
+        }
+        self.prompt = Some(text);
+        self.rows = rows;
+        self.evaluated = 0;
+        Ok(())
+    }
+
+    /// llama-cpp-python 0.3.x pairs each echoed token with the logits *after* it unless
+    /// it dropped a leading BOS token; with a model that adds no BOS every value would be
+    /// shifted by one token. Its tokenizer endpoint shows whether the model adds one
+    /// ("a" is one token in every vocabulary, two with a BOS).
+    fn check_adds_bos(&self) -> Result<(), RemoteError> {
+        let ctx = self.client.ctx.clone();
+        let body = json!({"input": "a", "model": ctx.ep.model});
+        let reply = self
+            .client
+            .block_on(async move { ctx.send("../extras/tokenize", Some(&body)).await })??;
+        let url = format!("{}/../extras/tokenize", self.client.ctx.ep.base);
+        let n = reply
+            .get("tokens")
+            .and_then(Value::as_array)
+            .map(Vec::len)
+            .ok_or_else(|| malformed(&url, "no tokens", &reply))?;
+        if n < 2 {
+            return Err(RemoteError::Misaligned {
+                url,
+                reason: "llama-cpp-python's echo log-probs are shifted by one token for models that add \
+                         no BOS token (e.g. SmolLM2), so this model cannot be scored through it; serve it \
+                         with an engine whose echo log-probs are right (vLLM, SGLang) or score it locally"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn score_inner(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, RemoteError> {
+        let (Some(prompt), Some(_)) = (self.prompt.as_deref(), self.engine) else {
+            return Err(RemoteError::Usage("score before begin".into()));
+        };
+        let ep = &self.client.ctx.ep;
+        let mut bodies = Vec::with_capacity(requests.len());
+        let mut eos_of = Vec::with_capacity(requests.len());
+        for r in requests {
+            if r.row >= self.rows {
+                return Err(RemoteError::Usage(format!(
+                    "score of row {} of {}",
+                    r.row, self.rows
+                )));
+            }
+            let eos = match (r.ended, ep.eos_text.as_deref()) {
+                (false, _) | (true, Some("")) => None,
+                (true, Some(eos)) => Some(eos),
+                (true, None) => {
+                    return Err(RemoteError::NoEosText {
+                        url: ep.base.clone(),
+                    })
+                }
+            };
+            let full = format!("{prompt}{}{}", r.text, eos.unwrap_or(""));
+            let mut body = json!({
+                "model": ep.model, "prompt": full, "max_tokens": 1, "temperature": 0.0,
+            });
+            match ep.score_api {
+                ScoreApi::Echo => {
+                    body["echo"] = json!(true);
+                    body["logprobs"] = json!(0);
+                }
+                ScoreApi::PromptLogprobs => body["prompt_logprobs"] = json!(0),
+            }
+            bodies.push(body);
+            eos_of.push(eos);
+        }
+        let replies = self.client.post_all("completions", bodies)?;
+        let url = format!("{}/completions", ep.base);
+        let mut out = Vec::with_capacity(requests.len());
+        for ((r, eos), reply) in requests.iter().zip(eos_of).zip(replies) {
+            let (echoed, sent) = match ep.score_api {
+                ScoreApi::Echo => echoed_tokens(&reply, &url)?,
+                ScoreApi::PromptLogprobs => prompt_logprobs(&reply, &url)?,
+            };
+            let summed = response_logprob(&echoed, r.text, eos).map_err(|reason| {
+                RemoteError::Misaligned {
+                    url: url.clone(),
+                    reason,
+                }
+            })?;
+            self.evaluated += sent;
+            out.push(summed.logprob);
+        }
+        Ok(out)
+    }
+}
+
+fn malformed(url: &str, what: &str, reply: &Value) -> RemoteError {
+    RemoteError::Malformed {
+        url: url.to_string(),
+        what: what.to_string(),
+        body: snippet(&reply.to_string()),
+    }
+}
+
+fn usage_count(reply: &Value, field: &str) -> Option<usize> {
+    reply
+        .pointer(&format!("/usage/{field}"))?
+        .as_u64()
+        .map(|n| n as usize)
+}
+
+/// The echoed prompt tokens of an `echo: true` reply, and the prompt tokens sent.
+fn echoed_tokens(reply: &Value, url: &str) -> Result<(Echoed, u64), RemoteError> {
+    let choice = reply
+        .pointer("/choices/0")
+        .ok_or_else(|| malformed(url, "no choices", reply))?;
+    let lp = match choice.get("logprobs") {
+        None | Some(Value::Null) => {
+            return Err(RemoteError::NoLogprobs {
+                url: url.to_string(),
+            })
+        }
+        Some(lp) => lp,
+    };
+    let tokens: Vec<String> = lp
+        .get("tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RemoteError::NoLogprobs {
+            url: url.to_string(),
+        })?
+        .iter()
+        .map(|t| t.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| malformed(url, "a token that is not a string", reply))?;
+    let logprobs: Vec<Option<f64>> = lp
+        .get("token_logprobs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RemoteError::NoLogprobs {
+            url: url.to_string(),
+        })?
+        .iter()
+        .map(Value::as_f64)
+        .collect();
+    let completion = usage_count(reply, "completion_tokens")
+        .ok_or_else(|| malformed(url, "no usage.completion_tokens", reply))?;
+    let prompt_tokens = usage_count(reply, "prompt_tokens")
+        .ok_or_else(|| malformed(url, "no usage.prompt_tokens", reply))?;
+    let n_echo = tokens
+        .len()
+        .checked_sub(completion)
+        .ok_or_else(|| malformed(url, "fewer tokens than usage.completion_tokens", reply))?;
+    let mut echoed = Echoed { tokens, logprobs };
+    echoed.tokens.truncate(n_echo);
+    echoed.logprobs.truncate(n_echo);
+    Ok((echoed, prompt_tokens as u64))
+}
+
+/// vLLM's `prompt_logprobs`: one `{token_id: {logprob, decoded_token}}` per prompt token.
+fn prompt_logprobs(reply: &Value, url: &str) -> Result<(Echoed, u64), RemoteError> {
+    let list = reply
+        .pointer("/choices/0/prompt_logprobs")
+        .or_else(|| reply.get("prompt_logprobs"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| RemoteError::NoLogprobs {
+            url: url.to_string(),
+        })?;
+    let mut echoed = Echoed::default();
+    for (i, entry) in list.iter().enumerate() {
+        match entry {
+            Value::Null if i == 0 => {
+                echoed.tokens.push(String::new());
+                echoed.logprobs.push(None);
+            }
+            Value::Object(m) if m.len() == 1 => {
+                let (_, v) = m
+                    .iter()
+                    .next()
+                    .ok_or_else(|| malformed(url, "empty entry", reply))?;
+                let token = v.get("decoded_token").and_then(Value::as_str);
+                let token = token.ok_or_else(|| malformed(url, "no decoded_token", reply))?;
+                echoed.tokens.push(token.to_string());
+                echoed
+                    .logprobs
+                    .push(v.get("logprob").and_then(Value::as_f64));
+            }
+            _ => {
+                return Err(malformed(
+                    url,
+                    "prompt_logprobs entry is not one token (send prompt_logprobs: 0)",
+                    reply,
+                ))
+            }
+        }
+    }
+    Ok((echoed, list.len() as u64))
+}
+
+impl Scorer for RemoteScorer {
+    fn begin(
+        &mut self,
+        prompt: &str,
+        rows: usize,
+        _max_new_tokens: usize,
+    ) -> Result<(), BackendError> {
+        Ok(self.begin_inner(prompt, rows)?)
+    }
+
+    fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
+        Ok(self.score_inner(requests)?)
+    }
+
+    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
+        if let Some(&bad) = parents.iter().find(|&&p| p >= self.rows) {
+            return Err(
+                RemoteError::Usage(format!("reorder names row {bad} of {}", self.rows)).into(),
+            );
+        }
+        self.rows = parents.len();
+        Ok(())
+    }
+
+    /// Prompt tokens sent to the engine (its prefix cache may skip part of them).
+    fn tokens_evaluated(&self) -> u64 {
+        self.evaluated
+    }
+}
