@@ -1,5 +1,6 @@
 //! Figures of a run, computed from its records alone: per method the mean gold reward
-//! with a seeded 95% bootstrap interval, the mean guide value, the cost per prompt.
+//! with a seeded 95% bootstrap interval, the mean guide value, the cost per prompt, how
+//! well the guide agrees with the gold reward, and a paired comparison with the first method.
 
 use serde::Serialize;
 use w2s_core::RowRng;
@@ -34,6 +35,68 @@ pub struct MethodSummary {
     pub n: usize,
     /// Every gold reward by name, the primary one included.
     pub golds: Vec<(String, Interval)>,
+    /// Pearson correlation of guide value and primary gold over this method's responses
+    /// (NaN with fewer than two responses or no spread).
+    pub guide_gold_corr: f64,
+    /// Against the first method, on the (seed, prompt) pairs both have; `None` for the
+    /// first method itself.
+    pub paired: Option<Paired>,
+}
+
+/// A method's primary gold minus another's, paired by (seed, prompt).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Paired {
+    pub against: String,
+    pub pairs: usize,
+    /// Mean difference with a 95% bootstrap interval over the pairs.
+    pub diff: Interval,
+    pub wins: usize,
+    pub losses: usize,
+}
+
+/// Pearson correlation; NaN with fewer than two points or no spread in either.
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        x[..n].iter().sum::<f64>() / n as f64,
+        y[..n].iter().sum::<f64>() / n as f64,
+    );
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return f64::NAN;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+fn primary_gold(r: &Record) -> Option<f64> {
+    r.gold.first().map(|g| g.value)
+}
+
+fn paired(base: &str, rs: &[&Record], records: &[Record]) -> Paired {
+    let diffs: Vec<f64> = rs
+        .iter()
+        .filter_map(|r| {
+            let other = records
+                .iter()
+                .find(|o| o.method == base && o.seed == r.seed && o.prompt_id == r.prompt_id)?;
+            Some(primary_gold(r)? - primary_gold(other)?)
+        })
+        .collect();
+    Paired {
+        against: base.to_string(),
+        pairs: diffs.len(),
+        diff: bootstrap(&diffs, BOOTSTRAP_SEED),
+        wins: diffs.iter().filter(|d| **d > 0.0).count(),
+        losses: diffs.iter().filter(|d| **d < 0.0).count(),
+    }
 }
 
 /// The whole run.
@@ -140,6 +203,15 @@ pub fn summarize(records: &[Record]) -> Summary {
                 wall_s_per_prompt: mean(rs.iter().map(|r| r.timings.method_s)),
                 n: rs.len(),
                 golds,
+                guide_gold_corr: {
+                    let pts: Vec<(f64, f64)> = rs
+                        .iter()
+                        .filter_map(|r| Some((r.guide, primary_gold(r)?)))
+                        .collect();
+                    let (g, v): (Vec<f64>, Vec<f64>) = pts.into_iter().unzip();
+                    pearson(&g, &v)
+                },
+                paired: (m != methods[0]).then(|| paired(methods[0], &rs, records)),
             }
         })
         .collect();
@@ -173,6 +245,16 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
                 "wall_s_per_prompt": m.wall_s_per_prompt,
                 "n": m.n,
                 "golds": golds,
+                "guide_gold_corr": finite(m.guide_gold_corr),
+                "paired": m.paired.as_ref().map(|p| serde_json::json!({
+                    "against": p.against,
+                    "pairs": p.pairs,
+                    "mean_diff": finite(p.diff.mean),
+                    "ci_low": finite(p.diff.ci_low),
+                    "ci_high": finite(p.diff.ci_high),
+                    "wins": p.wins,
+                    "losses": p.losses,
+                })),
             }),
         );
     }
@@ -185,6 +267,15 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "methods": methods,
     })
+}
+
+/// A number for JSON: NaN and infinities become null.
+fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!(x)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 /// `report.md`: a table per method and the plots.
@@ -207,9 +298,11 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     for name in &extra {
         md.push_str(&format!(" {name} [95% CI] |"));
     }
-    md.push_str(" mean guide | strong tokens / prompt | wall s / prompt |\n|---|---:|---:|");
+    md.push_str(
+        " mean guide | guide-gold r | strong tokens / prompt | wall s / prompt |\n|---|---:|---:|",
+    );
     md.push_str(&"---:|".repeat(extra.len()));
-    md.push_str("---:|---:|---:|\n");
+    md.push_str("---:|---:|---:|---:|\n");
     for m in &s.methods {
         md.push_str(&format!(
             "| `{}` | {} | {:.3} [{:.3}, {:.3}] |",
@@ -222,9 +315,28 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
             ));
         }
         md.push_str(&format!(
-            " {:.2} | {:.0} | {:.2} |\n",
-            m.mean_guide, m.strong_tokens_per_prompt, m.wall_s_per_prompt
+            " {:.2} | {:.2} | {:.0} | {:.2} |\n",
+            m.mean_guide, m.guide_gold_corr, m.strong_tokens_per_prompt, m.wall_s_per_prompt
         ));
+    }
+    let paired: Vec<(&String, &Paired)> = s
+        .methods
+        .iter()
+        .filter_map(|m| Some((&m.method, m.paired.as_ref()?)))
+        .collect();
+    if let Some((_, first)) = paired.first() {
+        md.push_str(&format!(
+            "\nPaired against `{}` on the same (seed, prompt): primary gold difference with a 95% \
+             bootstrap interval; wins and losses count the pairs above and below.\n\n\
+             | method | pairs | mean difference [95% CI] | wins | losses |\n|---|---:|---:|---:|---:|\n",
+            first.against
+        ));
+        for (method, p) in paired {
+            md.push_str(&format!(
+                "| `{method}` | {} | {:+.3} [{:+.3}, {:+.3}] | {} | {} |\n",
+                p.pairs, p.diff.mean, p.diff.ci_low, p.diff.ci_high, p.wins, p.losses
+            ));
+        }
     }
     for (file, title) in plots {
         md.push_str(&format!("\n![{title}]({file})\n"));
@@ -271,6 +383,14 @@ mod tests {
     }
 
     #[test]
+    fn pearson_is_signed_and_nan_without_spread() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.5]) - 0.998).abs() < 1e-3);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&[1.0, 1.0], &[0.0, 1.0]).is_nan());
+        assert!(pearson(&[1.0], &[1.0]).is_nan());
+    }
+
+    #[test]
     fn summarizes_per_method_in_order() {
         let recs = vec![
             record("sample", 1, "a", 0.0),
@@ -305,6 +425,16 @@ mod tests {
         let md = to_markdown(&s, &[("gold_by_method.svg", "gold")]);
         assert!(md.contains("| `cbs:4x4x5` | 2 | 0.750 ["), "{md}");
         assert!(md.contains("![gold](gold_by_method.svg)"));
+        // Paired against the first method on the pairs both have: (a, 1), (b, 1).
+        let p = s.methods[1].paired.as_ref().unwrap();
+        assert_eq!(
+            (p.against.as_str(), p.pairs, p.wins, p.losses),
+            ("sample", 2, 1, 0)
+        );
+        assert!((p.diff.mean - 0.5).abs() < 1e-12);
+        assert!(s.methods[0].paired.is_none());
+        assert!(md.contains("| `cbs:4x4x5` | 2 | +0.500 ["), "{md}");
+        assert_eq!(j["methods"]["cbs:4x4x5"]["paired"]["wins"], 1);
         let out = alpaca_outputs(&recs);
         assert_eq!(out[1]["generator"], "w2s/cbs:4x4x5/seed1");
         assert_eq!(out[1]["instruction"], "prompt a");
