@@ -199,6 +199,14 @@ fn a_run_killed_with_kill_9_resumes_without_duplicates_and_redoes_a_torn_line() 
         md.contains("| `bon:2` | 6 |") && md.contains("gold_vs_tokens.svg"),
         "{md}"
     );
+    assert!(md.contains("Paired against `sample`"), "{md}");
+    // A report written beside run.json lists the settings, model files by name only.
+    let fresh_md = std::fs::read_to_string(fresh.join("report.md")).unwrap();
+    assert!(
+        fresh_md.contains("| strong | `gemma-3-270m.gguf` |")
+            && !fresh_md.contains("/gemma-3-270m.gguf"),
+        "{fresh_md}"
+    );
     assert!(std::fs::read_to_string(out.join("gold_by_method.svg"))
         .unwrap()
         .contains("bon:2"));

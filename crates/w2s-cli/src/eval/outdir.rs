@@ -148,6 +148,36 @@ pub fn recorded_command(dir: &Path) -> Option<String> {
     v["info"]["command"].as_str().map(str::to_string)
 }
 
+/// The recorded settings as `key`, value lines for a report: model files by file name
+/// (a report may be published; the directories they were loaded from say nothing).
+pub fn recorded_settings(dir: &Path) -> Vec<(String, String)> {
+    let Some(v) = std::fs::read_to_string(dir.join(RUN_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    else {
+        return Vec::new();
+    };
+    let Some(obj) = v["settings"].as_object() else {
+        return Vec::new();
+    };
+    obj.iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s)
+                    if matches!(k.as_str(), "strong" | "tuned" | "untuned" | "judge") =>
+                {
+                    Path::new(s)
+                        .file_name()
+                        .map_or_else(|| s.clone(), |f| f.to_string_lossy().into_owned())
+                }
+                Value::String(s) => format!("{s:?}"),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
