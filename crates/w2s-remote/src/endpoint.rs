@@ -12,8 +12,8 @@ use crate::retry::RetryPolicy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
-    /// Ask `GET /v1/models` once: vLLM and SGLang name themselves in `owned_by`, and
-    /// llama-cpp-python answers `owned_by: "me"`; anything else is [`Engine::OpenAi`].
+    /// Ask `GET /v1/models` once: vLLM, SGLang and w2s name themselves in `owned_by`,
+    /// and llama-cpp-python answers `owned_by: "me"`; anything else is [`Engine::OpenAi`].
     #[default]
     Auto,
     /// The OpenAI API as documented (hosted APIs): no `top_k`.
@@ -26,6 +26,9 @@ pub enum Engine {
     /// llama-cpp-python's server: `top_k` and `seed`; it ignores `n` (one request per
     /// sample is sent) and its echo log-probs need the checks described in the crate docs.
     LlamaCppPython,
+    /// Another w2s (`w2s serve`): its per-model endpoints `strong`, `tuned`, `untuned`
+    /// take `top_k`, `n` (sampled as one batch), `seed` and echo log-probs.
+    W2s,
 }
 
 impl Engine {
@@ -44,6 +47,7 @@ impl Engine {
             "vllm" => Engine::Vllm,
             "sglang" => Engine::Sglang,
             "me" | "llama-cpp-python" => Engine::LlamaCppPython,
+            "w2s" => Engine::W2s,
             _ => Engine::OpenAi,
         }
     }
