@@ -274,6 +274,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engines_are_told_apart_by_owned_by() {
+        for (owner, engine) in [
+            ("vllm", Engine::Vllm),
+            ("sglang", Engine::Sglang),
+            ("me", Engine::LlamaCppPython),
+            ("llama-cpp-python", Engine::LlamaCppPython),
+            ("w2s", Engine::W2s),
+            ("openai", Engine::OpenAi),
+            ("", Engine::OpenAi),
+        ] {
+            assert_eq!(Engine::from_owned_by(owner), engine, "{owner}");
+        }
+        assert!(Engine::W2s.takes_top_k() && Engine::W2s.honours_n());
+        assert!(!Engine::OpenAi.takes_top_k() && !Engine::LlamaCppPython.honours_n());
+    }
+
+    #[test]
     fn parses_url_hash_model() {
         let s = RemoteSpec::parse("http://127.0.0.1:8000/v1/#org/model-7b").unwrap();
         assert_eq!(s.model, "org/model-7b");
