@@ -81,14 +81,14 @@ fn primary_gold(r: &Record) -> Option<f64> {
 }
 
 fn paired(base: &str, rs: &[&Record], records: &[Record]) -> Paired {
+    let base_gold: std::collections::HashMap<(u64, &str), f64> = records
+        .iter()
+        .filter(|o| o.method == base)
+        .filter_map(|o| Some(((o.seed, o.prompt_id.as_str()), primary_gold(o)?)))
+        .collect();
     let diffs: Vec<f64> = rs
         .iter()
-        .filter_map(|r| {
-            let other = records
-                .iter()
-                .find(|o| o.method == base && o.seed == r.seed && o.prompt_id == r.prompt_id)?;
-            Some(primary_gold(r)? - primary_gold(other)?)
-        })
+        .filter_map(|r| Some(primary_gold(r)? - base_gold.get(&(r.seed, r.prompt_id.as_str()))?))
         .collect();
     Paired {
         against: base.to_string(),
