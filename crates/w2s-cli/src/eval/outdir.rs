@@ -141,23 +141,21 @@ pub fn prepare(dir: &Path, settings: &Value, info: &Value, force: bool) -> Resul
     Ok(dir.join(RESULTS_FILE))
 }
 
-/// The command line recorded in `run.json`, if any.
-pub fn recorded_command(dir: &Path) -> Option<String> {
+/// The directory's `run.json`, if it has a readable one (a report is drawn without it).
+pub fn recorded_run(dir: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join(RUN_FILE)).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v["info"]["command"].as_str().map(str::to_string)
+    serde_json::from_str(&text).ok()
+}
+
+/// The command line recorded in a `run.json`, if any.
+pub fn recorded_command(run: &Value) -> Option<&str> {
+    run["info"]["command"].as_str()
 }
 
 /// The recorded settings as `key`, value lines for a report: model files by file name
 /// (a report may be published; the directories they were loaded from say nothing).
-pub fn recorded_settings(dir: &Path) -> Vec<(String, String)> {
-    let Some(v) = std::fs::read_to_string(dir.join(RUN_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-    else {
-        return Vec::new();
-    };
-    let Some(obj) = v["settings"].as_object() else {
+pub fn recorded_settings(run: &Value) -> Vec<(String, String)> {
+    let Some(obj) = run["settings"].as_object() else {
         return Vec::new();
     };
     obj.iter()

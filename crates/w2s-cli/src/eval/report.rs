@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::outdir::{recorded_command, recorded_settings, RESULTS_FILE};
+use super::outdir::{recorded_command, recorded_run, recorded_settings, RESULTS_FILE};
 use super::plot::{gold_by_method, gold_vs_tokens, PLOTS};
 use super::store::{read_records, Record};
 use super::summary::{alpaca_outputs, summarize, to_json, to_markdown, Summary};
@@ -46,15 +46,17 @@ pub fn write(dir: &Path, records: &[Record]) -> Result<Summary, Fail> {
     let json = serde_json::to_string_pretty(&to_json(&s)).map_err(|e| usage(e.to_string()))?;
     put("summary.json", json + "\n")?;
     let mut md = to_markdown(&s, &PLOTS);
-    let settings = recorded_settings(dir);
-    if !settings.is_empty() {
-        md.push_str("\nSettings (from run.json):\n\n| setting | value |\n|---|---|\n");
-        for (k, v) in settings {
-            md.push_str(&format!("| {k} | `{}` |\n", v.replace('|', "\\|")));
+    if let Some(run) = recorded_run(dir) {
+        let settings = recorded_settings(&run);
+        if !settings.is_empty() {
+            md.push_str("\nSettings (from run.json):\n\n| setting | value |\n|---|---|\n");
+            for (k, v) in settings {
+                md.push_str(&format!("| {k} | `{}` |\n", v.replace('|', "\\|")));
+            }
         }
-    }
-    if let Some(cmd) = recorded_command(dir) {
-        md.push_str(&format!("\nCommand:\n\n```sh\n{cmd}\n```\n"));
+        if let Some(cmd) = recorded_command(&run) {
+            md.push_str(&format!("\nCommand:\n\n```sh\n{cmd}\n```\n"));
+        }
     }
     put("report.md", md)?;
     if s.task == "instruct" {
