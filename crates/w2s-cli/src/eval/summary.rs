@@ -1,6 +1,7 @@
 //! Figures of a run, computed from its records alone: per method the mean gold reward
-//! with a seeded 95% bootstrap interval, the mean guide value, the cost per prompt, how
-//! well the guide agrees with the gold reward, and a paired comparison with the first method.
+//! with a seeded 95% bootstrap interval over prompts, the mean guide value, the cost per
+//! prompt, how well the guide agrees with the gold reward, and a paired comparison with
+//! the first method.
 
 use serde::Serialize;
 use w2s_core::RowRng;
@@ -86,16 +87,19 @@ fn paired(base: &str, rs: &[&Record], records: &[Record]) -> Paired {
         .filter(|o| o.method == base)
         .filter_map(|o| Some(((o.seed, o.prompt_id.as_str()), primary_gold(o)?)))
         .collect();
-    let diffs: Vec<f64> = rs
+    let diffs: Vec<(&str, f64)> = rs
         .iter()
-        .filter_map(|r| Some(primary_gold(r)? - base_gold.get(&(r.seed, r.prompt_id.as_str()))?))
+        .filter_map(|r| {
+            let base = base_gold.get(&(r.seed, r.prompt_id.as_str()))?;
+            Some((r.prompt_id.as_str(), primary_gold(r)? - base))
+        })
         .collect();
     Paired {
         against: base.to_string(),
         pairs: diffs.len(),
-        diff: bootstrap(&diffs, BOOTSTRAP_SEED),
-        wins: diffs.iter().filter(|d| **d > 0.0).count(),
-        losses: diffs.iter().filter(|d| **d < 0.0).count(),
+        diff: bootstrap_by_prompt(diffs.iter().copied(), BOOTSTRAP_SEED),
+        wins: diffs.iter().filter(|d| d.1 > 0.0).count(),
+        losses: diffs.iter().filter(|d| d.1 < 0.0).count(),
     }
 }
 
@@ -110,24 +114,56 @@ pub struct Summary {
     pub methods: Vec<MethodSummary>,
 }
 
-/// Mean with a percentile bootstrap interval (95%), seeded.
-pub fn bootstrap(values: &[f64], seed: u64) -> Interval {
-    let n = values.len();
-    if n == 0 {
+/// Mean with a percentile bootstrap interval (95%), seeded; every value is drawn alone
+/// (the reference the tests hold the by-prompt interval to).
+#[cfg(test)]
+fn bootstrap(values: &[f64], seed: u64) -> Interval {
+    let clusters: Vec<(f64, usize)> = values.iter().map(|&v| (v, 1)).collect();
+    bootstrap_clusters(&clusters, seed)
+}
+
+/// Mean with a percentile bootstrap interval (95%) that resamples prompts, not responses:
+/// a prompt's values (one per seed) are drawn together, so three seeds of 40 prompts give
+/// the interval of 40 prompts, not of 120 independent responses. With one value per
+/// prompt it is the plain bootstrap over values, draw for draw.
+pub fn bootstrap_by_prompt<'a>(
+    values: impl IntoIterator<Item = (&'a str, f64)>,
+    seed: u64,
+) -> Interval {
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut clusters: Vec<(f64, usize)> = Vec::new();
+    for (prompt, v) in values {
+        let i = *at.entry(prompt).or_insert_with(|| {
+            clusters.push((0.0, 0));
+            clusters.len() - 1
+        });
+        clusters[i].0 += v;
+        clusters[i].1 += 1;
+    }
+    bootstrap_clusters(&clusters, seed)
+}
+
+/// Percentile bootstrap of the mean over clusters given as (sum, count): each resample
+/// draws as many clusters as there are, with replacement, and takes the mean of all
+/// their values.
+fn bootstrap_clusters(clusters: &[(f64, usize)], seed: u64) -> Interval {
+    let k = clusters.len();
+    let total: usize = clusters.iter().map(|c| c.1).sum();
+    if k == 0 || total == 0 {
         return Interval {
             mean: f64::NAN,
             ci_low: f64::NAN,
             ci_high: f64::NAN,
         };
     }
-    let mean = values.iter().sum::<f64>() / n as f64;
+    let mean = clusters.iter().map(|c| c.0).sum::<f64>() / total as f64;
     let mut rng = RowRng::new(seed, 0);
     let mut means: Vec<f64> = (0..RESAMPLES)
         .map(|_| {
-            let sum: f64 = (0..n)
-                .map(|_| values[((rng.next_f64() * n as f64) as usize).min(n - 1)])
-                .sum();
-            sum / n as f64
+            let (sum, count) = (0..k)
+                .map(|_| clusters[((rng.next_f64() * k as f64) as usize).min(k - 1)])
+                .fold((0.0, 0usize), |(s, n), (cs, cn)| (s + cs, n + cn));
+            sum / count as f64
         })
         .collect();
     means.sort_by(f64::total_cmp);
@@ -177,12 +213,11 @@ pub fn summarize(records: &[Record]) -> Summary {
             let golds: Vec<(String, Interval)> = gold_names
                 .iter()
                 .map(|name| {
-                    let vals: Vec<f64> = rs
-                        .iter()
-                        .filter_map(|r| r.gold.iter().find(|g| &g.name == name))
-                        .map(|g| g.value)
-                        .collect();
-                    (name.clone(), bootstrap(&vals, BOOTSTRAP_SEED))
+                    let vals = rs.iter().filter_map(|r| {
+                        let g = r.gold.iter().find(|g| &g.name == name)?;
+                        Some((r.prompt_id.as_str(), g.value))
+                    });
+                    (name.clone(), bootstrap_by_prompt(vals, BOOTSTRAP_SEED))
                 })
                 .collect();
             let primary = golds.first().map_or(
@@ -283,7 +318,7 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
     let mut md = format!(
         "# Evaluation report\n\nTask `{}`; {} prompts; seeds {}; primary gold reward `{}`. \
-         Intervals: 95% percentile bootstrap over responses ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}).\n\n",
+         Intervals: 95% percentile bootstrap over prompts, a prompt's responses under every seed drawn together ({RESAMPLES} resamples, seed {BOOTSTRAP_SEED}).\n\n",
         s.task,
         s.prompts,
         seeds.join(", "),
@@ -327,7 +362,7 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     if let Some((_, first)) = paired.first() {
         md.push_str(&format!(
             "\nPaired against `{}` on the same (seed, prompt): primary gold difference with a 95% \
-             bootstrap interval; wins and losses count the pairs above and below.\n\n\
+             bootstrap interval over prompts; wins and losses count the pairs above and below.\n\n\
              | method | pairs | mean difference [95% CI] | wins | losses |\n|---|---:|---:|---:|---:|\n",
             first.against
         ));
@@ -380,6 +415,39 @@ mod tests {
         assert!(wb < wa / 4.0 && wb > wa / 9.0, "{wa} {wb}");
         let c = bootstrap(&[2.0, 2.0], 1);
         assert_eq!((c.mean, c.ci_low, c.ci_high), (2.0, 2.0, 2.0));
+    }
+
+    #[test]
+    fn bootstrap_by_prompt_draws_a_prompt_with_all_its_seeds() {
+        let vals: Vec<f64> = (0..40).map(|i| (i % 7) as f64 / 7.0).collect();
+        let ids: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+        let one_seed = bootstrap_by_prompt(ids.iter().map(String::as_str).zip(vals.clone()), 5);
+        // One value per prompt: the same draws as resampling values.
+        assert_eq!(one_seed, bootstrap(&vals, 5));
+        // Three seeds that repeat each prompt's value add no information about prompts:
+        // the interval stays that of 40 prompts, where resampling 120 responses as if
+        // independent would shrink it by about sqrt(3).
+        let three: Vec<(&str, f64)> = (0..3)
+            .flat_map(|_| ids.iter().map(String::as_str).zip(vals.clone()))
+            .collect();
+        let by_prompt = bootstrap_by_prompt(three.iter().copied(), 5);
+        for (a, b) in [
+            (by_prompt.mean, one_seed.mean),
+            (by_prompt.ci_low, one_seed.ci_low),
+            (by_prompt.ci_high, one_seed.ci_high),
+        ] {
+            assert!((a - b).abs() < 1e-12, "{by_prompt:?} {one_seed:?}");
+        }
+        let flat: Vec<f64> = three.iter().map(|t| t.1).collect();
+        let naive = bootstrap(&flat, 5);
+        let (wp, wn) = (
+            by_prompt.ci_high - by_prompt.ci_low,
+            naive.ci_high - naive.ci_low,
+        );
+        assert!(wn < wp / 1.4, "{wp} {wn}");
+        // Unequal counts: the mean is over values, not over prompt means.
+        let uneven = bootstrap_by_prompt([("a", 1.0), ("a", 1.0), ("a", 1.0), ("b", 0.0)], 1);
+        assert_eq!(uneven.mean, 0.75);
     }
 
     #[test]
