@@ -42,6 +42,8 @@ pub struct MethodSummary {
     /// Against the first method, on the (seed, prompt) pairs both have; `None` for the
     /// first method itself.
     pub paired: Option<Paired>,
+    /// Mean primary gold per seed, in seed order: (seed, mean, responses).
+    pub per_seed: Vec<(u64, f64, usize)>,
 }
 
 /// A method's primary gold minus another's, paired by (seed, prompt).
@@ -247,6 +249,17 @@ pub fn summarize(records: &[Record]) -> Summary {
                     pearson(&g, &v)
                 },
                 paired: (m != methods[0]).then(|| paired(methods[0], &rs, records)),
+                per_seed: seeds
+                    .iter()
+                    .map(|&seed| {
+                        let vals: Vec<f64> = rs
+                            .iter()
+                            .filter(|r| r.seed == seed)
+                            .filter_map(|r| primary_gold(r))
+                            .collect();
+                        (seed, mean(vals.iter().copied()), vals.len())
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -281,6 +294,9 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
                 "n": m.n,
                 "golds": golds,
                 "guide_gold_corr": finite(m.guide_gold_corr),
+                "per_seed": m.per_seed.iter().map(|(seed, mean, n)| serde_json::json!({
+                    "seed": seed, "mean_gold": finite(*mean), "n": n,
+                })).collect::<Vec<_>>(),
                 "paired": m.paired.as_ref().map(|p| serde_json::json!({
                     "against": p.against,
                     "pairs": p.pairs,
@@ -371,6 +387,27 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
                 "| `{method}` | {} | {:+.3} [{:+.3}, {:+.3}] | {} | {} |\n",
                 p.pairs, p.diff.mean, p.diff.ci_low, p.diff.ci_high, p.wins, p.losses
             ));
+        }
+    }
+    if s.seeds.len() > 1 {
+        md.push_str(
+            "\nMean primary gold per seed (responses in parentheses), to show how much the \
+             ordering moves from seed to seed.\n\n| method |",
+        );
+        for seed in &s.seeds {
+            md.push_str(&format!(" seed {seed} |"));
+        }
+        md.push_str(&format!("\n|---|{}\n", "---:|".repeat(s.seeds.len())));
+        for m in &s.methods {
+            md.push_str(&format!("| `{}` |", m.method));
+            for (_, mean, n) in &m.per_seed {
+                if *n == 0 {
+                    md.push_str(" |");
+                } else {
+                    md.push_str(&format!(" {mean:.3} ({n}) |"));
+                }
+            }
+            md.push('\n');
         }
     }
     for (file, title) in plots {
@@ -502,6 +539,11 @@ mod tests {
         assert!((p.diff.mean - 0.5).abs() < 1e-12);
         assert!(s.methods[0].paired.is_none());
         assert!(md.contains("| `cbs:4x4x5` | 2 | +0.500 ["), "{md}");
+        // Two seeds: a mean per seed, an empty cell where a method has none.
+        assert_eq!(s.methods[0].per_seed, vec![(1, 0.25, 2), (2, 0.1, 1)]);
+        assert!(md.contains("| `sample` | 0.250 (2) | 0.100 (1) |"), "{md}");
+        assert!(md.contains("| `cbs:4x4x5` | 0.750 (2) | |"), "{md}");
+        assert_eq!(j["methods"]["sample"]["per_seed"][1]["mean_gold"], 0.1);
         assert_eq!(j["methods"]["cbs:4x4x5"]["paired"]["wins"], 1);
         let out = alpaca_outputs(&recs);
         assert_eq!(out[1]["generator"], "w2s/cbs:4x4x5/seed1");
