@@ -186,7 +186,30 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// Summarises records: methods in order of first appearance, golds in the first
+/// Where a method goes in the tables: `sample`, then Best-of-N by N, CBS by W*K, EFT by
+/// beta, then anything else; ties keep the order of first appearance.
+fn method_rank(name: &str) -> (u8, f64) {
+    use super::methods::{parse_methods, EvalMethod};
+    use w2s_core::Method;
+    match parse_methods(name).ok().as_deref() {
+        Some([EvalMethod::Search(Method::Sample)]) => (0, 0.0),
+        Some([EvalMethod::Search(Method::Bon { n })]) => (1, *n as f64),
+        Some([EvalMethod::Search(Method::Cbs { w, k, .. })]) => (2, (w * k) as f64),
+        Some([EvalMethod::Eft { beta }]) => (3, *beta),
+        _ => (4, 0.0),
+    }
+}
+
+/// Sorts method names by [`method_rank`], stably.
+fn order_methods(names: &mut [&str]) {
+    names.sort_by(|a, b| {
+        let (ra, rb) = (method_rank(a), method_rank(b));
+        ra.0.cmp(&rb.0).then(ra.1.total_cmp(&rb.1))
+    });
+}
+
+/// Summarises records: methods in [`method_rank`] order (so the first method, the one
+/// the others are paired against, is `sample` when the run has it), golds in the first
 /// record's order (the first is primary).
 pub fn summarize(records: &[Record]) -> Summary {
     let mut methods: Vec<&str> = Vec::new();
@@ -204,6 +227,7 @@ pub fn summarize(records: &[Record]) -> Summary {
         }
     }
     seeds.sort_unstable();
+    order_methods(&mut methods);
     let gold_names: Vec<String> = records
         .first()
         .map(|r| r.gold.iter().map(|g| g.name.clone()).collect())
@@ -493,6 +517,36 @@ mod tests {
         assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
         assert!(pearson(&[1.0, 1.0], &[0.0, 1.0]).is_nan());
         assert!(pearson(&[1.0], &[1.0]).is_nan());
+    }
+
+    #[test]
+    fn ranks_methods_by_kind_then_budget() {
+        let mut names = vec![
+            "cbs:4x4x5",
+            "eft:2",
+            "bon:16",
+            "cbs:2x2x5",
+            "mystery",
+            "sample",
+            "bon:4",
+            "cbs:2x8x5",
+            "eft:0.5",
+        ];
+        order_methods(&mut names);
+        assert_eq!(
+            names,
+            [
+                "sample",
+                "bon:4",
+                "bon:16",
+                "cbs:2x2x5",
+                "cbs:4x4x5",
+                "cbs:2x8x5",
+                "eft:0.5",
+                "eft:2",
+                "mystery"
+            ]
+        );
     }
 
     #[test]
