@@ -42,6 +42,9 @@ pub struct MethodSummary {
     /// Against the first method, on the (seed, prompt) pairs both have; `None` for the
     /// first method itself.
     pub paired: Option<Paired>,
+    /// A CBS method against Best-of-N with as many samples (`cbs:WxKxL` against
+    /// `bon:W*K`: the same strong-model tokens), when the run has that Best-of-N.
+    pub paired_bon: Option<Paired>,
     /// Mean primary gold per seed, in seed order: (seed, mean, responses).
     pub per_seed: Vec<(u64, f64, usize)>,
 }
@@ -200,6 +203,17 @@ fn method_rank(name: &str) -> (u8, f64) {
     }
 }
 
+/// `bon:W*K` for `cbs:WxKxL`: the Best-of-N that samples as many strong tokens.
+fn same_budget_bon(name: &str) -> Option<String> {
+    use super::methods::{parse_methods, EvalMethod};
+    match parse_methods(name).ok().as_deref() {
+        Some([EvalMethod::Search(w2s_core::Method::Cbs { w, k, .. })]) => {
+            Some(format!("bon:{}", w * k))
+        }
+        _ => None,
+    }
+}
+
 /// Sorts method names by [`method_rank`], stably.
 fn order_methods(names: &mut [&str]) {
     names.sort_by(|a, b| {
@@ -273,6 +287,9 @@ pub fn summarize(records: &[Record]) -> Summary {
                     pearson(&g, &v)
                 },
                 paired: (m != methods[0]).then(|| paired(methods[0], &rs, records)),
+                paired_bon: same_budget_bon(m)
+                    .filter(|b| methods.contains(&b.as_str()))
+                    .map(|b| paired(&b, &rs, records)),
                 per_seed: seeds
                     .iter()
                     .map(|&seed| {
@@ -321,15 +338,8 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
                 "per_seed": m.per_seed.iter().map(|(seed, mean, n)| serde_json::json!({
                     "seed": seed, "mean_gold": finite(*mean), "n": n,
                 })).collect::<Vec<_>>(),
-                "paired": m.paired.as_ref().map(|p| serde_json::json!({
-                    "against": p.against,
-                    "pairs": p.pairs,
-                    "mean_diff": finite(p.diff.mean),
-                    "ci_low": finite(p.diff.ci_low),
-                    "ci_high": finite(p.diff.ci_high),
-                    "wins": p.wins,
-                    "losses": p.losses,
-                })),
+                "paired": m.paired.as_ref().map(paired_json),
+                "paired_bon": m.paired_bon.as_ref().map(paired_json),
             }),
         );
     }
@@ -341,6 +351,18 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
         "method_order": s.methods.iter().map(|m| m.method.clone()).collect::<Vec<_>>(),
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "methods": methods,
+    })
+}
+
+fn paired_json(p: &Paired) -> serde_json::Value {
+    serde_json::json!({
+        "against": p.against,
+        "pairs": p.pairs,
+        "mean_diff": finite(p.diff.mean),
+        "ci_low": finite(p.diff.ci_low),
+        "ci_high": finite(p.diff.ci_high),
+        "wins": p.wins,
+        "losses": p.losses,
     })
 }
 
@@ -402,16 +424,22 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     if let Some((_, first)) = paired.first() {
         md.push_str(&format!(
             "\nPaired against `{}` on the same (seed, prompt): primary gold difference with a 95% \
-             bootstrap interval over prompts; wins and losses count the pairs above and below.\n\n\
-             | method | pairs | mean difference [95% CI] | wins | losses |\n|---|---:|---:|---:|---:|\n",
+             bootstrap interval over prompts; wins and losses count the pairs above and below.\n\n",
             first.against
         ));
-        for (method, p) in paired {
-            md.push_str(&format!(
-                "| `{method}` | {} | {:+.3} [{:+.3}, {:+.3}] | {} | {} |\n",
-                p.pairs, p.diff.mean, p.diff.ci_low, p.diff.ci_high, p.wins, p.losses
-            ));
-        }
+        paired_table(&mut md, &paired, false);
+    }
+    let paired_bon: Vec<(&String, &Paired)> = s
+        .methods
+        .iter()
+        .filter_map(|m| Some((&m.method, m.paired_bon.as_ref()?)))
+        .collect();
+    if !paired_bon.is_empty() {
+        md.push_str(
+            "\nCBS against Best-of-N at the same strong-model tokens (`cbs:WxKxL` against \
+             `bon:W*K`), paired the same way.\n\n",
+        );
+        paired_table(&mut md, &paired_bon, true);
     }
     if s.seeds.len() > 1 {
         md.push_str(
@@ -438,6 +466,24 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
         md.push_str(&format!("\n![{title}]({file})\n"));
     }
     md
+}
+
+/// A table of paired differences; `name_both` names each row `method - against`.
+fn paired_table(md: &mut String, rows: &[(&String, &Paired)], name_both: bool) {
+    md.push_str(
+        "| method | pairs | mean difference [95% CI] | wins | losses |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (method, p) in rows {
+        let name = if name_both {
+            format!("`{method}` - `{}`", p.against)
+        } else {
+            format!("`{method}`")
+        };
+        md.push_str(&format!(
+            "| {name} | {} | {:+.3} [{:+.3}, {:+.3}] | {} | {} |\n",
+            p.pairs, p.diff.mean, p.diff.ci_low, p.diff.ci_high, p.wins, p.losses
+        ));
+    }
 }
 
 /// `model_outputs.json` in AlpacaEval's format, one entry per record; `generator` names
@@ -550,6 +596,40 @@ mod tests {
     }
 
     #[test]
+    fn cbs_is_paired_with_the_best_of_n_of_the_same_budget() {
+        let recs = vec![
+            record("sample", 1, "a", 0.0),
+            record("bon:16", 1, "a", 0.5),
+            record("cbs:4x4x5", 1, "a", 0.75),
+            record("cbs:2x2x5", 1, "a", 0.25),
+            record("sample", 1, "b", 0.0),
+            record("bon:16", 1, "b", 0.5),
+            record("cbs:4x4x5", 1, "b", 0.25),
+            record("cbs:2x2x5", 1, "b", 0.25),
+        ];
+        let s = summarize(&recs);
+        let names: Vec<&str> = s.methods.iter().map(|m| m.method.as_str()).collect();
+        assert_eq!(names, ["sample", "bon:16", "cbs:2x2x5", "cbs:4x4x5"]);
+        let p = s.methods[3].paired_bon.as_ref().unwrap();
+        assert_eq!(
+            (p.against.as_str(), p.pairs, p.wins, p.losses),
+            ("bon:16", 2, 1, 1)
+        );
+        assert!(p.diff.mean.abs() < 1e-12);
+        // cbs:2x2x5 would need bon:4; sample and bon have none.
+        assert!(s.methods[..3].iter().all(|m| m.paired_bon.is_none()));
+        let md = to_markdown(&s, &[]);
+        assert!(
+            md.contains("| `cbs:4x4x5` - `bon:16` | 2 | +0.000 ["),
+            "{md}"
+        );
+        assert_eq!(
+            to_json(&s)["methods"]["cbs:4x4x5"]["paired_bon"]["against"],
+            "bon:16"
+        );
+    }
+
+    #[test]
     fn summarizes_per_method_in_order() {
         let recs = vec![
             record("sample", 1, "a", 0.0),
@@ -592,6 +672,8 @@ mod tests {
         );
         assert!((p.diff.mean - 0.5).abs() < 1e-12);
         assert!(s.methods[0].paired.is_none());
+        // No bon:16 in the run, so no same-budget comparison.
+        assert!(s.methods[1].paired_bon.is_none());
         assert!(md.contains("| `cbs:4x4x5` | 2 | +0.500 ["), "{md}");
         // Two seeds: a mean per seed, an empty cell where a method has none.
         assert_eq!(s.methods[0].per_seed, vec![(1, 0.25, 2), (2, 0.1, 1)]);
