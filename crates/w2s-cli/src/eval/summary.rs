@@ -1,7 +1,7 @@
 //! Figures of a run, computed from its records alone: per method the mean gold reward
 //! with a seeded 95% bootstrap interval over prompts, the mean guide value, the cost per
-//! prompt, how well the guide agrees with the gold reward, and a paired comparison with
-//! the first method.
+//! prompt, how well the guide agrees with the gold reward, the mean per seed, and paired
+//! comparisons with the first method and of each CBS with the Best-of-N of its budget.
 
 use serde::Serialize;
 use w2s_core::RowRng;
