@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use w2s_core::{Method, SearchConfig, SearchOutput};
-use w2s_llama::{raw_batch_sample, LocalModels, RawBatch};
+use w2s_core::{
+    ExtendRequest, Method, ProposalSetup, Proposer, Role, RowRng, SearchConfig, SearchOutput,
+};
+use w2s_engine::{Checked, Engine, RunSettings, Strong, ROLES};
+use w2s_eval::{read_jsonl, PromptItem};
+use w2s_llama::{raw_batch_sample, RawBatch};
 
 use crate::fail::{usage, Fail};
-use crate::prompts::{read_jsonl, PromptItem};
-use crate::settings::{Checked, RunSettings};
 
 const DEFAULT_PROMPT: &str = "I rented this movie last weekend and";
 
@@ -67,6 +69,10 @@ struct MethodReport {
     untuned_s: f64,
     bookkeeping_s: f64,
     peak_rss_mb: f64,
+    /// HTTP requests to remote engines per search (0 with every model local).
+    http_requests: f64,
+    /// HTTP requests of the raw baseline per run (remote strong model).
+    raw_http_requests: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +90,10 @@ struct ScaleRow {
 
 #[derive(Debug, Serialize)]
 struct BenchReport {
+    /// The strong model: a file or URL#MODEL.
+    strong: String,
+    /// What "raw" is: llama.cpp's batched loop, or the engine's own n-sample requests.
+    raw_baseline: &'static str,
     threads: usize,
     max_new_tokens: usize,
     prompts: usize,
@@ -99,7 +109,6 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
         return Err(usage("--repeats and --limit must be at least 1"));
     }
     let settings = args.run.clone().check()?;
-    settings.require_local("bench")?;
     let methods: Vec<Method> = args
         .methods
         .iter()
@@ -112,11 +121,11 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
             prompt: p.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
         }],
     };
-    let mut models = LocalModels::load(&settings.local_spec())?;
+    let mut models = Engine::build(&settings.engine)?;
     let t = settings.search.max_new_tokens();
 
-    let mut samples: BTreeMap<String, Vec<(SearchOutput, f64)>> = BTreeMap::new();
-    let mut raw: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<(SearchOutput, f64, u64)>> = BTreeMap::new();
+    let mut raw: BTreeMap<usize, Vec<(f64, u64)>> = BTreeMap::new();
     for rep in 0..args.repeats {
         for item in &items {
             for &m in &methods {
@@ -126,7 +135,7 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
                     raw.entry(rows).or_default().push(wall);
                 }
                 let config = with_method(&settings.search, m, t)?;
-                let (out, rss) = measured(&mut models, &config, &item.prompt)?;
+                let (out, rss, requests) = measured(&mut models, &config, &item.prompt)?;
                 eprintln!(
                     "rep {} {} {}: {:.2} s, {} strong tokens",
                     rep + 1,
@@ -135,7 +144,10 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
                     out.stats.total_time.as_secs_f64(),
                     out.stats.strong_tokens_sampled
                 );
-                samples.entry(m.to_string()).or_default().push((out, rss));
+                samples
+                    .entry(m.to_string())
+                    .or_default()
+                    .push((out, rss, requests));
             }
         }
     }
@@ -143,8 +155,11 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
     let mut reports = Vec::new();
     for &m in &methods {
         let runs = &samples[&m.to_string()];
-        let raw_median = median(&raw[&m.rows()]);
-        reports.push(report(m, runs, raw_median, t));
+        let raw_runs = &raw[&m.rows()];
+        let raw_walls: Vec<f64> = raw_runs.iter().map(|r| r.0).collect();
+        let raw_requests =
+            raw_runs.iter().map(|r| r.1 as f64).sum::<f64>() / raw_runs.len().max(1) as f64;
+        reports.push(report(m, runs, median(&raw_walls), raw_requests, t));
     }
     let scales = if args.scales {
         run_scales(&mut models, &settings, &items[0].prompt, t)?
@@ -152,7 +167,12 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
         Vec::new()
     };
     let report = BenchReport {
-        threads: settings.threads,
+        strong: settings.engine.strong.describe(),
+        raw_baseline: match models.strong {
+            Strong::Local(_) => "llama.cpp batched sampling loop (no search, no scoring)",
+            Strong::Remote(_) => "the engine's own n-sample requests for the same rows and tokens",
+        },
+        threads: settings.engine.threads,
         max_new_tokens: t,
         prompts: items.len(),
         repeats: args.repeats,
@@ -183,48 +203,97 @@ fn with_method(base: &SearchConfig, method: Method, t: usize) -> Result<SearchCo
     )?)
 }
 
+/// Raw sampling of `rows` rows of `t` tokens with no search and no scoring: the wall
+/// time and the HTTP requests it took.
 fn measure_raw(
-    models: &mut LocalModels,
+    models: &mut Engine,
     settings: &Checked,
     prompt: &str,
     rows: usize,
     t: usize,
-) -> Result<f64, Fail> {
+) -> Result<(f64, u64), Fail> {
     models.release_contexts();
-    let run = raw_batch_sample(
-        models.strong.model(),
-        &settings.strong_template,
-        prompt,
-        &RawBatch {
-            rows,
-            tokens: t,
-            sampling: *settings.search.sampling(),
-            seed: settings.search.seed(),
-            threads: settings.threads,
-        },
-    )?;
-    Ok(run.wall.as_secs_f64())
+    let seed = settings.search.seed();
+    match &mut models.strong {
+        Strong::Local(p) => {
+            let run = raw_batch_sample(
+                p.model(),
+                &settings.engine.strong.template,
+                prompt,
+                &RawBatch {
+                    rows,
+                    tokens: t,
+                    sampling: *settings.search.sampling(),
+                    seed,
+                    threads: settings.engine.threads,
+                },
+            )?;
+            Ok((run.wall.as_secs_f64(), 0))
+        }
+        Strong::Remote(p) => {
+            // One step of every row at once: the proposer sends one request with n = rows
+            // (split where the engine caps n), as a user of the engine would.
+            let before = p.requests_sent();
+            let started = std::time::Instant::now();
+            let remote = |e: w2s_core::BackendError| Fail {
+                code: if e.kind() == w2s_core::ErrorKind::Input {
+                    2
+                } else {
+                    1
+                },
+                message: format!("strong model: {e}"),
+            };
+            p.begin(&ProposalSetup {
+                prompt,
+                rows,
+                max_new_tokens: t,
+                sampling: settings.search.sampling(),
+                stop: &[],
+            })
+            .map_err(remote)?;
+            let mut rngs: Vec<RowRng> = (0..rows as u64).map(|i| RowRng::new(seed, i)).collect();
+            let mut reqs: Vec<ExtendRequest<'_>> = rngs
+                .iter_mut()
+                .enumerate()
+                .map(|(row, rng)| ExtendRequest {
+                    row,
+                    max_tokens: t,
+                    rng,
+                })
+                .collect();
+            p.extend(&mut reqs).map_err(remote)?;
+            Ok((started.elapsed().as_secs_f64(), p.requests_sent() - before))
+        }
+    }
 }
 
 /// One search with fresh contexts and the peak resident memory it reached (MB).
 fn measured(
-    models: &mut LocalModels,
+    models: &mut Engine,
     config: &SearchConfig,
     prompt: &str,
-) -> Result<(SearchOutput, f64), Fail> {
+) -> Result<(SearchOutput, f64, u64), Fail> {
     models.release_contexts();
+    let before: u64 = models.requests_sent().iter().sum();
     reset_peak_rss();
     let out = models.search(config, prompt)?;
-    Ok((out, peak_rss_mb()))
+    let requests = models.requests_sent().iter().sum::<u64>() - before;
+    Ok((out, peak_rss_mb(), requests))
 }
 
-fn report(m: Method, runs: &[(SearchOutput, f64)], raw_median: f64, t: usize) -> MethodReport {
+fn report(
+    m: Method,
+    runs: &[(SearchOutput, f64, u64)],
+    raw_median: f64,
+    raw_requests: f64,
+    t: usize,
+) -> MethodReport {
     let walls: Vec<f64> = runs
         .iter()
-        .map(|(o, _)| o.stats.total_time.as_secs_f64())
+        .map(|(o, _, _)| o.stats.total_time.as_secs_f64())
         .collect();
     let mean = |f: &dyn Fn(&SearchOutput) -> f64| -> f64 {
-        runs.iter().map(|(o, _)| f(o)).sum::<f64>() / runs.len() as f64
+        runs.iter().map(|(o, _, _)| f(o)).sum::<f64>() / runs.len() as f64
     };
     let secs = |d: Duration| d.as_secs_f64();
     let wall = median(&walls);
@@ -261,12 +330,14 @@ fn report(m: Method, runs: &[(SearchOutput, f64)], raw_median: f64, t: usize) ->
         tuned_s,
         untuned_s,
         bookkeeping_s: (total - strong_s - tuned_s - untuned_s).max(0.0),
-        peak_rss_mb: runs.iter().map(|(_, r)| *r).fold(0.0, f64::max),
+        peak_rss_mb: runs.iter().map(|(_, r, _)| *r).fold(0.0, f64::max),
+        http_requests: runs.iter().map(|(_, _, n)| *n as f64).sum::<f64>() / runs.len() as f64,
+        raw_http_requests: raw_requests,
     }
 }
 
 fn run_scales(
-    models: &mut LocalModels,
+    models: &mut Engine,
     settings: &Checked,
     prompt: &str,
     t: usize,
@@ -284,7 +355,7 @@ fn run_scales(
     let mut rows = Vec::new();
     for (m, tokens) in plan {
         let config = with_method(&settings.search, m, tokens)?;
-        let (out, rss) = measured(models, &config, prompt)?;
+        let (out, rss, _) = measured(models, &config, prompt)?;
         let s = &out.stats;
         eprintln!("scale {m} T={tokens}: {:.2} s", s.total_time.as_secs_f64());
         rows.push(ScaleRow {
@@ -317,26 +388,29 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn models_mb(models: &LocalModels) -> f64 {
-    let mut files: Vec<(&std::path::Path, u64)> = [
-        models.strong.model(),
-        models.tuned.model(),
-        models.untuned.model(),
-    ]
-    .iter()
-    .map(|m| (m.path(), m.file_size()))
-    .collect();
+/// Size of the local model files (each file once), in MB.
+fn models_mb(models: &Engine) -> f64 {
+    let mut files: Vec<(&std::path::Path, u64)> = ROLES
+        .iter()
+        .filter_map(|r| models.local_model(*r))
+        .map(|m| (m.path(), m.file_size()))
+        .collect();
     files.sort();
     files.dedup();
     files.iter().map(|(_, b)| *b as f64).sum::<f64>() / 1e6
 }
 
-/// KV cache each method needs: strong prompt + W*K*T tokens, each small model
-/// prompt + W*K*1.5T tokens (as the contexts are sized), in MB.
-fn kv_budget(models: &LocalModels, methods: &[Method], t: usize) -> BTreeMap<String, f64> {
-    let strong = models.strong.model().kv_bytes_per_token() as f64;
-    let small = (models.tuned.model().kv_bytes_per_token()
-        + models.untuned.model().kv_bytes_per_token()) as f64;
+/// KV cache each method needs in this process: the local strong model's prompt + W*K*T
+/// tokens, each local small model's prompt + W*K*1.5T tokens (as the contexts are
+/// sized), in MB.
+fn kv_budget(models: &Engine, methods: &[Method], t: usize) -> BTreeMap<String, f64> {
+    let per_token = |r: Role| {
+        models
+            .local_model(r)
+            .map_or(0.0, |m| m.kv_bytes_per_token() as f64)
+    };
+    let strong = per_token(Role::Strong);
+    let small = per_token(Role::Tuned) + per_token(Role::Untuned);
     methods
         .iter()
         .map(|m| {
@@ -363,8 +437,8 @@ fn peak_rss_mb() -> f64 {
 
 fn print_tables(r: &BenchReport) {
     println!(
-        "threads {}, {} new tokens, {} prompt(s) x {} repeat(s); model files {:.0} MB",
-        r.threads, r.max_new_tokens, r.prompts, r.repeats, r.models_mb
+        "strong model {}; threads {}, {} new tokens, {} prompt(s) x {} repeat(s); local model files {:.0} MB; raw = {}",
+        r.strong, r.threads, r.max_new_tokens, r.prompts, r.repeats, r.models_mb, r.raw_baseline
     );
     println!();
     println!("| method | rows | wall s (median, min-max) | raw s | ratio to raw | strong / raw | strong tok/s | strong s | tuned s | untuned s | bookkeeping s | peak RSS MB |");
@@ -391,6 +465,23 @@ fn print_tables(r: &BenchReport) {
             m.reencode_tokens_estimate,
             r.kv_budget_mb.get(&m.method).copied().unwrap_or(0.0)
         );
+    }
+    if r.methods.iter().any(|m| m.http_requests > 0.0) {
+        println!();
+        println!("| method | HTTP requests per search | raw HTTP requests | strong s | tuned s | untuned s | wall s |");
+        println!("|---|---|---|---|---|---|---|");
+        for m in &r.methods {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                m.method,
+                m.http_requests,
+                m.raw_http_requests,
+                m.strong_s,
+                m.tuned_s,
+                m.untuned_s,
+                m.wall_s_median
+            );
+        }
     }
     if !r.scales.is_empty() {
         println!();

@@ -1,8 +1,8 @@
 //! The one place that maps errors to messages and exit codes: 2 for bad input (flags,
-//! files, models, prompts), 1 for failures while running.
+//! files, models, prompts, settings a remote engine cannot serve), 1 for failures while
+//! running. The kind comes from the libraries' errors; nothing here looks inside them.
 
-use w2s_core::{ConfigError, SearchError};
-use w2s_llama::LlamaError;
+use w2s_core::ErrorKind;
 
 /// A failure with its exit code.
 #[derive(Debug)]
@@ -19,58 +19,36 @@ pub fn usage(message: impl Into<String>) -> Fail {
     }
 }
 
-impl From<ConfigError> for Fail {
-    fn from(e: ConfigError) -> Self {
-        usage(e.to_string())
+fn code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Input => 2,
+        _ => 1,
     }
 }
 
-impl From<LlamaError> for Fail {
-    fn from(e: LlamaError) -> Self {
-        let code = if is_input_error(&e) { 2 } else { 1 };
-        Fail {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-fn is_input_error(e: &LlamaError) -> bool {
-    !matches!(
-        e,
-        LlamaError::Init(_)
-            | LlamaError::Decode(_)
-            | LlamaError::Cache(_)
-            | LlamaError::Usage(_)
-            | LlamaError::Context { .. }
-    )
-}
-
-impl From<SearchError> for Fail {
-    fn from(e: SearchError) -> Self {
-        let code = match &e {
-            SearchError::Config(_) => 2,
-            SearchError::Backend { source, .. } => {
-                if source.downcast_ref::<ConfigError>().is_some() {
-                    2
-                } else if let Some(r) = source.downcast_ref::<w2s_remote::RemoteError>() {
-                    crate::backends::remote_exit_code(r)
-                } else if let Some(l) = source.downcast_ref::<LlamaError>() {
-                    if is_input_error(l) {
-                        2
-                    } else {
-                        1
-                    }
-                } else {
-                    1
+macro_rules! from_kinded {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fail {
+            fn from(e: $t) -> Self {
+                Fail {
+                    code: code(e.kind()),
+                    message: e.to_string(),
                 }
             }
-            _ => 1,
-        };
-        Fail {
-            code,
-            message: e.to_string(),
         }
+    )*};
+}
+
+from_kinded!(
+    w2s_engine::EngineError,
+    w2s_eval::EvalError,
+    w2s_core::SearchError,
+    w2s_llama::LlamaError
+);
+
+impl From<w2s_core::ConfigError> for Fail {
+    fn from(e: w2s_core::ConfigError) -> Self {
+        usage(e.to_string())
     }
 }
 

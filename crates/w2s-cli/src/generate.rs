@@ -7,9 +7,10 @@ use clap::Args;
 use serde_json::json;
 use w2s_core::SearchOutput;
 
+use w2s_engine::{Engine, RunSettings};
+use w2s_eval::{read_jsonl, PromptItem};
+
 use crate::fail::Fail;
-use crate::prompts::{read_jsonl, PromptItem};
-use crate::settings::RunSettings;
 
 /// Arguments of `w2s generate`.
 #[derive(Debug, Args)]
@@ -49,10 +50,10 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
         (None, Some(path)) => read_jsonl(path)?,
         (None, None) => unreachable!("clap requires one of --prompt, --prompts"),
     };
-    let mut models = crate::backends::Backends::build(&settings)?;
+    let mut engine = Engine::build(&settings.engine)?;
     let mut out = std::io::stdout().lock();
     for item in &items {
-        let result = models.search(&settings.search, &item.prompt)?;
+        let result = engine.search(&settings.search, &item.prompt)?;
         if args.json {
             let line = to_json(item, &settings.search, &result);
             writeln!(out, "{line}")?;

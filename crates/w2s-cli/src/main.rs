@@ -1,13 +1,10 @@
 //! `w2s`: weak-to-strong search from the command line.
 
-mod backends;
 mod bench;
 mod eval;
 mod fail;
 mod generate;
-mod prompts;
 mod serve;
-mod settings;
 
 use clap::{Parser, Subcommand};
 

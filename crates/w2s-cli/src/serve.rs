@@ -5,8 +5,9 @@ use std::time::Duration;
 use clap::Args;
 use w2s_server::{serve, ServeConfig};
 
+use w2s_engine::RunSettings;
+
 use crate::fail::{usage, Fail};
-use crate::settings::RunSettings;
 
 /// Arguments of `w2s serve`.
 #[derive(Debug, Args)]
@@ -49,7 +50,6 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<(), Fail> {
     let settings = args.run.check()?;
-    settings.require_local("serve")?;
     let mut cfg = ServeConfig::new(settings.search.clone());
     cfg.host = args.host;
     cfg.port = args.port;
@@ -83,8 +83,7 @@ pub fn run(args: ServeArgs) -> Result<(), Fail> {
             code: 1,
             message: format!("cannot start the async runtime: {e}"),
         })?;
-    let spec = settings.local_spec();
-    runtime.block_on(serve(cfg, spec)).map_err(|e| {
+    runtime.block_on(serve(cfg, settings.engine)).map_err(|e| {
         let code = if matches!(
             e,
             w2s_server::ServeError::Models(_) | w2s_server::ServeError::Bind { .. }

@@ -1,4 +1,4 @@
-//! `w2s generate` with remote model specs: bad specs are input errors (exit 2), an
+//! Remote model specs on the command line: bad specs are input errors (exit 2), an
 //! unreachable endpoint is a runtime failure (exit 1) after the bounded retries. Searches
 //! against a real server are tested in crates/w2s-remote/tests.
 
@@ -95,28 +95,22 @@ fn an_unreachable_endpoint_fails_after_bounded_retries() {
 }
 
 #[test]
-fn commands_that_run_local_models_only_refuse_remote_specs() {
+fn eft_with_a_remote_role_is_refused_before_any_work() {
     let url = "http://127.0.0.1:9/v1#m";
     let dir = std::env::temp_dir().join(format!("w2s-cli-remote-eval-{}", std::process::id()));
     let prompts = scratch_config("p.jsonl", "{\"prompt\": \"I rented this movie and\"}\n");
     let out = dir.to_string_lossy().into_owned();
-    let cases: [Vec<&str>; 3] = [
-        vec!["bench", "--prompt", "x"],
-        vec!["serve", "--port", "0"],
-        vec!["eval", "--prompts", &prompts, "--out", &out],
-    ];
-    for case in cases {
-        let o = Command::new(env!("CARGO_BIN_EXE_w2s"))
-            .args(&case)
-            .args(["--strong", url, "--tuned", "x", "--untuned", "y"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{case:?}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains(&format!("`w2s {}` runs local GGUF models only", case[0]))
-                && stderr(&o).contains("strong model is remote"),
-            "{case:?}: {}",
-            stderr(&o)
-        );
-    }
+    let o = Command::new(env!("CARGO_BIN_EXE_w2s"))
+        .args(["eval", "--prompts", &prompts, "--out", &out])
+        .args(["--methods", "sample,eft:1"])
+        .args(["--strong", url, "--tuned", "x", "--untuned", "y"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("EFT") && stderr(&o).contains("strong model is remote"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("run.json").exists(), "nothing is written");
 }

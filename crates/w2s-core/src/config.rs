@@ -6,7 +6,31 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 /// Most rows (W*K or N) one search may keep in flight.
-pub const MAX_ROWS: usize = 1024;
+pub const MAX_SEARCH_ROWS: usize = 1024;
+
+/// The paper's settings, written once: every front end's defaults come from here.
+pub mod defaults {
+    /// Sampling temperature.
+    pub const TEMPERATURE: f32 = 0.7;
+    /// Top-k (0 = off).
+    pub const TOP_K: u32 = 50;
+    /// Top-p.
+    pub const TOP_P: f32 = 1.0;
+    /// Beams kept (W).
+    pub const W: usize = 4;
+    /// Successors per beam (K).
+    pub const K: usize = 4;
+    /// Strong tokens per chunk (L).
+    pub const L: usize = 5;
+    /// Samples of Best-of-N.
+    pub const BON_N: usize = 16;
+    /// Strong-model tokens per response at most.
+    pub const MAX_NEW_TOKENS: usize = 50;
+    /// Weight of the log-probability ratio.
+    pub const BETA: f64 = 1.0;
+    /// Seed of every random draw.
+    pub const SEED: u64 = 1;
+}
 
 /// How the strong model samples tokens. Defaults are the paper's: 0.7 / 50 / 1.0.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -48,9 +72,9 @@ impl SamplingParams {
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
-            temperature: 0.7,
-            top_k: 50,
-            top_p: 1.0,
+            temperature: defaults::TEMPERATURE,
+            top_k: defaults::TOP_K,
+            top_p: defaults::TOP_P,
         }
     }
 }
@@ -80,7 +104,11 @@ pub enum Method {
 
 impl Default for Method {
     fn default() -> Self {
-        Method::Cbs { w: 4, k: 4, l: 5 }
+        Method::Cbs {
+            w: defaults::W,
+            k: defaults::K,
+            l: defaults::L,
+        }
     }
 }
 
@@ -107,7 +135,7 @@ impl Method {
                     l: num(parts[2])?,
                 })
             }
-            ("bon", None) => Ok(Method::Bon { n: 16 }),
+            ("bon", None) => Ok(Method::Bon { n: defaults::BON_N }),
             ("bon", Some(a)) => Ok(Method::Bon { n: num(a)? }),
             _ => Err(bad()),
         }
@@ -163,7 +191,7 @@ pub struct SearchConfig {
 }
 
 impl SearchConfig {
-    /// Checks every number: W, K, L, N >= 1, W*K <= [`MAX_ROWS`], max new tokens >= 1,
+    /// Checks every number: W, K, L, N >= 1, W*K <= [`MAX_SEARCH_ROWS`], max new tokens >= 1,
     /// beta finite, stop strings non-empty.
     pub fn new(
         method: Method,
@@ -184,8 +212,11 @@ impl SearchConfig {
             Method::Bon { n: 0 } => return Err(ConfigError::Zero("N (--n)")),
             _ => {}
         }
-        if method.rows() > MAX_ROWS {
-            return Err(ConfigError::TooManyRows(method.rows()));
+        if method.rows() > MAX_SEARCH_ROWS {
+            return Err(ConfigError::TooManyRows {
+                rows: method.rows(),
+                max: MAX_SEARCH_ROWS,
+            });
         }
         if max_new_tokens == 0 {
             return Err(ConfigError::Zero("max new tokens"));
@@ -235,9 +266,9 @@ impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
             method: Method::default(),
-            max_new_tokens: 50,
-            beta: 1.0,
-            seed: 1,
+            max_new_tokens: defaults::MAX_NEW_TOKENS,
+            beta: defaults::BETA,
+            seed: defaults::SEED,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
         }

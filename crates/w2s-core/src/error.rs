@@ -2,8 +2,89 @@
 
 use thiserror::Error;
 
-/// An error from a model backend (local or remote), boxed so any backend can plug in.
-pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// Whose fault a failure is: what a front end needs to pick an exit code or an HTTP
+/// status without looking inside the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The user's input or settings cannot work (a missing file, a prompt too long for a
+    /// model, a template an engine cannot serve): fix the input.
+    Input,
+    /// A remote engine failed or could not be reached (after retries).
+    Remote,
+    /// A failure inside w2s or a local model while running.
+    Internal,
+    /// The caller cancelled the work.
+    Cancelled,
+}
+
+/// An error from a model backend (local or remote), with its [`ErrorKind`]. Any error
+/// type converts into it; backends implement `From` for their own error types so that
+/// the kind is decided once, where the error is made.
+#[derive(Debug)]
+pub struct BackendError {
+    kind: ErrorKind,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl BackendError {
+    /// An error of the given kind.
+    pub fn new(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        BackendError {
+            kind,
+            source: source.into(),
+        }
+    }
+    /// An internal failure with this message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        BackendError::new(ErrorKind::Internal, message.into())
+    }
+    /// Whose fault it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    /// The backend's own error.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+    /// The backend's own error, by value (e.g. to downcast it in a test).
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.source
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
+}
+
+impl From<&str> for BackendError {
+    fn from(message: &str) -> Self {
+        BackendError::internal(message)
+    }
+}
+
+impl From<String> for BackendError {
+    fn from(message: String) -> Self {
+        BackendError::internal(message)
+    }
+}
+
+impl From<ConfigError> for BackendError {
+    fn from(e: ConfigError) -> Self {
+        BackendError::new(ErrorKind::Input, e)
+    }
+}
 
 /// A setting that is out of range. Each message names the setting and what it accepts.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -13,8 +94,13 @@ pub enum ConfigError {
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     /// W*K too large.
-    #[error("W*K (or N) = {0} rows is more than the {max} a search may keep; lower W, K or N", max = crate::config::MAX_ROWS)]
-    TooManyRows(usize),
+    #[error("W*K (or N) = {rows} rows is more than the {max} a search may keep; lower W, K or N")]
+    TooManyRows {
+        /// Rows asked for.
+        rows: usize,
+        /// The most a search may keep.
+        max: usize,
+    },
     /// Temperature negative or not a number.
     #[error("temperature must be a number >= 0 (0 = greedy), got {0}")]
     Temperature(f32),
@@ -85,4 +171,16 @@ pub enum SearchError {
     /// The caller asked the search to stop.
     #[error("the search was cancelled")]
     Cancelled,
+}
+
+impl SearchError {
+    /// Whose fault it is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SearchError::Config(_) => ErrorKind::Input,
+            SearchError::Backend { source, .. } => source.kind(),
+            SearchError::Contract { .. } => ErrorKind::Internal,
+            SearchError::Cancelled => ErrorKind::Cancelled,
+        }
+    }
 }

@@ -70,8 +70,8 @@ mod template;
 pub mod text;
 
 pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
-pub use config::{Method, SamplingParams, SearchConfig, MAX_ROWS};
-pub use error::{BackendError, ConfigError, Role, SearchError};
+pub use config::{defaults, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
+pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
 pub use rng::RowRng;
 pub use search::{

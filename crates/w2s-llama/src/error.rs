@@ -85,3 +85,25 @@ pub enum LlamaError {
     #[error(transparent)]
     Config(#[from] w2s_core::ConfigError),
 }
+
+impl LlamaError {
+    /// Whose fault it is: the input's for files, models, templates and prompts that
+    /// cannot work; internal for failures of llama.cpp while running.
+    pub fn kind(&self) -> w2s_core::ErrorKind {
+        use w2s_core::ErrorKind;
+        match self {
+            LlamaError::Init(_)
+            | LlamaError::Decode(_)
+            | LlamaError::Cache(_)
+            | LlamaError::Usage(_)
+            | LlamaError::Context { .. } => ErrorKind::Internal,
+            _ => ErrorKind::Input,
+        }
+    }
+}
+
+impl From<LlamaError> for w2s_core::BackendError {
+    fn from(e: LlamaError) -> Self {
+        w2s_core::BackendError::new(e.kind(), e)
+    }
+}

@@ -53,7 +53,7 @@ pub use model::{LoadOptions, Model};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer};
-pub use strong::{LlamaProposer, MAX_ROWS};
+pub use strong::{LlamaProposer, MAX_SEQUENCES};
 
 /// Models that `scripts/fetch-models` provides, by name.
 pub const KNOWN_MODELS: &[&str] = &[

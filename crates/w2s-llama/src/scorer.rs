@@ -20,7 +20,7 @@ use w2s_core::{BackendError, PromptTemplate, ScoreRequest, Scorer};
 use crate::error::LlamaError;
 use crate::model::{Engine, Model};
 use crate::seqs::{decode_prompt, SeqBanks};
-use crate::strong::MAX_ROWS;
+use crate::strong::MAX_SEQUENCES;
 
 /// Tokens per scoring decode at most: bounds the logits buffer (tokens x vocabulary).
 const SCORE_BATCH: usize = 128;
@@ -118,10 +118,10 @@ impl LlamaScorer {
         rows: usize,
         max_new: usize,
     ) -> Result<(), BackendError> {
-        if rows > MAX_ROWS {
+        if rows > MAX_SEQUENCES {
             return Err(LlamaError::TooManyRows {
                 rows,
-                max: MAX_ROWS,
+                max: MAX_SEQUENCES,
             }
             .into());
         }

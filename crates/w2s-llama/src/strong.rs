@@ -17,7 +17,7 @@ use crate::model::{Engine, Model};
 use crate::seqs::{decode_prompt, SeqBanks};
 
 /// Most rows one llama.cpp context serves (two banks of sequence ids within its 256).
-pub const MAX_ROWS: usize = 128;
+pub const MAX_SEQUENCES: usize = 128;
 
 /// The strong model: samples continuations with llama.cpp.
 pub struct LlamaProposer {
@@ -102,10 +102,10 @@ impl LlamaProposer {
     }
 
     fn begin_inner(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        if setup.rows > MAX_ROWS {
+        if setup.rows > MAX_SEQUENCES {
             return Err(LlamaError::TooManyRows {
                 rows: setup.rows,
-                max: MAX_ROWS,
+                max: MAX_SEQUENCES,
             }
             .into());
         }

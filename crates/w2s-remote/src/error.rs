@@ -110,3 +110,30 @@ pub enum RemoteError {
     #[error("remote backend used wrongly: {0}")]
     Usage(String),
 }
+
+impl RemoteError {
+    /// Whose fault it is: the input's for settings the user must fix (an endpoint that
+    /// cannot work, a missing key, a model the engine does not serve, a template or API it
+    /// cannot serve, a request too long for its context); the engine's for the rest.
+    pub fn kind(&self) -> w2s_core::ErrorKind {
+        use w2s_core::ErrorKind;
+        match self {
+            RemoteError::Config(_)
+            | RemoteError::MissingApiKey(_)
+            | RemoteError::UnknownModel { .. }
+            | RemoteError::Unsupported(_)
+            | RemoteError::NoEosText { .. }
+            | RemoteError::TooLong { .. } => ErrorKind::Input,
+            RemoteError::InsideAsync | RemoteError::Init(_) | RemoteError::Usage(_) => {
+                ErrorKind::Internal
+            }
+            _ => ErrorKind::Remote,
+        }
+    }
+}
+
+impl From<RemoteError> for w2s_core::BackendError {
+    fn from(e: RemoteError) -> Self {
+        w2s_core::BackendError::new(e.kind(), e)
+    }
+}

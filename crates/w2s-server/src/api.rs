@@ -31,7 +31,7 @@ pub struct Policy {
     /// Largest L.
     pub max_chunk: usize,
     /// Largest W*K.
-    pub max_rows: usize,
+    pub max_rows_per_request: usize,
     /// Largest max_tokens.
     pub max_tokens: usize,
     /// Largest prompt, in bytes.
@@ -355,7 +355,11 @@ fn search_object(
             method.chunk_len().unwrap_or(1),
             policy.max_chunk,
         ),
-        ("search.w*k", w.saturating_mul(k), policy.max_rows),
+        (
+            "search.w*k",
+            w.saturating_mul(k),
+            policy.max_rows_per_request,
+        ),
     ];
     for (param, v, max) in checks {
         if v == 0 || v > max {
@@ -389,7 +393,7 @@ mod tests {
             max_width: 16,
             max_successors: 16,
             max_chunk: 64,
-            max_rows: 64,
+            max_rows_per_request: 64,
             max_tokens: 512,
             max_prompt_bytes: 100_000,
         }

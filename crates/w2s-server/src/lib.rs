@@ -7,8 +7,13 @@
 //! Every body is validated into a checked request before any model work; errors have the
 //! OpenAI shape. A client that disconnects cancels its search within one chunk.
 //!
+//! The models come from a [`w2s_engine::EngineSpec`]: any role may be a local GGUF file
+//! or a remote engine. With a remote role, `/health` also asks the engine (`GET
+//! /v1/models`, at most every two seconds) and answers 503 `upstream_down` while it does
+//! not answer; a search whose engine fails gets 502.
+//!
 //! ```no_run
-//! # async fn run(spec: w2s_llama::LocalSpec) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(spec: w2s_engine::EngineSpec) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = w2s_server::ServeConfig::new(w2s_core::SearchConfig::default());
 //! w2s_server::serve(config, spec).await?;
 //! # Ok(()) }
@@ -30,7 +35,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use w2s_core::SearchConfig;
-use w2s_llama::LocalSpec;
+use w2s_engine::EngineSpec;
 
 use crate::admission::Admission;
 use crate::api::Policy;
@@ -81,7 +86,7 @@ impl ServeConfig {
                 max_width: 16,
                 max_successors: 16,
                 max_chunk: 256,
-                max_rows: 64,
+                max_rows_per_request: 64,
                 max_tokens: 2048,
                 max_prompt_bytes: 1024 * 1024,
             },
@@ -109,7 +114,19 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// A remote engine the server depends on, probed by `/health`.
+pub(crate) struct Upstream {
+    /// `GET` this to see that the engine answers (`{url}/models`).
+    pub models_url: String,
+    /// The bearer key, if the engine needs one.
+    pub api_key: Option<String>,
+    /// The last probe: when, and whether it answered.
+    pub last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
 pub(crate) struct App {
+    pub upstreams: Vec<Upstream>,
+    pub http: reqwest::Client,
     pub cfg: ServeConfig,
     pub metrics: Arc<Metrics>,
     pub admission: Arc<Admission>,
@@ -124,7 +141,26 @@ pub(crate) struct App {
 /// Loads the models on a worker thread, binds, serves until SIGINT/SIGTERM, then drains
 /// (new requests get 503; in-flight ones finish up to the shutdown timeout) and returns.
 /// Prints `listening on http://ADDR` to stderr once bound.
-pub async fn serve(cfg: ServeConfig, spec: LocalSpec) -> Result<(), ServeError> {
+pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for role in spec.remote_roles() {
+        if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
+            let models_url = format!("{}/models", r.url.trim_end_matches('/'));
+            if upstreams.iter().any(|u| u.models_url == models_url) {
+                continue;
+            }
+            upstreams.push(Upstream {
+                models_url,
+                api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+                last: std::sync::Mutex::new(None),
+            });
+        }
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| ServeError::Models(format!("cannot start the HTTP client: {e}")))?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -144,6 +180,8 @@ pub async fn serve(cfg: ServeConfig, spec: LocalSpec) -> Result<(), ServeError> 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let app = Arc::new(App {
+        upstreams,
+        http,
         admission: Admission::new(cfg.queue_capacity),
         queue: JobQueue::new(tx, metrics.clone()),
         cfg,

@@ -169,7 +169,7 @@ mod tests {
             max_width: 16,
             max_successors: 16,
             max_chunk: 64,
-            max_rows: 64,
+            max_rows_per_request: 64,
             max_tokens: 512,
             max_prompt_bytes: 1000,
         };

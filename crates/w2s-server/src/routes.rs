@@ -117,6 +117,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         .is_some_and(|d| d > app.cfg.watchdog)
     {
         "stalled"
+    } else if !upstreams_up(&app).await {
+        "upstream_down"
     } else {
         "ok"
     };
@@ -126,6 +128,29 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(json!({"status": status}))).into_response()
+}
+
+/// Whether every remote engine answers `GET /v1/models` (probed at most every two
+/// seconds per engine).
+async fn upstreams_up(app: &App) -> bool {
+    let mut all = true;
+    for u in &app.upstreams {
+        let cached = *u.last.lock().unwrap_or_else(|p| p.into_inner());
+        let up = match cached {
+            Some((at, up)) if at.elapsed() < Duration::from_secs(2) => up,
+            _ => {
+                let mut req = app.http.get(&u.models_url);
+                if let Some(k) = &u.api_key {
+                    req = req.bearer_auth(k);
+                }
+                let up = matches!(req.send().await, Ok(r) if r.status().is_success());
+                *u.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), up));
+                up
+            }
+        };
+        all &= up;
+    }
+    all
 }
 
 async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
@@ -401,6 +426,7 @@ fn failure_error(f: Failure) -> ApiError {
         Failure::Cancelled => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "cancelled", "the request was cancelled"),
         Failure::Panic => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "the search failed unexpectedly; the server goes on"),
         Failure::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", m),
+        Failure::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", m),
     }
 }
 
@@ -621,11 +647,20 @@ async fn plain(
     req: PlainRequest,
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
-    let (model, prompt, max_tokens) = (
-        info.roles[req.role].0.clone(),
-        req.prompt.clone(),
-        req.max_tokens,
-    );
+    let Some(model) = info.plain.get(req.role).cloned().flatten() else {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "the {} model runs on a remote engine, not in this server; send plain requests to that engine",
+                PLAIN_MODELS[req.role.min(2)]
+            ),
+        );
+        e.param = Some("model".into());
+        return Err(e);
+    };
+    let (prompt, max_tokens) = (req.prompt.clone(), req.max_tokens);
     check_prompt("prompt", move || {
         let n = model.tokenize_prompt(&prompt).len();
         model.check_fits(n, max_tokens).map_err(|e| e.to_string())

@@ -1,5 +1,6 @@
-//! The model worker: one dedicated thread owns the llama.cpp contexts and runs searches
-//! one at a time in arrival order (fair FIFO). The async side never runs a forward pass.
+//! The model worker: one dedicated thread owns the models (llama.cpp contexts, remote
+//! backends) and runs searches one at a time in arrival order (fair FIFO). The async side
+//! never runs a forward pass or blocks on a remote engine.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,12 +8,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use w2s_core::{
-    search_with_progress, Method, SamplingParams, SearchConfig, SearchError, SearchOutput,
-};
-use w2s_llama::{
-    EchoToken, LlamaError, LocalModels, LocalSpec, Model, PlainChoice, PlainModel, PlainSampling,
-};
+use w2s_core::{ErrorKind, Method, SamplingParams, SearchConfig, SearchOutput};
+use w2s_engine::{Engine, EngineError, EngineSpec, PromptCheck, ROLES};
+use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel, PlainSampling};
 
 use crate::api::{CheckedRequest, PlainRequest};
 use crate::metrics::Metrics;
@@ -63,7 +61,8 @@ pub enum Work {
 pub struct Finished {
     /// The search's result.
     pub output: SearchOutput,
-    /// Strong-model prompt tokens.
+    /// Strong-model prompt tokens (0 where the strong model is remote: the engine
+    /// tokenises the prompt).
     pub prompt_tokens: usize,
 }
 
@@ -76,6 +75,8 @@ pub enum Failure {
     Deadline,
     /// Bad input found by the backend (e.g. prompt too long for a model).
     Input(String),
+    /// A remote engine failed or could not be reached.
+    Upstream(String),
     /// The backend failed.
     Internal(String),
     /// The search panicked; the request fails, the server goes on.
@@ -123,34 +124,24 @@ impl WorkerState {
     }
 }
 
-/// The loaded models, for checks before a request is queued.
+/// The built models, for checks before a request is queued.
 #[derive(Clone)]
 pub struct ModelInfo {
-    /// (model, template) of strong, tuned, untuned.
-    pub roles: Vec<(Arc<Model>, w2s_core::PromptTemplate)>,
+    /// Prompt-length checks against every local model.
+    pub check: PromptCheck,
+    /// The local model of each role (strong, tuned, untuned), for plain requests; `None`
+    /// for a remote role.
+    pub plain: Vec<Option<Arc<Model>>>,
 }
 
 impl ModelInfo {
-    /// Checks that prompt + max_tokens fit every model's context. CPU work: call from a
-    /// blocking thread.
-    pub fn check_prompt(&self, prompt: &str, max_tokens: usize) -> Result<usize, String> {
-        let mut strong_tokens = 0;
-        for (i, (model, template)) in self.roles.iter().enumerate() {
-            let filled = template.fill(prompt).map_err(|e| e.to_string())?;
-            let text = model.render(&filled).map_err(|e| e.to_string())?;
-            let n = model.tokenize_prompt(&text).len();
-            if n + max_tokens > model.n_ctx_train() as usize {
-                return Err(format!(
-                    "the prompt is {n} tokens for the {} model; with max_tokens {max_tokens} that exceeds its context of {} tokens",
-                    ["strong", "tuned", "untuned"][i],
-                    model.n_ctx_train()
-                ));
-            }
-            if i == 0 {
-                strong_tokens = n;
-            }
-        }
-        Ok(strong_tokens)
+    /// Checks that prompt + max_tokens fit every local model's context; returns the
+    /// strong model's prompt tokens where it is local. CPU work: call from a blocking
+    /// thread.
+    pub fn check_prompt(&self, prompt: &str, max_tokens: usize) -> Result<Option<usize>, String> {
+        self.check
+            .check(prompt, max_tokens)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -158,7 +149,7 @@ impl ModelInfo {
 /// them up (then `state.ready` is set) and serves jobs. Load failures arrive on the
 /// returned channel.
 pub fn start(
-    spec: LocalSpec,
+    spec: EngineSpec,
     jobs: Receiver<Job>,
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
@@ -173,14 +164,14 @@ pub fn start(
 }
 
 fn worker_main(
-    spec: LocalSpec,
+    spec: EngineSpec,
     jobs: Receiver<Job>,
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
     loaded: SyncSender<Result<(), String>>,
 ) {
-    let mut models = match LocalModels::load(&spec) {
+    let mut models = match Engine::build(&spec) {
         Ok(m) => m,
         Err(e) => {
             state.dead.store(true, Ordering::SeqCst);
@@ -189,16 +180,14 @@ fn worker_main(
         }
     };
     let _ = info.set(ModelInfo {
-        roles: vec![
-            (models.strong.model().clone(), spec.strong_template.clone()),
-            (models.tuned.model().clone(), spec.tuned_template.clone()),
-            (
-                models.untuned.model().clone(),
-                spec.untuned_template.clone(),
-            ),
-        ],
+        check: models.prompt_check(),
+        plain: ROLES
+            .iter()
+            .map(|r| models.local_model(*r).cloned())
+            .collect(),
     });
-    // Warm-up: one tiny search touches every model's weights and code paths.
+    // Warm-up: one tiny search touches every model's weights and code paths (and checks
+    // that remote engines answer).
     let warm = SearchConfig::new(
         Method::Cbs { w: 1, k: 2, l: 2 },
         4,
@@ -212,9 +201,14 @@ fn worker_main(
             state.ready.store(true, Ordering::SeqCst);
             let _ = loaded.send(Ok(()));
         }
-        other => {
+        Ok(Err(e)) => {
             state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(format!("warm-up search failed: {other:?}")));
+            let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
+            return;
+        }
+        Err(e) => {
+            state.dead.store(true, Ordering::SeqCst);
+            let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
             return;
         }
     }
@@ -229,16 +223,18 @@ fn worker_main(
         state.touch(true);
         let result = match &job.work {
             Work::Search(req) => run_search(&mut models, req, &job, &state).map(Outcome::Search),
-            Work::Plain(req) => {
-                let model = match req.role {
-                    0 => models.strong.model().clone(),
-                    1 => models.tuned.model().clone(),
-                    _ => models.untuned.model().clone(),
-                };
-                let slot = &mut plain[req.role.min(2)];
-                let pm = slot.get_or_insert_with(|| PlainModel::new(model, spec.threads));
-                run_plain(pm, req)
-            }
+            Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
+                Some(model) => {
+                    let model = model.clone();
+                    let slot = &mut plain[req.role.min(2)];
+                    let pm = slot.get_or_insert_with(|| PlainModel::new(model, spec.threads));
+                    run_plain(pm, req)
+                }
+                None => Err(Failure::Input(format!(
+                    "the {} model runs on a remote engine; send plain requests to it directly",
+                    ROLES[req.role.min(2)]
+                ))),
+            },
         };
         state.touch(false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
@@ -270,7 +266,7 @@ fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure
                     tokens,
                     prompt_tokens,
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| (e.kind(), e.to_string()))
         } else {
             let s = PlainSampling {
                 n: req.n,
@@ -285,16 +281,14 @@ fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure
                     choices,
                     prompt_tokens,
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| (e.kind(), e.to_string()))
         }
     }));
     match outcome {
         Err(_) => Err(Failure::Panic),
         Ok(Ok(o)) => Ok(o),
-        Ok(Err(m)) if m.contains("exceeds its context") || m.contains("prompt is empty") => {
-            Err(Failure::Input(m))
-        }
-        Ok(Err(m)) => {
+        Ok(Err((ErrorKind::Input, m))) => Err(Failure::Input(m)),
+        Ok(Err((_, m))) => {
             tracing::error!(%m, "plain request failed");
             Err(Failure::Internal("the model failed".into()))
         }
@@ -302,14 +296,14 @@ fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure
 }
 
 fn run_search(
-    models: &mut LocalModels,
+    models: &mut Engine,
     req: &CheckedRequest,
     job: &Job,
     state: &WorkerState,
 ) -> Result<Finished, Failure> {
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        search_with_progress(&req.config, &req.prompt, models.models(), &mut |p| {
+        models.search_with_progress(&req.config, &req.prompt, &mut |p| {
             state.touch(true);
             if p.settled_text.len() > sent {
                 sent = p.settled_text.len();
@@ -322,23 +316,32 @@ fn run_search(
         Err(_) => Err(Failure::Panic),
         Ok(Ok(output)) => Ok(Finished {
             output,
-            prompt_tokens: models.strong.last_prompt_tokens(),
+            prompt_tokens: models.strong_prompt_tokens().unwrap_or(0),
         }),
-        Ok(Err(SearchError::Cancelled)) if job.cancel.load(Ordering::SeqCst) => {
-            Err(Failure::Cancelled)
+        Ok(Err(e)) => Err(failure(e, job)),
+    }
+}
+
+/// What a failed search tells its client, decided by the error's kind.
+fn failure(e: EngineError, job: &Job) -> Failure {
+    match e.kind() {
+        ErrorKind::Cancelled if job.cancel.load(Ordering::SeqCst) => Failure::Cancelled,
+        ErrorKind::Cancelled => Failure::Deadline,
+        ErrorKind::Input => Failure::Input(e.to_string()),
+        ErrorKind::Remote => {
+            tracing::warn!(%e, "a remote engine failed");
+            Failure::Upstream(e.to_string())
         }
-        Ok(Err(SearchError::Cancelled)) => Err(Failure::Deadline),
-        Ok(Err(e @ SearchError::Config(_))) => Err(Failure::Input(e.to_string())),
-        Ok(Err(SearchError::Backend { role, source })) => match source.downcast_ref::<LlamaError>()
-        {
-            Some(LlamaError::PromptTooLong { .. }) | Some(LlamaError::Config(_)) => {
-                Err(Failure::Input(format!("{role} model: {source}")))
-            }
-            _ => Err(Failure::Internal(format!("{role} model failed"))),
-        },
-        Ok(Err(e)) => {
+        _ => {
             tracing::error!(%e, "search failed");
-            Err(Failure::Internal("the search failed".into()))
+            let role = match &e {
+                EngineError::Search(w2s_core::SearchError::Backend { role, .. }) => Some(*role),
+                _ => None,
+            };
+            Failure::Internal(match role {
+                Some(r) => format!("{r} model failed"),
+                None => "the search failed".into(),
+            })
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use w2s_core::{ConfigError, Method};
 
-use crate::fail::{usage, Fail};
+use crate::error::{usage, EvalError};
 
 /// One method of an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,11 +24,11 @@ impl std::fmt::Display for EvalMethod {
 
 /// Parses `sample,bon:16,cbs:4x4x5,eft:0.25,0.5,1`: comma-separated methods; bare numbers
 /// after an `eft:` entry are more EFT betas. Duplicates are refused.
-pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, Fail> {
+pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, EvalError> {
     let mut out: Vec<EvalMethod> = Vec::new();
     let mut in_eft = false;
     for item in spec.split(',').map(str::trim) {
-        let beta_of = |t: &str| -> Result<f64, Fail> {
+        let beta_of = |t: &str| -> Result<f64, EvalError> {
             match t.parse::<f64>() {
                 Ok(b) if b.is_finite() => Ok(b),
                 _ => Err(usage(format!(
@@ -64,7 +64,7 @@ pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, Fail> {
 }
 
 /// Parses `1,2,3`.
-pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, Fail> {
+pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, EvalError> {
     let mut seeds = Vec::new();
     for s in spec.split(',').map(str::trim) {
         let seed = s.parse::<u64>().map_err(|_| {
@@ -116,8 +116,8 @@ mod tests {
             ("", "unknown method"),
         ] {
             let e = parse_methods(bad).unwrap_err();
-            assert_eq!(e.code, 2);
-            assert!(e.message.contains(needle), "{bad}: {}", e.message);
+            assert_eq!(e.kind(), w2s_core::ErrorKind::Input);
+            assert!(e.to_string().contains(needle), "{bad}: {e}");
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::fail::{usage, Fail};
+use crate::error::{usage, EvalError};
 
 pub const RUN_FILE: &str = "run.json";
 pub const RESULTS_FILE: &str = "results.jsonl";
@@ -48,7 +48,7 @@ pub fn differences(old: &Value, new: &Value) -> Vec<String> {
         .collect()
 }
 
-fn read_settings(dir: &Path) -> Result<Option<Value>, Fail> {
+fn read_settings(dir: &Path) -> Result<Option<Value>, EvalError> {
     let path = dir.join(RUN_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -65,7 +65,7 @@ fn read_settings(dir: &Path) -> Result<Option<Value>, Fail> {
 }
 
 /// Refuses early (before models load) a directory holding another run, unless `force`.
-pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), Fail> {
+pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), EvalError> {
     if dir.exists() && !dir.is_dir() {
         return Err(usage(format!(
             "--out {} is a file, not a directory",
@@ -86,7 +86,7 @@ pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), Fail> {
     let old = match read_settings(dir) {
         Ok(o) => o,
         Err(e) if force => {
-            eprintln!("warning: {}", e.message);
+            eprintln!("warning: {e}");
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -109,7 +109,12 @@ pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), Fail> {
 
 /// Creates the directory, moves an incompatible old run aside (`force`), writes
 /// `run.json`. Returns the results file's path.
-pub fn prepare(dir: &Path, settings: &Value, info: &Value, force: bool) -> Result<PathBuf, Fail> {
+pub fn prepare(
+    dir: &Path,
+    settings: &Value,
+    info: &Value,
+    force: bool,
+) -> Result<PathBuf, EvalError> {
     let cannot = |what: &str, e: std::io::Error| {
         usage(format!(
             "cannot {what} in the output directory {}: {e}",
@@ -207,8 +212,8 @@ mod tests {
         std::fs::write(&results, "kept\n").unwrap();
         check(&dir, &a, false).unwrap();
         let e = check(&dir, &b, false).unwrap_err();
-        assert_eq!(e.code, 2);
-        assert!(e.message.contains("beta: 1.0 -> 2.0"), "{}", e.message);
+        assert_eq!(e.kind(), w2s_core::ErrorKind::Input);
+        assert!(e.to_string().contains("beta: 1.0 -> 2.0"), "{e}");
         check(&dir, &b, true).unwrap();
         prepare(&dir, &b, &json!({}), true).unwrap();
         assert!(!results.exists());

@@ -1,43 +1,12 @@
-//! `w2s eval`: compares methods on a prompt set with the same models and seeds, scoring
-//! every response with gold rewards the search never sees; `w2s report` redraws the
-//! report from the result file alone.
-
-mod golds;
-mod methods;
-mod outdir;
-mod plot;
-mod progress;
-mod report;
-mod run;
-mod store;
-mod summary;
+//! `w2s eval` and `w2s report`: flags for the harness of `w2s-eval`.
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+use w2s_engine::RunSettings;
+use w2s_eval::{parse_golds, parse_methods, parse_seeds, read_jsonl, EvalSpec, Task};
 
-pub use report::{run as report, ReportArgs};
-pub use run::run;
-
-use crate::settings::RunSettings;
-
-/// What the prompts are, which sets the default templates and gold rewards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Task {
-    /// Continue movie reviews positively; gold: VADER of prompt + response.
-    Sentiment,
-    /// Follow instructions through each model's chat template; gold: the judge.
-    Instruct,
-}
-
-impl Task {
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Sentiment => "sentiment",
-            Task::Instruct => "instruct",
-        }
-    }
-}
+use crate::fail::{usage, Fail};
 
 /// Arguments of `w2s eval`.
 #[derive(Debug, Args)]
@@ -80,4 +49,47 @@ pub struct EvalArgs {
     /// If DIR holds a run with other settings, move it to DIR/previous-N and start afresh.
     #[arg(long)]
     pub force: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<(), Fail> {
+    let methods = parse_methods(&args.methods)?;
+    let seeds = parse_seeds(&args.seeds)?;
+    let golds = match &args.gold {
+        Some(g) => parse_golds(g)?,
+        None => args.task.default_golds(),
+    };
+    let mut prompts = read_jsonl(&args.prompts)?;
+    if let Some(n) = args.limit {
+        if n == 0 {
+            return Err(usage("--limit must be at least 1"));
+        }
+        prompts.truncate(n);
+    }
+    w2s_eval::evaluate(EvalSpec {
+        task: args.task,
+        run: args.run,
+        prompts,
+        prompts_source: args.prompts.display().to_string(),
+        methods,
+        seeds,
+        golds,
+        judge: args.judge,
+        out: args.out,
+        force: args.force,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    })?;
+    Ok(())
+}
+
+/// Arguments of `w2s report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A directory written by `w2s eval` (it needs results.jsonl).
+    pub dir: PathBuf,
+}
+
+pub fn report(args: ReportArgs) -> Result<(), Fail> {
+    let s = w2s_eval::report(&args.dir)?;
+    print!("{}", w2s_eval::to_markdown(&s, &[]));
+    Ok(())
 }

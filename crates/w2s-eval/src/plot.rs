@@ -4,7 +4,7 @@
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use super::summary::{MethodSummary, Summary};
+use crate::summary::{MethodSummary, Summary};
 
 /// File name and title of each plot.
 pub const PLOTS: [(&str, &str); 2] = [
@@ -197,9 +197,9 @@ pub fn gold_vs_tokens(s: &Summary) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::tests::record;
-    use super::super::summary::summarize;
     use super::*;
+    use crate::store::tests::record;
+    use crate::summary::summarize;
 
     #[test]
     fn plots_are_svg_with_method_names_and_no_font_files() {

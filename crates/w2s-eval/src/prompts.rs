@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::fail::{usage, Fail};
+use crate::error::{usage, EvalError};
 
 /// One prompt of a set.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +14,7 @@ pub struct PromptItem {
 }
 
 /// Reads and checks a whole JSONL file before any model work.
-pub fn read_jsonl(path: &Path) -> Result<Vec<PromptItem>, Fail> {
+pub fn read_jsonl(path: &Path) -> Result<Vec<PromptItem>, EvalError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read prompts file {}: {e}", path.display())))?;
     parse_jsonl(&text).map_err(|(line, msg)| {

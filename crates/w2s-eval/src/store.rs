@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use w2s_core::Finish;
 
-use crate::fail::{usage, Fail};
+use crate::error::{usage, EvalError};
 
 /// One gold reward of a response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub struct Record {
     pub response_tokens: usize,
     pub tuned_tokens: u64,
     pub untuned_tokens: u64,
+    /// HTTP requests sent to remote engines for this line (0 with local models).
+    #[serde(default)]
+    pub http_requests: u64,
     pub timings: Timings,
 }
 
@@ -109,7 +112,7 @@ pub fn parse(text: &[u8]) -> Result<(Vec<Record>, usize, bool), (usize, String)>
 
 impl Store {
     /// Opens (creating) `path`, cutting a torn last line.
-    pub fn open(path: &Path) -> Result<Store, Fail> {
+    pub fn open(path: &Path) -> Result<Store, EvalError> {
         let unwritable = |e: std::io::Error| {
             usage(format!(
                 "cannot write the results file {}: {e}",
@@ -169,15 +172,12 @@ impl Store {
     }
 
     /// Appends one record and flushes it to disk.
-    pub fn append(&mut self, record: Record) -> Result<(), Fail> {
-        let mut line = serde_json::to_vec(&record).map_err(|e| Fail {
-            code: 1,
-            message: format!("cannot encode a result: {e}"),
-        })?;
+    pub fn append(&mut self, record: Record) -> Result<(), EvalError> {
+        let mut line = serde_json::to_vec(&record)
+            .map_err(|e| EvalError::Internal(format!("cannot encode a result: {e}")))?;
         line.push(b'\n');
-        let io = |e: std::io::Error| Fail {
-            code: 1,
-            message: format!("cannot write {}: {e}", self.path.display()),
+        let io = |e: std::io::Error| {
+            EvalError::Internal(format!("cannot write {}: {e}", self.path.display()))
         };
         self.file.write_all(&line).map_err(io)?;
         self.file.flush().map_err(io)?;
@@ -189,7 +189,7 @@ impl Store {
 }
 
 /// Reads the records of a result file without changing it (a torn last line is skipped).
-pub fn read_records(path: &Path) -> Result<Vec<Record>, Fail> {
+pub fn read_records(path: &Path) -> Result<Vec<Record>, EvalError> {
     let text =
         std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
     let (records, _, _) = parse(&text).map_err(|(line, e)| {
@@ -225,6 +225,7 @@ pub(crate) mod tests {
             response_tokens: 50,
             tuned_tokens: 100,
             untuned_tokens: 100,
+            http_requests: 0,
             timings: Timings {
                 method_s: 1.5,
                 ..Timings::default()

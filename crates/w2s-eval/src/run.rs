@@ -2,23 +2,81 @@
 //! scored and appended at once.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use w2s_core::{GoldReward, Method, SearchConfig};
-use w2s_llama::{score_once, Judge, LocalModels, Model, ProxyTuner, Rubric};
+use w2s_core::{GoldReward, Role};
+use w2s_engine::{shown_f32, Checked, Engine, RunSettings};
+use w2s_llama::{Judge, Model, ProxyTuner, Rubric};
 
-use super::golds::{parse_golds, GoldKind, Vader};
-use super::methods::{parse_methods, parse_seeds, EvalMethod};
-use super::outdir;
-use super::progress::Progress;
-use super::store::{GoldScore, Record, Store, Timings};
-use super::{EvalArgs, Task};
-use crate::fail::{usage, Fail};
-use crate::prompts::{read_jsonl, PromptItem};
-use crate::settings::{Checked, RunSettings};
+use crate::error::{usage, EvalError};
+use crate::golds::{GoldKind, Vader};
+use crate::methods::EvalMethod;
+use crate::outdir;
+use crate::progress::Progress;
+use crate::prompts::PromptItem;
+use crate::store::{GoldScore, Record, Store, Timings};
+use crate::summary::Summary;
+
+/// What the prompts are, which sets the default templates and gold rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Task {
+    /// Continue movie reviews positively; gold: VADER of prompt + response.
+    Sentiment,
+    /// Follow instructions through each model's chat template; gold: the judge.
+    Instruct,
+}
+
+impl Task {
+    /// The task's name in result files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Sentiment => "sentiment",
+            Task::Instruct => "instruct",
+        }
+    }
+
+    /// The gold rewards used when none are named.
+    pub fn default_golds(self) -> Vec<GoldKind> {
+        match self {
+            Task::Sentiment => vec![GoldKind::Vader],
+            Task::Instruct => vec![GoldKind::Judge],
+        }
+    }
+}
+
+/// One evaluation: which models, which prompts, which methods and seeds, scored how,
+/// written where.
+#[derive(Debug, Clone)]
+pub struct EvalSpec {
+    /// The task.
+    pub task: Task,
+    /// Models, templates and sampling settings (any role may be remote). The method and
+    /// seed come from `methods` and `seeds`, so those settings must be unset.
+    pub run: RunSettings,
+    /// The prompts, in order; ids must be unique.
+    pub prompts: Vec<PromptItem>,
+    /// Where the prompts came from (recorded in `run.json`).
+    pub prompts_source: String,
+    /// Methods to compare.
+    pub methods: Vec<EvalMethod>,
+    /// Seeds: every method runs every prompt with each.
+    pub seeds: Vec<u64>,
+    /// Gold rewards, the primary one first.
+    pub golds: Vec<GoldKind>,
+    /// The judge model (GGUF file or name) for [`GoldKind::Judge`].
+    pub judge: String,
+    /// The output directory.
+    pub out: PathBuf,
+    /// If `out` holds a run with other settings, move it to `out/previous-N`.
+    pub force: bool,
+    /// The command line that started the run (recorded in `run.json` and the report).
+    pub command: String,
+}
 
 /// Merges flags and config, with the task's default templates.
-fn settings(run: RunSettings, task: Task) -> Result<Checked, Fail> {
+fn settings(run: RunSettings, task: Task) -> Result<Checked, EvalError> {
     if run.method.is_some() || run.w.is_some() || run.k.is_some() || run.l.is_some() {
         return Err(usage(
             "w2s eval compares the methods of --methods; drop --method, -w, -k, -l",
@@ -41,12 +99,10 @@ fn settings(run: RunSettings, task: Task) -> Result<Checked, Fail> {
             t.get_or_insert_with(|| "chat:{prompt}".into());
         }
     }
-    let checked = s.check()?;
-    checked.require_local("eval")?;
-    Ok(checked)
+    Ok(s.check()?)
 }
 
-/// The settings every line depends on (compared on resume).
+/// The settings every line depends on (compared on resume), as the user gave them.
 fn fingerprint(
     c: &Checked,
     task: Task,
@@ -62,37 +118,53 @@ fn fingerprint(
             .collect::<Vec<_>>(),
     )
     .unwrap_or_default();
+    let e = &c.engine;
     serde_json::json!({
         "task": task.name(),
-        "strong": c.strong.display().to_string(),
-        "tuned": c.tuned.display().to_string(),
-        "untuned": c.untuned.display().to_string(),
-        "strong_template": c.strong_template.as_str(),
-        "tuned_template": c.tuned_template.as_str(),
-        "untuned_template": c.untuned_template.as_str(),
+        "strong": e.strong.describe(),
+        "tuned": e.tuned.describe(),
+        "untuned": e.untuned.describe(),
+        "strong_template": e.strong.template.as_str(),
+        "tuned_template": e.tuned.template.as_str(),
+        "untuned_template": e.untuned.template.as_str(),
         "max_new_tokens": cfg.max_new_tokens(),
         "beta": cfg.beta(),
-        "temperature": cfg.sampling().temperature(),
+        "temperature": shown_f32(cfg.sampling().temperature()),
         "top_k": cfg.sampling().top_k(),
-        "top_p": cfg.sampling().top_p(),
+        "top_p": shown_f32(cfg.sampling().top_p()),
         "stop": cfg.stop(),
         "gold": golds.iter().map(|g| format!("{g:?}").to_lowercase()).collect::<Vec<_>>(),
         "judge": golds.contains(&GoldKind::Judge).then(|| w2s_llama::resolve_model(judge).display().to_string()),
         "prompts": prompts.len(),
-        "prompts_fnv1a": super::outdir::fnv1a(&prompt_bytes),
+        "prompts_fnv1a": crate::outdir::fnv1a(&prompt_bytes),
     })
 }
 
-pub fn run(args: EvalArgs) -> Result<(), Fail> {
-    let methods = parse_methods(&args.methods)?;
-    let seeds = parse_seeds(&args.seeds)?;
-    let golds = parse_golds(args.gold.as_deref().unwrap_or(match args.task {
-        Task::Sentiment => "vader",
-        Task::Instruct => "judge",
-    }))?;
-    let c = settings(args.run, args.task)?;
-    let config = |m: Method, seed: u64| {
-        SearchConfig::new(
+/// Runs an evaluation, resuming what `spec.out` already holds, and writes the report;
+/// returns its summary. Everything is checked and every model loaded before the output
+/// directory is touched.
+pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
+    let EvalSpec {
+        task,
+        run,
+        prompts,
+        prompts_source,
+        methods,
+        seeds,
+        golds,
+        judge,
+        out,
+        force,
+        command,
+    } = spec;
+    if methods.is_empty() || seeds.is_empty() || golds.is_empty() {
+        return Err(usage(
+            "an evaluation needs at least one method, one seed and one gold reward",
+        ));
+    }
+    let c = settings(run, task)?;
+    let config = |m: w2s_core::Method, seed: u64| {
+        w2s_core::SearchConfig::new(
             m,
             c.search.max_new_tokens(),
             c.search.beta(),
@@ -106,34 +178,40 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
             config(*m, 0).map_err(|e| usage(format!("--methods {m}: {e}")))?;
         }
     }
-    let mut prompts = read_jsonl(&args.prompts)?;
-    if let Some(n) = args.limit {
-        if n == 0 {
-            return Err(usage("--limit must be at least 1"));
-        }
-        prompts.truncate(n);
+    if prompts.is_empty() {
+        return Err(usage(format!("{prompts_source}: no prompts")));
     }
     let mut ids = HashSet::new();
     if let Some(p) = prompts.iter().find(|p| !ids.insert(p.id.as_str())) {
         return Err(usage(format!(
-            "{}: prompt id '{}' appears twice; ids name result lines, so they must be unique",
-            args.prompts.display(),
+            "{prompts_source}: prompt id '{}' appears twice; ids name result lines, so they must be unique",
             p.id
         )));
     }
-    let settings = fingerprint(&c, args.task, &golds, &args.judge, &prompts);
-    outdir::check(&args.out, &settings, args.force)?;
+    let has_eft = methods.iter().any(|m| matches!(m, EvalMethod::Eft { .. }));
+    if has_eft {
+        c.engine
+            .require_local("EFT (eft:BETA), which mixes every token's logits,")?;
+    }
+    let settings = fingerprint(&c, task, &golds, &judge, &prompts);
+    outdir::check(&out, &settings, force)?;
 
     // Load everything (and refuse what cannot run) before touching the directory.
-    let mut models = LocalModels::load(&c.local_spec())?;
+    let mut engine = Engine::build(&c.engine)?;
     let mut eft = None;
-    if methods.iter().any(|m| matches!(m, EvalMethod::Eft { .. })) {
-        let part = |m: &std::sync::Arc<Model>, t: &w2s_core::PromptTemplate| (m.clone(), t.clone());
+    if has_eft {
+        let part =
+            |r: Role| -> Result<(std::sync::Arc<Model>, w2s_core::PromptTemplate), EvalError> {
+                let m = engine
+                    .local_model(r)
+                    .ok_or_else(|| usage(format!("EFT needs the {r} model local")))?;
+                Ok((m.clone(), engine.template(r).clone()))
+            };
         eft = Some(ProxyTuner::new(
-            part(models.strong.model(), &c.strong_template),
-            part(models.tuned.model(), &c.tuned_template),
-            part(models.untuned.model(), &c.untuned_template),
-            c.threads,
+            part(Role::Strong)?,
+            part(Role::Tuned)?,
+            part(Role::Untuned)?,
+            c.engine.threads,
         )?);
     }
     let mut gold: Vec<Box<dyn GoldReward>> = Vec::new();
@@ -141,23 +219,22 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         gold.push(match g {
             GoldKind::Vader => Box::new(Vader::new()),
             GoldKind::Judge => {
-                let model =
-                    Model::load(&w2s_llama::resolve_model(&args.judge), c.local_spec().load)?;
-                let rubric = match args.task {
+                let model = Model::load(&w2s_llama::resolve_model(&judge), c.engine.load)?;
+                let rubric = match task {
                     Task::Sentiment => Rubric::Positivity,
                     Task::Instruct => Rubric::Helpfulness,
                 };
-                Box::new(Judge::new(model, rubric, c.threads)?)
+                Box::new(Judge::new(model, rubric, c.engine.threads)?)
             }
         });
     }
     let info = serde_json::json!({
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "prompts_file": args.prompts.display().to_string(),
+        "command": command,
+        "prompts_file": prompts_source,
         "methods": methods.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
         "seeds": seeds,
     });
-    let results = outdir::prepare(&args.out, &settings, &info, args.force)?;
+    let results = outdir::prepare(&out, &settings, &info, force)?;
     let mut store = Store::open(&results)?;
     if store.torn_bytes > 0 {
         eprintln!(
@@ -187,15 +264,16 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
     let mut progress = Progress::new(todo.len());
     for (seed, method, item) in todo {
         let started = Instant::now();
+        let requests_before: u64 = engine.requests_sent().iter().sum();
         let mut rec = match method {
             EvalMethod::Search(m) => {
-                let out = models.search(&config(m, seed)?, &item.prompt)?;
+                let out = engine.search(&config(m, seed)?, &item.prompt)?;
                 let (b, s) = (out.best(), &out.stats);
                 record(
                     item,
                     method,
                     seed,
-                    args.task,
+                    task,
                     b.text.clone(),
                     b.finish,
                     (b.tuned_logprob, b.untuned_logprob, b.score),
@@ -215,7 +293,9 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
                 )
             }
             EvalMethod::Eft { beta } => {
-                let tuner = eft.as_mut().ok_or_else(|| usage("EFT was not set up"))?;
+                let tuner = eft
+                    .as_mut()
+                    .ok_or_else(|| EvalError::Internal("EFT was not set up".into()))?;
                 let s = &c.search;
                 let o = tuner.generate(
                     &item.prompt,
@@ -225,16 +305,14 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
                     s.stop(),
                     seed,
                 )?;
-                let tuned =
-                    score_once(&mut models.tuned, &item.prompt, &o.text, true).map_err(runtime)?;
-                let untuned = score_once(&mut models.untuned, &item.prompt, &o.text, true)
-                    .map_err(runtime)?;
+                let tuned = engine.score_text(Role::Tuned, &item.prompt, &o.text, true)?;
+                let untuned = engine.score_text(Role::Untuned, &item.prompt, &o.text, true)?;
                 let n = o.tokens as u64;
                 record(
                     item,
                     method,
                     seed,
-                    args.task,
+                    task,
                     o.text.clone(),
                     o.finish,
                     (tuned, untuned, s.beta() * (tuned - untuned)),
@@ -249,12 +327,12 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
                 )
             }
         };
+        rec.http_requests = engine.requests_sent().iter().sum::<u64>() - requests_before;
         let t = Instant::now();
         for g in gold.iter_mut() {
-            let value = g.score(&item.prompt, &rec.response).map_err(|e| Fail {
-                code: 1,
-                message: format!("gold reward {}: {e}", g.name()),
-            })?;
+            let value = g
+                .score(&item.prompt, &rec.response)
+                .map_err(|e| EvalError::Internal(format!("gold reward {}: {e}", g.name())))?;
             rec.gold.push(GoldScore {
                 name: g.name().to_string(),
                 value,
@@ -269,16 +347,9 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
             started.elapsed().as_secs_f64()
         ));
     }
-    super::report::write(&args.out, store.records())?;
-    eprintln!("report: {}", args.out.join("report.md").display());
-    Ok(())
-}
-
-fn runtime(e: w2s_core::BackendError) -> Fail {
-    Fail {
-        code: 1,
-        message: e.to_string(),
-    }
+    let summary = crate::report::write(&out, store.records())?;
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(summary)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -309,6 +380,7 @@ fn record(
         response_tokens,
         tuned_tokens,
         untuned_tokens,
+        http_requests: 0,
         timings,
     }
 }

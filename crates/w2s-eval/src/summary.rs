@@ -6,7 +6,7 @@
 use serde::Serialize;
 use w2s_core::RowRng;
 
-use super::store::Record;
+use crate::store::Record;
 
 /// Bootstrap resamples per interval.
 pub const RESAMPLES: usize = 2000;
@@ -32,6 +32,8 @@ pub struct MethodSummary {
     pub mean_guide: f64,
     pub strong_tokens_per_prompt: f64,
     pub wall_s_per_prompt: f64,
+    /// HTTP requests to remote engines per prompt (0 with every model local).
+    pub http_requests_per_prompt: f64,
     /// Records (prompts x seeds).
     pub n: usize,
     /// Every gold reward by name, the primary one included.
@@ -192,7 +194,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 /// Where a method goes in the tables: `sample`, then Best-of-N by N, CBS by W*K, EFT by
 /// beta, then anything else; ties keep the order of first appearance.
 fn method_rank(name: &str) -> (u8, f64) {
-    use super::methods::{parse_methods, EvalMethod};
+    use crate::methods::{parse_methods, EvalMethod};
     use w2s_core::Method;
     match parse_methods(name).ok().as_deref() {
         Some([EvalMethod::Search(Method::Sample)]) => (0, 0.0),
@@ -205,7 +207,7 @@ fn method_rank(name: &str) -> (u8, f64) {
 
 /// `bon:W*K` for `cbs:WxKxL`: the Best-of-N that samples as many strong tokens.
 fn same_budget_bon(name: &str) -> Option<String> {
-    use super::methods::{parse_methods, EvalMethod};
+    use crate::methods::{parse_methods, EvalMethod};
     match parse_methods(name).ok().as_deref() {
         Some([EvalMethod::Search(w2s_core::Method::Cbs { w, k, .. })]) => {
             Some(format!("bon:{}", w * k))
@@ -276,6 +278,7 @@ pub fn summarize(records: &[Record]) -> Summary {
                 mean_guide: mean(rs.iter().map(|r| r.guide)),
                 strong_tokens_per_prompt: mean(rs.iter().map(|r| r.strong_tokens as f64)),
                 wall_s_per_prompt: mean(rs.iter().map(|r| r.timings.method_s)),
+                http_requests_per_prompt: mean(rs.iter().map(|r| r.http_requests as f64)),
                 n: rs.len(),
                 golds,
                 guide_gold_corr: {
@@ -332,6 +335,7 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
                 "mean_guide": m.mean_guide,
                 "strong_tokens_per_prompt": m.strong_tokens_per_prompt,
                 "wall_s_per_prompt": m.wall_s_per_prompt,
+                "http_requests_per_prompt": m.http_requests_per_prompt,
                 "n": m.n,
                 "golds": golds,
                 "guide_gold_corr": finite(m.guide_gold_corr),
@@ -395,10 +399,13 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     for name in &extra {
         md.push_str(&format!(" {name} [95% CI] |"));
     }
-    md.push_str(
-        " mean guide | guide-gold r | strong tokens / prompt | wall s / prompt |\n|---|---:|---:|",
-    );
-    md.push_str(&"---:|".repeat(extra.len()));
+    let remote = s.methods.iter().any(|m| m.http_requests_per_prompt > 0.0);
+    md.push_str(" mean guide | guide-gold r | strong tokens / prompt | wall s / prompt |");
+    if remote {
+        md.push_str(" HTTP requests / prompt |");
+    }
+    md.push_str("\n|---|---:|---:|");
+    md.push_str(&"---:|".repeat(extra.len() + usize::from(remote)));
     md.push_str("---:|---:|---:|---:|\n");
     for m in &s.methods {
         md.push_str(&format!(
@@ -412,9 +419,13 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
             ));
         }
         md.push_str(&format!(
-            " {:.2} | {:.2} | {:.0} | {:.2} |\n",
+            " {:.2} | {:.2} | {:.0} | {:.2} |",
             m.mean_guide, m.guide_gold_corr, m.strong_tokens_per_prompt, m.wall_s_per_prompt
         ));
+        if remote {
+            md.push_str(&format!(" {:.1} |", m.http_requests_per_prompt));
+        }
+        md.push('\n');
     }
     let paired: Vec<(&String, &Paired)> = s
         .methods
@@ -506,8 +517,8 @@ pub fn alpaca_outputs(records: &[Record]) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::tests::record;
     use super::*;
+    use crate::store::tests::record;
 
     #[test]
     fn bootstrap_is_seeded_and_brackets_the_mean() {

@@ -2,7 +2,7 @@
 
 use w2s_core::{BackendError, GoldReward};
 
-use crate::fail::{usage, Fail};
+use crate::error::{usage, EvalError};
 
 /// VADER's compound sentiment score of prompt + response, in [-1, 1] (the lexicon is
 /// built into the `vader_sentiment` crate).
@@ -28,6 +28,12 @@ impl Vader {
     }
 }
 
+impl Default for Vader {
+    fn default() -> Self {
+        Vader::new()
+    }
+}
+
 impl GoldReward for Vader {
     fn name(&self) -> &str {
         "vader"
@@ -46,7 +52,7 @@ pub enum GoldKind {
 }
 
 /// Parses `--gold vader,judge`.
-pub fn parse_golds(spec: &str) -> Result<Vec<GoldKind>, Fail> {
+pub fn parse_golds(spec: &str) -> Result<Vec<GoldKind>, EvalError> {
     let mut out = Vec::new();
     for name in spec.split(',').map(str::trim) {
         let kind = match name {
@@ -108,6 +114,6 @@ mod tests {
             parse_golds("vader, judge").unwrap(),
             vec![GoldKind::Vader, GoldKind::Judge]
         );
-        assert!(parse_golds("rm").unwrap_err().message.contains("'rm'"));
+        assert!(parse_golds("rm").unwrap_err().to_string().contains("'rm'"));
     }
 }

@@ -1,0 +1,46 @@
+//! # w2s-engine: which model plays which role
+//!
+//! A weak-to-strong search needs three models: the strong model that samples, and the
+//! small tuned / untuned pair whose log-probability ratio guides it. Each role may be a
+//! local GGUF file run by llama.cpp ([`w2s_llama`]) or a remote OpenAI-compatible engine
+//! ([`w2s_remote`]: vLLM, SGLang, llama.cpp's `llama-server`, llama-cpp-python, another
+//! w2s), in any mix. This crate owns that choice for every front end (the CLI, the HTTP
+//! server, the evaluation harness, bindings):
+//! - [`RunSettings`]: the settings as flags (with the `clap` feature) and a TOML config
+//!   file give them, including `URL#MODEL` model arguments and `[models.ROLE]` tables;
+//!   [`RunSettings::check`] turns them into an [`EngineSpec`] and a
+//!   [`w2s_core::SearchConfig`];
+//! - [`Engine::build`]: the three models for that spec (a file used by two roles is
+//!   loaded once), ready to [`Engine::search`];
+//! - [`PromptCheck`]: prompt-length checks against every local model's context;
+//! - [`EngineError`]: one error type whose [`EngineError::kind`] says whether the input,
+//!   a remote engine or w2s itself is at fault.
+//!
+//! ```no_run
+//! use w2s_engine::{Engine, EngineSpec, RoleSpec};
+//! use w2s_core::{PromptTemplate, SearchConfig};
+//!
+//! let spec = EngineSpec::new(
+//!     // The strong model behind an engine, the guide pair local.
+//!     RoleSpec::parse(w2s_core::Role::Strong, Some("http://127.0.0.1:8000/v1#gemma"), None,
+//!         Some("Here is a movie review from imdb: {prompt}"))?,
+//!     RoleSpec::local("smollm2-135m-instruct",
+//!         PromptTemplate::new("chat:Write a very positive movie review.||{prompt}")?),
+//!     RoleSpec::local("smollm2-135m-instruct", PromptTemplate::bare()),
+//! );
+//! let mut engine = Engine::build(&spec)?;
+//! let out = engine.search(&SearchConfig::default(), "I rented this movie last weekend and")?;
+//! println!("{} (guide value {:.2})", out.best().text, out.best().score);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod engine;
+mod error;
+mod settings;
+mod spec;
+
+pub use engine::{Engine, Guide, PromptCheck, Strong};
+pub use error::EngineError;
+pub use settings::{read_config, shown_f32, Checked, RunSettings};
+pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -1,0 +1,203 @@
+//! Which model plays which role: each of strong, tuned and untuned is a local GGUF file
+//! or a remote OpenAI-compatible endpoint, with its prompt template.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use w2s_core::{PromptTemplate, Role};
+use w2s_llama::LoadOptions;
+use w2s_remote::{Endpoint, RemoteSpec};
+
+use crate::error::EngineError;
+
+/// The three roles, in the order reports and checks list them.
+pub const ROLES: [Role; 3] = [Role::Strong, Role::Tuned, Role::Untuned];
+
+/// `[models.strong]`, `[models.tuned]`, `[models.untuned]` tables of a config file: a
+/// remote endpoint with every setting (see [`RemoteSpec`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelTables {
+    /// The strong model's endpoint.
+    pub strong: Option<RemoteSpec>,
+    /// The tuned model's endpoint.
+    pub tuned: Option<RemoteSpec>,
+    /// The untuned model's endpoint.
+    pub untuned: Option<RemoteSpec>,
+}
+
+impl ModelTables {
+    /// The table of `role`.
+    pub fn get(&self, role: Role) -> Option<&RemoteSpec> {
+        match role {
+            Role::Strong => self.strong.as_ref(),
+            Role::Tuned => self.tuned.as_ref(),
+            Role::Untuned => self.untuned.as_ref(),
+        }
+    }
+}
+
+/// Where a role's model lives.
+#[derive(Debug, Clone)]
+pub enum RoleSource {
+    /// A GGUF file run by llama.cpp in this process.
+    Local(PathBuf),
+    /// An OpenAI-compatible endpoint: the settings as given and their checked form.
+    Remote {
+        /// The settings as written (URL, model name, timeouts...).
+        spec: Box<RemoteSpec>,
+        /// The checked endpoint (API key read from its variable).
+        endpoint: Box<Endpoint>,
+    },
+}
+
+/// One role: its model and the template that gives it the prompt.
+#[derive(Debug, Clone)]
+pub struct RoleSpec {
+    /// Where the model lives.
+    pub source: RoleSource,
+    /// How the prompt is given to it.
+    pub template: PromptTemplate,
+}
+
+impl RoleSpec {
+    /// A local GGUF file (a path, or a name `scripts/fetch-models` fetched).
+    pub fn local(model: &str, template: PromptTemplate) -> Self {
+        RoleSpec {
+            source: RoleSource::Local(w2s_llama::resolve_model(model)),
+            template,
+        }
+    }
+
+    /// A remote endpoint, checked now (the API key is read from its variable).
+    pub fn remote(
+        role: Role,
+        spec: RemoteSpec,
+        template: PromptTemplate,
+    ) -> Result<Self, EngineError> {
+        let endpoint = spec
+            .check()
+            .map_err(|source| EngineError::Remote { role, source })?;
+        Ok(RoleSpec {
+            source: RoleSource::Remote {
+                spec: Box::new(spec),
+                endpoint: Box::new(endpoint),
+            },
+            template,
+        })
+    }
+
+    /// A role from a model argument (a file, a name, or `URL#MODEL`) or a config table
+    /// (not both), with an explicit template, else the table's, else `{prompt}`.
+    pub fn parse(
+        role: Role,
+        model: Option<&str>,
+        table: Option<&RemoteSpec>,
+        template: Option<&str>,
+    ) -> Result<Self, EngineError> {
+        let template_of = |t: Option<&str>| -> Result<PromptTemplate, EngineError> {
+            match t {
+                None => Ok(PromptTemplate::bare()),
+                Some(t) => PromptTemplate::new(t)
+                    .map_err(|e| EngineError::input(format!("--{role}-template: {e}"))),
+            }
+        };
+        match (model, table) {
+            (Some(_), Some(_)) => Err(EngineError::input(format!(
+                "the {role} model is given twice: as --{role} (or {role} = ...) and as [models.{role}]; keep one"
+            ))),
+            (Some(m), None) if w2s_remote::is_remote(m) => {
+                let spec = RemoteSpec::parse(m).map_err(|source| EngineError::Remote { role, source })?;
+                RoleSpec::remote(role, spec, template_of(template)?)
+            }
+            (None, Some(t)) => {
+                let template = template_of(template.or(t.template.as_deref()))?;
+                RoleSpec::remote(role, t.clone(), template)
+            }
+            (Some(m), None) => Ok(RoleSpec::local(m, template_of(template)?)),
+            (None, None) => Err(EngineError::input(format!(
+                "no {role} model: give --{role} FILE|NAME|URL#MODEL or set {role} = \"...\" in --config"
+            ))),
+        }
+    }
+
+    /// Whether the model is remote.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.source, RoleSource::Remote { .. })
+    }
+
+    /// The model as a user names it: the file's path, or `URL#MODEL`.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            RoleSource::Local(path) => path.display().to_string(),
+            RoleSource::Remote { spec, .. } => format!("{}#{}", spec.url, spec.model),
+        }
+    }
+
+    /// The local file, if the model is local.
+    pub fn local_path(&self) -> Option<&PathBuf> {
+        match &self.source {
+            RoleSource::Local(path) => Some(path),
+            RoleSource::Remote { .. } => None,
+        }
+    }
+}
+
+/// The three roles of a search and how local models run.
+#[derive(Debug, Clone)]
+pub struct EngineSpec {
+    /// The large model that samples.
+    pub strong: RoleSpec,
+    /// The small tuned model.
+    pub tuned: RoleSpec,
+    /// The small untuned model.
+    pub untuned: RoleSpec,
+    /// CPU threads per local model.
+    pub threads: usize,
+    /// How local models load (GPU offload).
+    pub load: LoadOptions,
+}
+
+impl EngineSpec {
+    /// Three roles with llama.cpp's defaults: as many threads as cores, no GPU offload.
+    pub fn new(strong: RoleSpec, tuned: RoleSpec, untuned: RoleSpec) -> Self {
+        EngineSpec {
+            strong,
+            tuned,
+            untuned,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            load: LoadOptions::default(),
+        }
+    }
+
+    /// The spec of `role`.
+    pub fn role(&self, role: Role) -> &RoleSpec {
+        match role {
+            Role::Strong => &self.strong,
+            Role::Tuned => &self.tuned,
+            Role::Untuned => &self.untuned,
+        }
+    }
+
+    /// The roles whose model is remote.
+    pub fn remote_roles(&self) -> Vec<Role> {
+        ROLES
+            .into_iter()
+            .filter(|r| self.role(*r).is_remote())
+            .collect()
+    }
+
+    /// Refuses remote roles for `what`, which needs every model local (e.g. EFT needs
+    /// every token's logits).
+    pub fn require_local(&self, what: &str) -> Result<(), EngineError> {
+        let remote: Vec<String> = self.remote_roles().iter().map(Role::to_string).collect();
+        if remote.is_empty() {
+            return Ok(());
+        }
+        Err(EngineError::input(format!(
+            "{what} needs every model local (GGUF files), but the {} model{} remote",
+            remote.join(" and "),
+            if remote.len() == 1 { " is" } else { "s are" }
+        )))
+    }
+}

@@ -1,0 +1,62 @@
+//! # w2s-eval: the evaluation harness
+//!
+//! Compares methods (sampling, Best-of-N, chunk-level beam search, EFT) on a prompt set
+//! with the same models and seeds, and scores every response with gold rewards the
+//! search never sees (VADER, a model judge, or any [`w2s_core::GoldReward`]). Any role may
+//! be a remote engine (EFT excepted: it needs every token's logits).
+//!
+//! - [`evaluate`] runs an [`EvalSpec`]: one line per (method, seed, prompt) is appended to
+//!   `DIR/results.jsonl` and flushed as soon as it is done, so a killed run loses nothing
+//!   and a rerun with the same settings resumes (`run.json` records them; other settings
+//!   are refused, or moved aside with `force`). Then it writes the report.
+//! - [`report`] redraws `report.md`, `summary.json` and the SVG plots from
+//!   `results.jsonl` alone: per method the mean gold with a seeded 95% bootstrap interval
+//!   over prompts, paired comparisons, the guide's agreement with the gold.
+//!
+//! ```no_run
+//! use w2s_eval::{evaluate, parse_methods, read_jsonl, EvalSpec, GoldKind, Task};
+//!
+//! let settings = w2s_engine::RunSettings {
+//!     config: Some("configs/sentiment.toml".into()),
+//!     ..Default::default()
+//! };
+//! let summary = evaluate(EvalSpec {
+//!     task: Task::Sentiment,
+//!     run: settings,
+//!     prompts: read_jsonl("prompts/sentiment.jsonl".as_ref())?,
+//!     prompts_source: "prompts/sentiment.jsonl".into(),
+//!     methods: parse_methods("sample,bon:4,cbs:2x2x5")?,
+//!     seeds: vec![1],
+//!     golds: vec![GoldKind::Vader],
+//!     judge: "qwen2.5-coder-1.5b-instruct".into(),
+//!     out: "runs/example".into(),
+//!     force: false,
+//!     command: "example".into(),
+//! })?;
+//! for m in &summary.methods {
+//!     println!("{}: {:.3} [{:.3}, {:.3}]", m.method, m.mean_gold, m.ci_low, m.ci_high);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod golds;
+mod methods;
+mod outdir;
+mod plot;
+mod progress;
+mod prompts;
+mod report;
+mod run;
+mod store;
+mod summary;
+
+pub use error::EvalError;
+pub use golds::{parse_golds, GoldKind, Vader};
+pub use methods::{parse_methods, parse_seeds, EvalMethod};
+pub use outdir::{RESULTS_FILE, RUN_FILE};
+pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
+pub use report::report;
+pub use run::{evaluate, EvalSpec, Task};
+pub use store::{read_records, GoldScore, Record, Timings};
+pub use summary::{summarize, to_markdown, Interval, MethodSummary, Paired, Summary};
