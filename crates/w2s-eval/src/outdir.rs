@@ -167,7 +167,9 @@ pub fn recorded_settings(run: &Value) -> Vec<(String, String)> {
         .map(|(k, v)| {
             let text = match v {
                 Value::String(s)
-                    if matches!(k.as_str(), "strong" | "tuned" | "untuned" | "judge") =>
+                    if matches!(k.as_str(), "strong" | "tuned" | "untuned" | "judge")
+                        && !s.starts_with("http://")
+                        && !s.starts_with("https://") =>
                 {
                     Path::new(s)
                         .file_name()

@@ -1,14 +1,20 @@
 //! Request validation: a raw body becomes a checked request, or a 400/413 that says
 //! which field is wrong. Nothing here touches a model.
+//!
+//! A body becomes a typed struct of its endpoint (see `body`), whose fields are read in a
+//! fixed order so that a body with several faults always gets the same error; keys the
+//! struct does not know are rejected by name, and so are standard options the search
+//! cannot honour.
 
-use serde_json::{Map, Value};
-use w2s_core::{Method, SamplingParams, SearchConfig};
+mod body;
 
+use serde_json::Value;
+use w2s_core::{SamplingParams, SearchConfig};
+
+use self::body::{chat_prompt, search_object, SearchBody};
 use crate::error::ApiError;
-use crate::fields::{
-    completion_prompt, object, opt_bool, opt_number, opt_uint, reject_unknown, stop_list,
-};
-pub use crate::plain_api::{model_of, parse_plain, PlainRequest, MAX_PLAIN_N};
+use crate::fields::{completion_prompt, stop_list, Field};
+pub use crate::routes::plain::{model_of, parse_plain, PlainRequest, MAX_PLAIN_N};
 
 /// Which endpoint a body came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,49 +72,6 @@ impl CheckedRequest {
     }
 }
 
-const COMPLETION_FIELDS: &[&str] = &[
-    "model",
-    "prompt",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop",
-    "seed",
-    "stream",
-    "n",
-    "search",
-    "user",
-    "echo",
-    "logprobs",
-    "presence_penalty",
-    "frequency_penalty",
-    "best_of",
-    "suffix",
-    "stream_options",
-];
-const CHAT_FIELDS: &[&str] = &[
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop",
-    "seed",
-    "stream",
-    "n",
-    "search",
-    "user",
-    "logprobs",
-    "top_logprobs",
-    "presence_penalty",
-    "frequency_penalty",
-    "stream_options",
-];
-const SEARCH_FIELDS: &[&str] = &["method", "w", "k", "l", "n", "beta", "return_beams"];
-
 /// Parses and checks a body. `seed` is used when the client gives none.
 pub fn parse(
     body: &[u8],
@@ -116,14 +79,17 @@ pub fn parse(
     policy: &Policy,
     seed: u64,
 ) -> Result<CheckedRequest, ApiError> {
-    let allowed = match endpoint {
-        Endpoint::Completions => COMPLETION_FIELDS,
-        Endpoint::Chat => CHAT_FIELDS,
-    };
-    let obj = object(body, allowed)?;
-
-    let model = match obj.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let SearchBody {
+        prompt,
+        max_tokens: (max_tokens_key, max_tokens),
+        echo,
+        best_of,
+        suffix,
+        top_logprobs,
+        shared: s,
+    } = SearchBody::read(body, endpoint)?;
+    let model = match s.model.get() {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) | None => {
             return Err(ApiError::invalid(
                 "model",
@@ -133,8 +99,8 @@ pub fn parse(
         Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
     };
     let prompt = match endpoint {
-        Endpoint::Completions => completion_prompt(obj.get("prompt"))?,
-        Endpoint::Chat => chat_prompt(obj.get("messages"))?,
+        Endpoint::Completions => completion_prompt(&prompt)?,
+        Endpoint::Chat => chat_prompt(prompt)?,
     };
     if prompt.trim().is_empty() {
         return Err(ApiError::invalid(
@@ -152,22 +118,23 @@ pub fn parse(
             ),
         ));
     }
-    unsupported(&obj, "echo", |v| v == &Value::Bool(false))?;
-    unsupported(&obj, "logprobs", |v| {
+    unsupported("echo", &echo, |v| v == &Value::Bool(false))?;
+    unsupported("logprobs", &s.logprobs, |v| {
         v.is_null() || v == &Value::Bool(false)
     })?;
-    unsupported(&obj, "top_logprobs", Value::is_null)?;
-    unsupported(&obj, "suffix", Value::is_null)?;
-    unsupported(&obj, "best_of", |v| v.as_u64() == Some(1) || v.is_null())?;
-    for p in ["presence_penalty", "frequency_penalty"] {
-        unsupported(&obj, p, |v| v.as_f64() == Some(0.0) || v.is_null())?;
+    unsupported("top_logprobs", &top_logprobs, Value::is_null)?;
+    unsupported("suffix", &suffix, Value::is_null)?;
+    unsupported("best_of", &best_of, |v| {
+        v.as_u64() == Some(1) || v.is_null()
+    })?;
+    for (p, f) in [
+        ("presence_penalty", &s.presence_penalty),
+        ("frequency_penalty", &s.frequency_penalty),
+    ] {
+        unsupported(p, f, |v| v.as_f64() == Some(0.0) || v.is_null())?;
     }
-    if let Some(v) = obj.get("user") {
-        if !v.is_string() {
-            return Err(ApiError::invalid("user", "`user` must be a string"));
-        }
-    }
-    if let Some(v) = obj.get("stream_options") {
+    s.user.string("user")?;
+    if let Some(v) = s.stream_options.get() {
         if !(v.is_object() || v.is_null()) {
             return Err(ApiError::invalid(
                 "stream_options",
@@ -177,35 +144,41 @@ pub fn parse(
     }
 
     let d = &policy.defaults;
-    let max_tokens_key = if obj.contains_key("max_completion_tokens") {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
-    };
-    let max_tokens = opt_uint(&obj, max_tokens_key)?.unwrap_or(d.max_new_tokens());
+    let max_tokens = max_tokens
+        .uint(max_tokens_key)?
+        .unwrap_or(d.max_new_tokens());
     if max_tokens == 0 || max_tokens > policy.max_tokens {
         return Err(ApiError::invalid(
             max_tokens_key,
             format!("must be between 1 and {}", policy.max_tokens),
         ));
     }
-    let temperature = opt_number(&obj, "temperature")?.unwrap_or(d.sampling().temperature() as f64);
+    let temperature = s
+        .temperature
+        .number("temperature")?
+        .unwrap_or(d.sampling().temperature() as f64);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("temperature", "must be between 0 and 2"));
     }
-    let top_p = opt_number(&obj, "top_p")?.unwrap_or(d.sampling().top_p() as f64);
+    let top_p = s
+        .top_p
+        .number("top_p")?
+        .unwrap_or(d.sampling().top_p() as f64);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
     }
-    let top_k = opt_uint(&obj, "top_k")?.map_or(Ok(d.sampling().top_k()), |k| {
-        u32::try_from(k).map_err(|_| ApiError::invalid("top_k", "too large"))
-    })?;
-    let stop = stop_list(obj.get("stop"))?;
-    let client_seed = opt_uint(&obj, "seed")?.map(|s| s as u64);
-    let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
-    let n = opt_uint(&obj, "n")?.unwrap_or(1);
+    let top_k = s
+        .top_k
+        .uint("top_k")?
+        .map_or(Ok(d.sampling().top_k()), |k| {
+            u32::try_from(k).map_err(|_| ApiError::invalid("top_k", "too large"))
+        })?;
+    let stop = stop_list(&s.stop)?;
+    let client_seed = s.seed.uint("seed")?.map(|s| s as u64);
+    let stream = s.stream.flag("stream")?.unwrap_or(false);
+    let n = s.n.uint("n")?.unwrap_or(1);
 
-    let (method, beta, return_beams) = search_object(obj.get("search"), d, policy)?;
+    let (method, beta, return_beams) = search_object(s.search, d, policy)?;
     if n == 0 || n > method.rows() {
         return Err(ApiError::invalid(
             "n",
@@ -251,12 +224,9 @@ fn prompt_param(endpoint: Endpoint) -> &'static str {
     }
 }
 
-fn unsupported(
-    obj: &Map<String, Value>,
-    key: &str,
-    ok: impl Fn(&Value) -> bool,
-) -> Result<(), ApiError> {
-    match obj.get(key) {
+/// A standard option the search cannot honour: only its neutral values are taken.
+fn unsupported(key: &str, field: &Field, ok: impl Fn(&Value) -> bool) -> Result<(), ApiError> {
+    match field.get() {
         Some(v) if !ok(v) => Err(ApiError::invalid(
             key,
             format!("`{key}` is not supported by the w2s search; leave it out"),
@@ -265,127 +235,10 @@ fn unsupported(
     }
 }
 
-/// One user message; the server's templates give the instructions.
-fn chat_prompt(v: Option<&Value>) -> Result<String, ApiError> {
-    let Some(Value::Array(messages)) = v else {
-        return Err(ApiError::invalid(
-            "messages",
-            "`messages` must be an array of {role, content} objects",
-        ));
-    };
-    let mut user = None;
-    for (i, m) in messages.iter().enumerate() {
-        let Value::Object(m) = m else {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("messages[{i}] must be an object"),
-            ));
-        };
-        reject_unknown(m, &["role", "content", "name"], &format!("messages[{i}]."))?;
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let content = match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!("messages[{i}].content must be a string"),
-                ))
-            }
-        };
-        match role {
-            "user" if user.is_none() => user = Some(content),
-            "user" => return Err(ApiError::invalid("messages", "one user message per request: the search continues a single turn")),
-            "system" | "developer" | "assistant" => {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!("`{role}` messages are not supported: the server's templates set the instructions; send one user message"),
-                ))
-            }
-            _ => return Err(ApiError::invalid("messages", format!("messages[{i}].role must be \"user\""))),
-        }
-    }
-    user.ok_or_else(|| ApiError::invalid("messages", "no user message"))
-}
-
-fn search_object(
-    v: Option<&Value>,
-    d: &SearchConfig,
-    policy: &Policy,
-) -> Result<(Method, f64, bool), ApiError> {
-    let empty = Map::new();
-    let obj = match v {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(o)) => o,
-        Some(_) => return Err(ApiError::invalid("search", "`search` must be an object")),
-    };
-    reject_unknown(obj, SEARCH_FIELDS, "search.")?;
-    let mut method = match obj.get("method") {
-        None | Some(Value::Null) => d.method(),
-        Some(Value::String(s)) => {
-            Method::parse(s).map_err(|e| ApiError::invalid("search.method", e.to_string()))?
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "search.method",
-                "`search.method` must be a string",
-            ))
-        }
-    };
-    let get = |k: &str| {
-        opt_uint(obj, k).map_err(|e| ApiError {
-            param: Some(format!("search.{k}")),
-            ..e
-        })
-    };
-    match &mut method {
-        Method::Cbs { w, k, l } => {
-            *w = get("w")?.unwrap_or(*w);
-            *k = get("k")?.unwrap_or(*k);
-            *l = get("l")?.unwrap_or(*l);
-        }
-        Method::Bon { n } => *n = get("n")?.unwrap_or(*n),
-        Method::Sample => {}
-    }
-    let (w, k) = (method.width(), method.successors());
-    let checks = [
-        ("search.w", w, policy.max_width),
-        ("search.k", k, policy.max_successors),
-        (
-            "search.l",
-            method.chunk_len().unwrap_or(1),
-            policy.max_chunk,
-        ),
-        (
-            "search.w*k",
-            w.saturating_mul(k),
-            policy.max_rows_per_request,
-        ),
-    ];
-    for (param, v, max) in checks {
-        if v == 0 || v > max {
-            return Err(ApiError::invalid(
-                param,
-                format!("must be between 1 and {max}"),
-            ));
-        }
-    }
-    let beta = match obj.get("beta") {
-        None | Some(Value::Null) => d.beta(),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|b| b.is_finite() && b.abs() <= 100.0)
-            .ok_or_else(|| {
-                ApiError::invalid("search.beta", "must be a number between -100 and 100")
-            })?,
-        Some(_) => return Err(ApiError::invalid("search.beta", "must be a number")),
-    };
-    let return_beams = opt_bool(obj, "return_beams")?.unwrap_or(false);
-    Ok((method, beta, return_beams))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use w2s_core::Method;
 
     fn policy() -> Policy {
         Policy {

@@ -1,11 +1,104 @@
-//! Typed reads of JSON request fields, each failing with a 400 that names the field.
+//! Request fields as sent, and their typed reads, each failing with a 400 that names the
+//! field.
+//!
+//! A body is read in two steps: it must be JSON and an object, then it becomes a typed
+//! struct whose fields are [`Field`]s and whose unknown keys land in a flattened map (see
+//! [`reject_unknown`]). Each field is then read into its type by the checks, in the order
+//! that decides which error a body with several faults gets.
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-/// Parses a body into a JSON object whose keys are all in `allowed`.
-pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+/// One field of a request as sent: absent, or its JSON value (`null` included, which some
+/// fields reject and others take as absent).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Field(Option<Value>);
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(|v| Field(Some(v)))
+    }
+}
+
+impl Field {
+    /// The value, if the field was sent (possibly `null`).
+    pub fn get(&self) -> Option<&Value> {
+        self.0.as_ref()
+    }
+
+    /// The value, if the field was sent (possibly `null`), taken out.
+    pub fn into_value(self) -> Option<Value> {
+        self.0
+    }
+
+    /// Whether the field was sent (possibly `null`).
+    pub fn is_given(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The value, if sent and not `null`.
+    fn set(&self) -> Option<&Value> {
+        self.get().filter(|v| !v.is_null())
+    }
+
+    /// A non-negative integer, if set.
+    pub fn uint(&self, key: &str) -> Result<Option<usize>, ApiError> {
+        match self.set() {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(key, format!("`{key}` must be a non-negative integer"))
+                }),
+            Some(_) => Err(ApiError::invalid(
+                key,
+                format!("`{key}` must be an integer"),
+            )),
+        }
+    }
+
+    /// A finite number, if set.
+    pub fn number(&self, key: &str) -> Result<Option<f64>, ApiError> {
+        match self.set() {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(key, format!("`{key}` must be a finite number"))),
+            Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a number"))),
+        }
+    }
+
+    /// A boolean, if set.
+    pub fn flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.set() {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::invalid(
+                key,
+                format!("`{key}` must be true or false"),
+            )),
+        }
+    }
+
+    /// A string, if sent: `null` is not one.
+    pub fn string(&self, key: &str) -> Result<Option<&str>, ApiError> {
+        match self.get() {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a string"))),
+        }
+    }
+}
+
+/// Parses a body that must be a JSON object into its typed struct.
+pub fn object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
             "",
@@ -15,28 +108,31 @@ pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiEr
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid("", "the body must be a JSON object"));
     };
-    reject_unknown(&obj, allowed, "")?;
-    Ok(obj)
+    typed(obj)
 }
 
-pub fn reject_unknown(
-    obj: &Map<String, Value>,
-    allowed: &[&str],
-    prefix: &str,
-) -> Result<(), ApiError> {
-    for key in obj.keys() {
-        if !allowed.contains(&key.as_str()) {
-            return Err(ApiError::invalid(
-                &format!("{prefix}{key}"),
-                format!("unknown field `{prefix}{key}`"),
-            ));
-        }
+/// A JSON object as its typed struct. The structs here take any value in every field, so
+/// this fails only if a struct is declared wrongly.
+pub fn typed<T: DeserializeOwned>(obj: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(obj))
+        .map_err(|_| ApiError::invalid("", "the body must be a JSON object"))
+}
+
+/// Rejects the first of the keys a struct did not know (in key order), naming it with
+/// `prefix` (the path of the object it sits in).
+pub fn reject_unknown(unknown: &Map<String, Value>, prefix: &str) -> Result<(), ApiError> {
+    match unknown.keys().next() {
+        Some(key) => Err(ApiError::invalid(
+            &format!("{prefix}{key}"),
+            format!("unknown field `{prefix}{key}`"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-pub fn completion_prompt(v: Option<&Value>) -> Result<String, ApiError> {
-    match v {
+/// The `prompt` of a completion: a string, or an array of exactly one.
+pub fn completion_prompt(v: &Field) -> Result<String, ApiError> {
+    match v.get() {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(a)) if a.len() == 1 => match &a[0] {
             Value::String(s) => Ok(s.clone()),
@@ -48,49 +144,10 @@ pub fn completion_prompt(v: Option<&Value>) -> Result<String, ApiError> {
     }
 }
 
-pub fn opt_uint(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|v| usize::try_from(v).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::invalid(key, format!("`{key}` must be a non-negative integer"))
-            }),
-        Some(_) => Err(ApiError::invalid(
-            key,
-            format!("`{key}` must be an integer"),
-        )),
-    }
-}
-
-pub fn opt_number(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(key, format!("`{key}` must be a finite number"))),
-        Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a number"))),
-    }
-}
-
-pub fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid(
-            key,
-            format!("`{key}` must be true or false"),
-        )),
-    }
-}
-
-pub fn stop_list(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let list = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+/// The `stop` strings: none, one string, or an array of up to four.
+pub fn stop_list(v: &Field) -> Result<Vec<String>, ApiError> {
+    let list = match v.set() {
+        None => return Ok(Vec::new()),
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
             .iter()
@@ -113,4 +170,43 @@ pub fn stop_list(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Inner {
+        b: Field,
+        #[serde(flatten)]
+        unknown: Map<String, Value>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Outer {
+        a: Field,
+        #[serde(flatten)]
+        inner: Inner,
+    }
+
+    #[test]
+    fn fields_keep_null_apart_from_absent_and_unknown_keys_are_kept() {
+        let o: Outer =
+            object(br#"{"a": null, "z": 1, "y": [2], "b": 18446744073709551615}"#).unwrap();
+        assert_eq!(o.a.get(), Some(&Value::Null));
+        assert_eq!(o.a.uint("a").unwrap(), None);
+        assert_eq!(o.inner.b.uint("b").unwrap(), Some(u64::MAX as usize));
+        let e = reject_unknown(&o.inner.unknown, "x.").unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.message.as_str()),
+            (Some("x.y"), "unknown field `x.y`")
+        );
+        let o: Outer = object(br#"{"b": -2.5}"#).unwrap();
+        assert!(!o.a.is_given());
+        assert_eq!(o.inner.b.number("b").unwrap(), Some(-2.5));
+        assert!(o.inner.b.uint("b").is_err());
+    }
 }

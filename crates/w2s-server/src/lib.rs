@@ -25,7 +25,6 @@ pub mod api;
 pub mod error;
 mod fields;
 pub mod metrics;
-mod plain_api;
 mod routes;
 pub mod worker;
 

@@ -1,0 +1,282 @@
+//! HTTP routes: the router, bearer-key checks, and what every model endpoint shares:
+//! readiness, body reading, admission and queueing, and the map from a failed job to
+//! its HTTP error. The endpoints live in one file each.
+
+mod completions;
+mod health;
+pub(crate) mod plain;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use w2s_core::Finish;
+
+use crate::admission::Permit;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::worker::{Event, Failure, Job, ModelInfo, Work};
+use crate::App;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/models", get(health::models))
+        .route("/metrics", get(health::metrics))
+        .route("/health", get(health::health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .with_state(app)
+}
+
+async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.cfg.api_key {
+        if req.uri().path() != "/health" && !bearer_matches(req.headers(), key) {
+            let mut e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "missing or wrong API key: send `Authorization: Bearer KEY`",
+            );
+            e.param = None;
+            app.metrics.request(401, e.metric_kind());
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares the bearer key in constant time (for keys of the same length).
+fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
+    let Some(given) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, kb) in b.iter().enumerate() {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ kb) as usize;
+    }
+    diff == 0
+}
+
+async fn not_found(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request(404, "not_found");
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "no such route",
+    )
+    .into_response()
+}
+
+/// Counts an HTTP request in flight while alive.
+struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    fn new(m: &Arc<Metrics>) -> Self {
+        m.in_flight_requests.fetch_add(1, Ordering::SeqCst);
+        InFlight(m.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight_requests.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The loaded models' facts, or a 503 while the server shuts down, loads or has lost its
+/// model worker.
+fn accepting(app: &App) -> Result<&ModelInfo, ApiError> {
+    if app.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shutting_down",
+            "the server is shutting down",
+        )
+        .retry_after(5));
+    }
+    let (Some(info), true) = (app.info.get(), app.worker.ready.load(Ordering::SeqCst)) else {
+        let dead = app.worker.dead.load(Ordering::SeqCst);
+        let msg = if dead {
+            "the model worker is down"
+        } else {
+            "the models are still loading; retry shortly"
+        };
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "not_ready",
+            msg,
+        )
+        .retry_after(5));
+    };
+    Ok(info)
+}
+
+/// Reads the body up to `limit` bytes. A larger body is read on and discarded (up to
+/// 8 x the limit) before the 413 is sent, so that a client still writing its body gets
+/// the answer instead of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    };
+    let bad = |_| ApiError::invalid("", "the request body could not be read");
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(bad)?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > limit.saturating_mul(8) {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Runs a prompt check (tokenising: CPU work) on a blocking thread; its error is a 400
+/// on `param`.
+async fn check_prompt(
+    param: &'static str,
+    check: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(check)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                "prompt check failed",
+            )
+        })?
+        .map_err(|m| ApiError::invalid(param, m))
+}
+
+/// Admits `work` of `cost` (W*K*max_tokens) and queues it for the model worker: 400 if it
+/// can never fit, 429 with Retry-After while the queue is full. The guard cancels the work
+/// and frees its share when dropped before the answer.
+fn submit(
+    app: &Arc<App>,
+    work: Work,
+    cost: u64,
+    in_flight: InFlight,
+) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, Guard), ApiError> {
+    let capacity = app.admission.capacity();
+    if cost > capacity {
+        return Err(ApiError::invalid("max_tokens", format!(
+            "this request costs {cost} (rows x max_tokens), more than the server's queue capacity {capacity}; lower W, K, n or max_tokens")));
+    }
+    let Some(permit) = app.admission.try_admit(cost) else {
+        let backlog = app.admission.used() as f64;
+        let rate = app.metrics.strong_tokens_per_s().max(1.0);
+        let secs = (backlog / rate).ceil().clamp(1.0, 600.0) as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            "the server's queue is full; retry after the time in Retry-After",
+        )
+        .retry_after(secs));
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut guard = Guard {
+        cancel: cancel.clone(),
+        metrics: app.metrics.clone(),
+        done: false,
+        _permit: permit,
+        _in_flight: in_flight,
+    };
+    let job = Job {
+        work,
+        events: tx,
+        cancel,
+        deadline: Instant::now() + app.cfg.deadline,
+    };
+    if !app.queue.push(job) {
+        guard.done = true;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "worker_down",
+            "the model worker is down",
+        ));
+    }
+    Ok((rx, guard))
+}
+
+/// Holds a request's queue share; cancels its search if dropped before the answer.
+struct Guard {
+    cancel: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// Set once the answer came: dropping the guard then cancels nothing.
+    done: bool,
+    _permit: Permit,
+    _in_flight: InFlight,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancel.store(true, Ordering::SeqCst);
+            self.metrics.disconnects.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The HTTP error for each way a job can fail.
+fn failure_error(f: Failure) -> ApiError {
+    match f {
+        Failure::Input(m) => ApiError::invalid("prompt", m),
+        Failure::Deadline => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "deadline_exceeded",
+            "the search did not finish within the server's per-request deadline; lower max_tokens or W*K"),
+        Failure::Cancelled => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "cancelled", "the request was cancelled"),
+        Failure::Panic => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "the search failed unexpectedly; the server goes on"),
+        Failure::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", m),
+        Failure::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", m),
+    }
+}
+
+/// The `created` time of a response, in Unix seconds.
+fn created(_app: &App) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Eos | Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
