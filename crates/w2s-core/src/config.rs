@@ -8,6 +8,13 @@ use crate::error::ConfigError;
 /// Most rows (W*K or N) one search may keep in flight.
 pub const MAX_SEARCH_ROWS: usize = 1024;
 
+/// A setting kept as `f32` (temperature, top-p) as the user wrote it in decimal: `0.7`
+/// gives `0.7`, not `0.699999988079071`. Use it wherever such a value leaves the program
+/// (JSON bodies sent to an engine, result files, reports).
+pub fn shown_f32(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 /// The paper's settings, written once: every front end's defaults come from here.
 pub mod defaults {
     /// Sampling temperature.

@@ -70,7 +70,7 @@ mod template;
 pub mod text;
 
 pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
-pub use config::{defaults, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
+pub use config::{defaults, shown_f32, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
 pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
 pub use rng::RowRng;

@@ -236,10 +236,7 @@ pub fn read_config(path: &Path) -> Result<RunSettings, EngineError> {
     })
 }
 
-/// A float as the user wrote it: `0.7f32` shows as `0.7`, not `0.699999988079071`.
-pub fn shown_f32(x: f32) -> f64 {
-    x.to_string().parse().unwrap_or(x as f64)
-}
+pub use w2s_core::shown_f32;
 
 #[cfg(test)]
 mod tests {

@@ -90,10 +90,23 @@ impl Client {
                 e => e,
             });
         };
-        let ids: Vec<&str> = data.iter().filter_map(|m| m.get("id")?.as_str()).collect();
+        // llama-server lists the names it also answers to in `aliases`.
+        let names = |m: &'_ Value| -> Vec<String> {
+            let mut out: Vec<String> = m
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .into_iter()
+                .collect();
+            if let Some(a) = m.get("aliases").and_then(Value::as_array) {
+                out.extend(a.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            out
+        };
+        let ids: Vec<String> = data.iter().flat_map(names).collect();
         let owner = data
             .iter()
-            .find(|m| m.get("id").and_then(Value::as_str) == Some(&ep.model))
+            .find(|m| names(m).contains(&ep.model))
             .or(data.first())
             .and_then(|m| m.get("owned_by")?.as_str())
             .unwrap_or("");
@@ -102,8 +115,7 @@ impl Client {
             e => e,
         };
         // llama-cpp-python serves whatever is loaded under any name it is asked for.
-        if !ids.is_empty() && !ids.contains(&ep.model.as_str()) && engine != Engine::LlamaCppPython
-        {
+        if !ids.is_empty() && !ids.contains(&ep.model) && engine != Engine::LlamaCppPython {
             return Err(RemoteError::UnknownModel {
                 url: ep.base.clone(),
                 model: ep.model.clone(),
@@ -111,6 +123,16 @@ impl Client {
             });
         }
         Ok(engine)
+    }
+
+    /// GETs `path` at the server's root: the base URL without its trailing `/v1`
+    /// (llama-server's `/props`, `/slots`, `/metrics` live there).
+    pub(crate) fn get_at_root(&self, path: &str) -> Result<Value, RemoteError> {
+        let base = &self.ctx.ep.base;
+        let root = base.strip_suffix("/v1").unwrap_or(base);
+        let url = format!("{root}/{path}");
+        let ctx = self.ctx.clone();
+        self.block_on(async move { ctx.send_url(url, None).await })?
     }
 
     /// POSTs every body to `{base}/{path}` at once (bounded by `max_concurrency`) and
@@ -156,7 +178,16 @@ impl Ctx {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, RemoteError> {
-        let url = format!("{}/{path}", self.ep.base);
+        self.send_url(format!("{}/{path}", self.ep.base), body)
+            .await
+    }
+
+    /// [`Ctx::send`] to a full URL.
+    pub(crate) async fn send_url(
+        &self,
+        url: String,
+        body: Option<&Value>,
+    ) -> Result<Value, RemoteError> {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {

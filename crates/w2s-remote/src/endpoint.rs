@@ -13,7 +13,8 @@ use crate::retry::RetryPolicy;
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
     /// Ask `GET /v1/models` once: vLLM, SGLang and w2s name themselves in `owned_by`,
-    /// and llama-cpp-python answers `owned_by: "me"`; anything else is [`Engine::OpenAi`].
+    /// llama.cpp's `llama-server` answers `owned_by: "llamacpp"` and llama-cpp-python
+    /// `owned_by: "me"`; anything else is [`Engine::OpenAi`].
     #[default]
     Auto,
     /// The OpenAI API as documented (hosted APIs): no `top_k`.
@@ -26,6 +27,12 @@ pub enum Engine {
     /// llama-cpp-python's server: `top_k` and `seed`; it ignores `n` (one request per
     /// sample is sent) and its echo log-probs need the checks described in the crate docs.
     LlamaCppPython,
+    /// llama.cpp's own server, `llama-server`: `top_k`, `seed`, and `n` up to its slot
+    /// count (`--parallel`, read from `GET /props` as `total_slots`; larger groups are
+    /// split into several requests); the sampler chain is sent as `samplers` so that it is
+    /// w2s's (temperature, top-k, top-p) rather than the server's default. No echo: it
+    /// cannot be a remote scorer.
+    LlamaServer,
     /// Another w2s (`w2s serve`): its per-model endpoints `strong`, `tuned`, `untuned`
     /// take `top_k`, `n` (sampled as one batch), `seed` and echo log-probs.
     W2s,
@@ -37,7 +44,8 @@ impl Engine {
         !matches!(self, Engine::OpenAi | Engine::Auto)
     }
     /// Whether the engine honours `n` (if it does not, missing samples are fetched with
-    /// parallel requests anyway).
+    /// parallel requests anyway). An engine may still cap `n` (llama-server at its slot
+    /// count): larger groups are split, see [`crate::RemoteProposer`].
     pub(crate) fn honours_n(self) -> bool {
         !matches!(self, Engine::LlamaCppPython)
     }
@@ -47,6 +55,7 @@ impl Engine {
             "vllm" => Engine::Vllm,
             "sglang" => Engine::Sglang,
             "me" | "llama-cpp-python" => Engine::LlamaCppPython,
+            "llamacpp" | "llama.cpp" | "llama-server" => Engine::LlamaServer,
             "w2s" => Engine::W2s,
             _ => Engine::OpenAi,
         }
@@ -280,6 +289,7 @@ mod tests {
             ("sglang", Engine::Sglang),
             ("me", Engine::LlamaCppPython),
             ("llama-cpp-python", Engine::LlamaCppPython),
+            ("llamacpp", Engine::LlamaServer),
             ("w2s", Engine::W2s),
             ("openai", Engine::OpenAi),
             ("", Engine::OpenAi),
@@ -288,6 +298,7 @@ mod tests {
         }
         assert!(Engine::W2s.takes_top_k() && Engine::W2s.honours_n());
         assert!(!Engine::OpenAi.takes_top_k() && !Engine::LlamaCppPython.honours_n());
+        assert!(Engine::LlamaServer.takes_top_k() && Engine::LlamaServer.honours_n());
     }
 
     #[test]
@@ -339,6 +350,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.engine, Engine::LlamaCppPython);
         assert_eq!(s.max_retries, 4);
+        let s: RemoteSpec =
+            serde_json::from_str(r#"{"url":"http://h:1/v1","model":"m","engine":"llama-server"}"#)
+                .unwrap();
+        assert_eq!(s.engine, Engine::LlamaServer);
         assert!(
             serde_json::from_str::<RemoteSpec>(r#"{"url":"u","model":"m","key":"x"}"#).is_err()
         );

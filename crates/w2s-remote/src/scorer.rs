@@ -64,6 +64,12 @@ impl RemoteScorer {
         };
         if self.engine.is_none() {
             let engine = self.client.resolve_engine()?;
+            if engine == Engine::LlamaServer {
+                return Err(RemoteError::Unsupported(format!(
+                    "{} is llama.cpp's llama-server, which returns log-probabilities of generated                      tokens only (it refuses echo): it cannot score given text. Run this guide model                      locally, or serve it with vLLM, llama-cpp-python (--logits_all true) or w2s serve",
+                    self.client.ctx.ep.base
+                )));
+            }
             if engine == Engine::LlamaCppPython && self.client.ctx.ep.score_api == ScoreApi::Echo {
                 self.check_adds_bos()?;
             }

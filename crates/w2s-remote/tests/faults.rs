@@ -38,7 +38,9 @@ fn score(s: &mut RemoteScorer) -> Result<f64, BackendError> {
 }
 
 fn remote_error(e: BackendError) -> RemoteError {
-    *e.downcast::<RemoteError>().expect("a RemoteError")
+    *e.into_inner()
+        .downcast::<RemoteError>()
+        .expect("a RemoteError")
 }
 
 #[test]

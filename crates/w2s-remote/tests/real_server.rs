@@ -40,7 +40,7 @@ fn tolerance(tokens: usize) -> f64 {
 
 fn local(name: &str, template: &str) -> LlamaScorer {
     let model = Model::load(&model_path(name), LoadOptions::default()).unwrap();
-    LlamaScorer::new(model, PromptTemplate::new(template).unwrap(), 2)
+    LlamaScorer::new(model, PromptTemplate::new(template).unwrap(), 1)
 }
 
 fn endpoint(url: &str, model: &str, eos: Option<&str>) -> Endpoint {
@@ -274,4 +274,36 @@ fn cbs_with_every_model_remote() {
         &mut local("gemma-3-270m", positive),
         &mut local("gemma-3-270m", "{prompt}"),
     );
+}
+
+#[test]
+fn character_completed_past_max_tokens_on_llama_cpp_python() {
+    // Gemma writes these hieroglyphs as 4 byte tokens each. llama-cpp-python never cuts
+    // one: asked for 2 tokens it samples 4 and says so in `usage`; the backend takes the
+    // whole character and counts the chunk as its budget instead of failing.
+    let server = Server::start("gemma-3-270m", "gemma", false);
+    let mut strong = RemoteProposer::new(
+        endpoint(&server.url, "gemma", None),
+        PromptTemplate::new("Egyptian hieroglyphs: {prompt}").unwrap(),
+    )
+    .unwrap();
+    let mut tuned = local("smollm2-135m-instruct", POSITIVE_CHAT);
+    let mut untuned = local("smollm2-135m-instruct", "{prompt}");
+    let greedy = SamplingParams::new(0.0, 0, 1.0).unwrap();
+    let config =
+        SearchConfig::new(Method::Cbs { w: 1, k: 1, l: 2 }, 6, 1.0, 7, greedy, vec![]).unwrap();
+    let out = search(
+        &config,
+        "𓀀𓀁𓀂𓀃𓀄𓀅 𓀀𓀁𓀂𓀃𓀄𓀅 𓀀𓀁𓀂",
+        Models {
+            strong: &mut strong,
+            tuned: &mut tuned,
+            untuned: &mut untuned,
+        },
+    )
+    .unwrap();
+    let best = out.best();
+    eprintln!("{best:?}");
+    assert_eq!(best.text, "\u{13003}\u{13004}\u{13005}");
+    assert_eq!(best.strong_tokens, 6);
 }

@@ -69,7 +69,7 @@ impl Server {
                 "--n_ctx",
                 "2048",
                 "--n_threads",
-                "2",
+                "1",
                 "--verbose",
                 "false",
             ])
