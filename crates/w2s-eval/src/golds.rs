@@ -44,6 +44,19 @@ impl GoldReward for Vader {
     }
 }
 
+/// A model judge ([`w2s_llama::Judge`]) as a gold reward: its expected rating.
+pub struct JudgeGold(pub w2s_llama::Judge);
+
+impl GoldReward for JudgeGold {
+    fn name(&self) -> &str {
+        "judge"
+    }
+
+    fn score(&mut self, prompt: &str, response: &str) -> Result<f64, BackendError> {
+        Ok(self.0.rate(prompt, response)?)
+    }
+}
+
 /// A gold reward named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoldKind {

@@ -52,7 +52,7 @@ mod store;
 mod summary;
 
 pub use error::EvalError;
-pub use golds::{parse_golds, GoldKind, Vader};
+pub use golds::{parse_golds, GoldKind, JudgeGold, Vader};
 pub use methods::{parse_methods, parse_seeds, EvalMethod};
 pub use outdir::{RESULTS_FILE, RUN_FILE};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};

@@ -10,7 +10,7 @@ use w2s_engine::{shown_f32, Checked, Engine, RunSettings};
 use w2s_llama::{Judge, Model, ProxyTuner, Rubric};
 
 use crate::error::{usage, EvalError};
-use crate::golds::{GoldKind, Vader};
+use crate::golds::{GoldKind, JudgeGold, Vader};
 use crate::methods::EvalMethod;
 use crate::outdir;
 use crate::progress::Progress;
@@ -224,7 +224,7 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
                     Task::Sentiment => Rubric::Positivity,
                     Task::Instruct => Rubric::Helpfulness,
                 };
-                Box::new(Judge::new(model, rubric, c.engine.threads)?)
+                Box::new(JudgeGold(Judge::new(model, rubric, c.engine.threads)?))
             }
         });
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::log_sum_exp;
-use w2s_core::{BackendError, GoldReward};
 
 use crate::chat::Message;
 use crate::error::LlamaError;
@@ -123,16 +122,6 @@ pub fn expected_rating(logits: &[f32], digits: &[(LlamaToken, f64)]) -> f64 {
         .zip(&picked)
         .map(|((_, v), &l)| v * (l as f64 - z).exp())
         .sum()
-}
-
-impl GoldReward for Judge {
-    fn name(&self) -> &str {
-        "judge"
-    }
-
-    fn score(&mut self, prompt: &str, response: &str) -> Result<f64, BackendError> {
-        Ok(self.rate(prompt, response)?)
-    }
 }
 
 #[cfg(test)]

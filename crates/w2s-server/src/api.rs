@@ -7,14 +7,16 @@
 //! cannot honour.
 
 mod body;
+mod plain;
 
 use serde_json::Value;
 use w2s_core::{SamplingParams, SearchConfig};
 
 use self::body::{chat_prompt, search_object, SearchBody};
+pub(crate) use self::plain::PLAIN_MODELS;
+pub use self::plain::{model_of, parse_plain, PlainRequest, MAX_PLAIN_N};
 use crate::error::ApiError;
 use crate::fields::{completion_prompt, stop_list, Field};
-pub use crate::routes::plain::{model_of, parse_plain, PlainRequest, MAX_PLAIN_N};
 
 /// Which endpoint a body came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,11 +14,12 @@ use axum::Json;
 use serde_json::{json, Value};
 use w2s_core::Beam;
 
-use super::plain::{self, PLAIN_MODELS};
+use super::plain;
 use super::{
     accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit,
     InFlight,
 };
+use crate::api::PLAIN_MODELS;
 use crate::api::{self, CheckedRequest, Endpoint};
 use crate::error::ApiError;
 use crate::worker::{Event, Failure, Finished, Outcome, Work};

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::plain::PLAIN_MODELS;
+use crate::api::PLAIN_MODELS;
 use crate::App;
 
 pub(super) async fn models(State(app): State<Arc<App>>) -> Response {
