@@ -155,20 +155,8 @@ pub fn parse(
             format!("must be between 1 and {}", policy.max_tokens),
         ));
     }
-    let temperature = s
-        .temperature
-        .number("temperature")?
-        .unwrap_or(d.sampling().temperature() as f64);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", "must be between 0 and 2"));
-    }
-    let top_p = s
-        .top_p
-        .number("top_p")?
-        .unwrap_or(d.sampling().top_p() as f64);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
-    }
+    let temperature = s.temperature.temperature(d.sampling().temperature())?;
+    let top_p = s.top_p.top_p(d.sampling().top_p())?;
     let top_k = s
         .top_k
         .uint("top_k")?

@@ -95,6 +95,28 @@ impl Field {
             Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a string"))),
         }
     }
+
+    /// `temperature` in [0, 2], else `default`.
+    pub(crate) fn temperature(&self, default: f32) -> Result<f64, ApiError> {
+        let t = self
+            .number("temperature")?
+            .unwrap_or(w2s_core::shown_f32(default));
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid("temperature", "must be between 0 and 2"));
+        }
+        Ok(t)
+    }
+
+    /// `top_p` in (0, 1], else `default`.
+    pub(crate) fn top_p(&self, default: f32) -> Result<f64, ApiError> {
+        let p = self
+            .number("top_p")?
+            .unwrap_or(w2s_core::shown_f32(default));
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
+        }
+        Ok(p)
+    }
 }
 
 /// Parses a body that must be a JSON object into its typed struct.

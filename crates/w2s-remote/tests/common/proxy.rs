@@ -70,7 +70,8 @@ impl Drop for Proxy {
     }
 }
 
-fn read_request(conn: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+/// Reads one HTTP/1.1 request: its head and its body (by Content-Length).
+pub fn read_request(conn: &mut TcpStream) -> std::io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {

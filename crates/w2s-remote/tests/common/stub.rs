@@ -3,7 +3,7 @@
 //! answers the given JSON (404 without), and each `POST .../completions` is answered by a
 //! closure from the request's JSON body. Every POST body is recorded.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,25 +93,12 @@ fn serve(
     models: &Value,
     props: Option<&Value>,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body)?;
+    let (head, body) = match super::proxy::read_request(&mut conn) {
+        Ok(r) => r,
+        // The client went away before a whole request: nothing to answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let line = head.lines().next().unwrap_or("");
     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let (status, reply) = if line.starts_with("GET") {

@@ -122,17 +122,8 @@ pub fn parse_plain(
             ),
         ));
     }
-    let temperature = b
-        .temperature
-        .number("temperature")?
-        .unwrap_or(d.sampling().temperature() as f64);
-    if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid("temperature", "must be between 0 and 2"));
-    }
-    let top_p = b.top_p.number("top_p")?.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", "must be in (0, 1]"));
-    }
+    let temperature = b.temperature.temperature(d.sampling().temperature())?;
+    let top_p = b.top_p.top_p(1.0)?;
     let top_k = b.top_k.uint("top_k")?.map_or(Ok(0), |k| {
         u32::try_from(k).map_err(|_| ApiError::invalid("top_k", "too large"))
     })?;
