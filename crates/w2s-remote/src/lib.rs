@@ -118,6 +118,7 @@ mod client;
 mod endpoint;
 mod error;
 mod proposer;
+mod reply;
 mod retry;
 mod scorer;
 
