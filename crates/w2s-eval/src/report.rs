@@ -5,8 +5,9 @@ use std::path::Path;
 use crate::error::{usage, EvalError};
 use crate::outdir::{recorded_command, recorded_run, recorded_settings, RESULTS_FILE};
 use crate::plot::{gold_by_method, gold_vs_tokens, PLOTS};
+use crate::render::{alpaca_outputs, to_json, to_markdown};
 use crate::store::{read_records, Record};
-use crate::summary::{alpaca_outputs, summarize, to_json, to_markdown, Summary};
+use crate::summary::{summarize, Summary};
 
 /// Redraws a run directory's report, summary and plots from its `results.jsonl` alone;
 /// returns the summary.
