@@ -235,13 +235,11 @@ fn measure_raw(
             // (split where the engine caps n), as a user of the engine would.
             let before = p.requests_sent();
             let started = std::time::Instant::now();
-            let remote = |e: w2s_core::BackendError| Fail {
-                code: if e.kind() == w2s_core::ErrorKind::Input {
-                    2
-                } else {
-                    1
-                },
-                message: format!("strong model: {e}"),
+            let remote = |source| {
+                Fail::from(w2s_core::SearchError::Backend {
+                    role: Role::Strong,
+                    source,
+                })
             };
             p.begin(&ProposalSetup {
                 prompt,

@@ -238,8 +238,9 @@ impl Engine {
         }
     }
 
-    /// The log-probability of `text` as a whole response to `prompt` under a guide model
-    /// (the end-of-sequence term included if `ended`), in one pass.
+    /// The log-probability of `text` as a whole response to `prompt` under a local guide
+    /// model (the end-of-sequence term included if `ended`), in one pass (EFT's responses
+    /// are scored this way).
     pub fn score_text(
         &mut self,
         role: Role,
@@ -259,19 +260,12 @@ impl Engine {
         let wrap = |source: BackendError| {
             EngineError::Search(w2s_core::SearchError::Backend { role, source })
         };
-        let score = match guide {
-            Guide::Local(s) => w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?,
-            // A response of B bytes has at most B tokens.
-            Guide::Remote(s) => {
-                s.begin(prompt, 1, text.len() + 1).map_err(wrap)?;
-                s.score(&[ScoreRequest {
-                    row: 0,
-                    text,
-                    ended,
-                }])
-                .map_err(wrap)?[0]
-            }
+        let Guide::Local(s) = guide else {
+            return Err(EngineError::input(format!(
+                "scoring a whole text in one pass needs the {role} model local"
+            )));
         };
+        let score = w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?;
         Ok(score)
     }
 

@@ -196,22 +196,17 @@ fn worker_main(
         SamplingParams::default(),
         vec![],
     );
-    match warm.map(|c| models.search(&c, "Hello")) {
-        Ok(Ok(_)) => {
-            state.ready.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Ok(()));
-        }
-        Ok(Err(e)) => {
-            state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
-            return;
-        }
-        Err(e) => {
-            state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
-            return;
-        }
+    let warmed = match warm {
+        Ok(c) => models.search(&c, "Hello").map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = warmed {
+        state.dead.store(true, Ordering::SeqCst);
+        let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
+        return;
     }
+    state.ready.store(true, Ordering::SeqCst);
+    let _ = loaded.send(Ok(()));
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
     for job in jobs {
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
