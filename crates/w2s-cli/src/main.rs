@@ -32,13 +32,18 @@ enum Command {
 }
 
 fn main() {
-    if let Ok(filter) = std::env::var("W2S_LOG") {
+    let cli = Cli::parse();
+    // A server logs its own notices (warnings, ignored request fields) unless told
+    // otherwise; the other commands log only with W2S_LOG.
+    let filter = std::env::var("W2S_LOG").ok().or_else(|| {
+        matches!(cli.command, Command::Serve(_)).then(|| "warn,w2s_server=info".to_string())
+    });
+    if let Some(filter) = filter {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .init();
     }
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),

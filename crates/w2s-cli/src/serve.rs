@@ -9,6 +9,9 @@ use w2s_engine::RunSettings;
 
 use crate::fail::{usage, Fail};
 
+/// The most searches `--parallel` may run at once (each holds its own contexts).
+const MAX_PARALLEL: usize = 64;
+
 /// Arguments of `w2s serve`.
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
@@ -31,7 +34,13 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Admission cap in W*K*max_tokens units [default: 8 default requests].
+    /// Searches in flight at once, each on its own worker and contexts over the shared
+    /// models [default: 1 when the strong model is local (the CPU is the bottleneck), 8
+    /// when it is remote (searches overlap their waits on the engine)].
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+    /// Admission cap in W*K*max_tokens units, running and queued requests together
+    /// [default: parallel + 7 default requests].
     #[arg(long)]
     pub queue_capacity: Option<u64>,
     /// Per-request deadline in seconds.
@@ -55,6 +64,23 @@ pub fn run(args: ServeArgs) -> Result<(), Fail> {
     cfg.port = args.port;
     cfg.model_name = args.model_name;
     cfg.max_body_bytes = args.max_body_bytes;
+    let remote_strong = settings
+        .engine
+        .remote_roles()
+        .contains(&w2s_core::Role::Strong);
+    cfg.parallel = match args.parallel {
+        Some(0) => return Err(usage("--parallel must be at least 1")),
+        Some(n) if n > MAX_PARALLEL => {
+            return Err(usage(format!(
+                "--parallel {n} is more than {MAX_PARALLEL} searches in flight"
+            )))
+        }
+        Some(n) => n,
+        None if remote_strong => 8,
+        None => 1,
+    };
+    let default_cost = cfg.queue_capacity / 8;
+    cfg.queue_capacity = default_cost * (cfg.parallel as u64 + 7);
     if let Some(c) = args.queue_capacity {
         if c == 0 {
             return Err(usage("--queue-capacity must be at least 1"));

@@ -61,7 +61,7 @@ fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
     let good = json!({"model": "w2s", "prompt": "Ünïcödé prompt 😀 text", "max_tokens": 5});
     let good_text = good.to_string();
     let pick = |rng: &mut RowRng, n: usize| (rng.next_u64() % n as u64) as usize;
-    match i % 12 {
+    match i % 14 {
         // Truncated JSON, cut anywhere (including inside multi-byte characters).
         0 => {
             let cut = 1 + pick(rng, good_text.len() - 1);
@@ -131,11 +131,13 @@ fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
         }
         // Not an object.
         4 => [&b"[]"[..], b"null", b"42", b"\"text\"", b"", b"   "][pick(rng, 6)].to_vec(),
-        // Unknown fields, top level and in search.
+        // Unknown fields: ignored at the top level (so paired with a fault here), refused
+        // inside `search`, where a typo would silently change the search.
         5 => {
             let mut v = good.clone();
             if pick(rng, 2) == 0 {
                 v[format!("field_{}", rng.next_u64() % 1000)] = json!(1);
+                v["max_tokens"] = json!(0);
             } else {
                 v["search"] = json!({"method": "cbs", "wdith": 4});
             }
@@ -168,7 +170,7 @@ fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
         8 => [
             &br#"{"model": "w2s", "prompt": ""}"#[..],
             br#"{"model": "w2s", "prompt": []}"#,
-            br#"{"model": "w2s", "prompt": ["a", "b"]}"#,
+            br#"{"model": "w2s", "prompt": ["a", ""]}"#,
             br#"{"model": "w2s"}"#,
             br#"{"model": "", "prompt": "x"}"#,
         ][pick(rng, 5)]
@@ -178,7 +180,11 @@ fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
             let opts = [
                 json!({"echo": true}),
                 json!({"logprobs": 3}),
-                json!({"best_of": 4}),
+                json!({"best_of": 4, "n": 8}),
+                json!({"best_of": 4, "search": {"method": "cbs"}}),
+                json!({"logit_bias": {"1": 5}}),
+                json!({"tools": [{"type": "function"}]}),
+                json!({"response_format": {"type": "json_object"}}),
                 json!({"presence_penalty": 1.0}),
                 json!({"n": 0}),
                 json!({"n": 1000}),
@@ -203,6 +209,36 @@ fn bad_body(i: usize, rng: &mut RowRng) -> Vec<u8> {
                     .into_bytes()
             }
         }
+        // Bad chat messages (sent to the chat endpoint).
+        11 => {
+            let bad = [
+                json!([{"role": "wizard", "content": "x"}]),
+                json!([{"role": "user", "content": []}]),
+                json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]),
+                json!([{"role": "user", "content": [{"type": "text"}]}]),
+                json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]),
+                json!([{"role": "tool", "content": "x", "tool_call_id": "1"}]),
+                json!([{"role": "system", "content": "x"}]),
+                json!([{"content": "x"}]),
+                json!([{"role": "user", "content": null}]),
+                json!([]),
+            ];
+            json!({"model": "w2s", "messages": bad[pick(rng, bad.len())], "max_tokens": 5})
+                .to_string()
+                .into_bytes()
+        }
+        // Prompt lists: too many, an empty entry, token ids.
+        12 => {
+            let prompt = match pick(rng, 4) {
+                0 => json!(vec!["p"; 10_000]),
+                1 => json!(["fine", ""]),
+                2 => json!([[1, 2, 3]]),
+                _ => json!([""]),
+            };
+            json!({"model": "w2s", "prompt": prompt, "max_tokens": 5})
+                .to_string()
+                .into_bytes()
+        }
         // Random bytes.
         _ => (0..pick(rng, 64) + 1)
             .map(|_| rng.next_u64() as u8)
@@ -221,7 +257,7 @@ async fn five_thousand_bad_bodies_all_get_4xx_with_small_openai_errors() {
     for i in 0..4990 {
         bodies.push((
             bad_body(i, &mut rng),
-            if i % 3 == 0 {
+            if i % 3 == 0 || i % 14 == 11 {
                 "/v1/chat/completions"
             } else {
                 "/v1/completions"

@@ -122,6 +122,9 @@ pub enum ConfigError {
     /// An empty prompt.
     #[error("the prompt is empty; give the text the response should follow")]
     EmptyPrompt,
+    /// Earlier chat turns for a template that takes a single user message.
+    #[error("template '{0}' takes a single user message: earlier turns need a chat template with {{prompt}} in its user part, e.g. 'chat:{{prompt}}'")]
+    SingleTurnTemplate(String),
 }
 
 /// Which model a backend error came from.

@@ -77,4 +77,4 @@ pub use rng::RowRng;
 pub use search::{
     rank, search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats,
 };
-pub use template::{FilledPrompt, PromptTemplate};
+pub use template::{ChatRole, ChatTurn, FilledPrompt, PromptTemplate};

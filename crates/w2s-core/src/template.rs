@@ -6,6 +6,11 @@
 //!   message USER and opens the assistant's turn, whose text then starts with ASSISTANT.
 //!   E.g. `chat:Write a very positive movie review.||{prompt}` asks an instruct model for a
 //!   positive review and makes the prompt the beginning of its answer.
+//!
+//! A chat template whose user part holds `{prompt}` may also carry earlier turns of a
+//! conversation ([`PromptTemplate::with_history`]): they are rendered before the user
+//! message, so that a multi-turn chat request reaches each model through its own chat
+//! template.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +23,40 @@ const PLACEHOLDER: &str = "{prompt}";
 #[serde(try_from = "String", into = "String")]
 pub struct PromptTemplate {
     raw: String,
+    /// Turns rendered before the user message (chat templates only; never serialised:
+    /// a conversation belongs to one request).
+    history: Vec<ChatTurn>,
+}
+
+/// Who speaks a chat turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRole {
+    /// Instructions.
+    System,
+    /// The user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl ChatRole {
+    /// The role's name in chat templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+/// One earlier turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    /// Who said it.
+    pub role: ChatRole,
+    /// What was said.
+    pub content: String,
 }
 
 /// A template with the prompt filled in, ready for a model to render.
@@ -25,8 +64,11 @@ pub struct PromptTemplate {
 pub enum FilledPrompt {
     /// Text given to the model as is.
     Text(String),
-    /// One user message through the model's chat template, then the assistant's text.
+    /// Earlier turns and one user message through the model's chat template, then the
+    /// assistant's text.
     Chat {
+        /// Turns before the user message (empty for a single-turn prompt).
+        history: Vec<ChatTurn>,
         /// The user message.
         user: String,
         /// The start of the assistant's answer (may be empty).
@@ -42,6 +84,7 @@ impl PromptTemplate {
         }
         Ok(PromptTemplate {
             raw: raw.to_string(),
+            history: Vec::new(),
         })
     }
 
@@ -49,7 +92,37 @@ impl PromptTemplate {
     pub fn bare() -> Self {
         PromptTemplate {
             raw: PLACEHOLDER.to_string(),
+            history: Vec::new(),
         }
+    }
+
+    /// This template with `history` rendered before its user message. Only a chat
+    /// template whose user part holds `{prompt}` can take earlier turns: a plain-text
+    /// template has no turns, and one that puts the prompt in the assistant's turn has
+    /// its own fixed user message. An empty history gives the template back unchanged.
+    pub fn with_history(&self, history: &[ChatTurn]) -> Result<Self, ConfigError> {
+        if history.is_empty() {
+            return Ok(PromptTemplate {
+                raw: self.raw.clone(),
+                history: Vec::new(),
+            });
+        }
+        let user_part = self
+            .raw
+            .strip_prefix("chat:")
+            .map(|rest| rest.split_once("||").map_or(rest, |(u, _)| u));
+        match user_part {
+            Some(user) if user.contains(PLACEHOLDER) => Ok(PromptTemplate {
+                raw: self.raw.clone(),
+                history: history.to_vec(),
+            }),
+            _ => Err(ConfigError::SingleTurnTemplate(self.raw.clone())),
+        }
+    }
+
+    /// The earlier turns this template renders before the user message.
+    pub fn history(&self) -> &[ChatTurn] {
+        &self.history
     }
 
     /// The template as written.
@@ -72,6 +145,7 @@ impl PromptTemplate {
             Some(rest) => {
                 let (user, assistant) = rest.split_once("||").unwrap_or((rest, ""));
                 FilledPrompt::Chat {
+                    history: self.history.clone(),
                     user: put(user),
                     assistant_prefix: put(assistant),
                 }
@@ -119,6 +193,7 @@ mod tests {
         assert_eq!(
             t.fill("The film").unwrap(),
             FilledPrompt::Chat {
+                history: vec![],
                 user: "Write a very positive review.".into(),
                 assistant_prefix: "The film".into()
             }
@@ -128,10 +203,56 @@ mod tests {
         assert_eq!(
             t.fill("Hi").unwrap(),
             FilledPrompt::Chat {
+                history: vec![],
                 user: "Hi".into(),
                 assistant_prefix: String::new()
             }
         );
+    }
+
+    #[test]
+    fn history_goes_before_the_user_message_of_chat_templates_only() {
+        let turns = vec![
+            ChatTurn {
+                role: ChatRole::System,
+                content: "Be brief.".into(),
+            },
+            ChatTurn {
+                role: ChatRole::User,
+                content: "Hi".into(),
+            },
+            ChatTurn {
+                role: ChatRole::Assistant,
+                content: "Hello!".into(),
+            },
+        ];
+        let t = PromptTemplate::new("chat:Answer: {prompt}")
+            .unwrap()
+            .with_history(&turns)
+            .unwrap();
+        assert_eq!(
+            t.fill("Why?").unwrap(),
+            FilledPrompt::Chat {
+                history: turns.clone(),
+                user: "Answer: Why?".into(),
+                assistant_prefix: String::new()
+            }
+        );
+        assert_eq!(t.history().len(), 3);
+        // Serialised as written: the history belongs to one request.
+        assert_eq!(String::from(t.clone()), "chat:Answer: {prompt}");
+        assert!(t.with_history(&[]).unwrap().history().is_empty());
+        for single in [
+            "Here is a movie review from imdb: {prompt}",
+            "chat:Write a very positive movie review.||{prompt}",
+        ] {
+            let t = PromptTemplate::new(single).unwrap();
+            assert!(matches!(
+                t.with_history(&turns),
+                Err(ConfigError::SingleTurnTemplate(_))
+            ));
+            assert_eq!(t.with_history(&[]).unwrap(), t);
+        }
     }
 
     #[test]

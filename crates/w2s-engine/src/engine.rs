@@ -1,11 +1,12 @@
 //! The three models of a search, built from an [`EngineSpec`] for any mix of local and
 //! remote roles.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use w2s_core::{
-    search_with_progress, BackendError, Chunk, ExtendRequest, Models, Progress, PromptTemplate,
-    ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig, SearchOutput,
+    search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Models, Progress,
+    PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig,
+    SearchOutput,
 };
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
@@ -94,6 +95,14 @@ impl Guide {
 
 /// The strong model and the guide pair, ready to search. Local models sharing a file
 /// are loaded once.
+///
+/// Several engines may share the loaded models ([`Engine::replica`]): each has its own
+/// llama.cpp contexts (so the rows of one search never meet another's) and its own
+/// remote clients, and all of them share one *compute gate*, a lock held for every local
+/// forward pass of a search. Searches on several threads then take turns on the CPU
+/// (each pass uses every configured thread) while any of them may wait on a remote
+/// engine, which is what makes searches in flight together pay when the strong model is
+/// remote.
 pub struct Engine {
     /// The strong model.
     pub strong: Strong,
@@ -102,6 +111,67 @@ pub struct Engine {
     /// The small untuned model.
     pub untuned: Guide,
     spec: EngineSpec,
+    gate: Arc<Mutex<()>>,
+}
+
+/// The lock every engine of one family takes around a local forward pass.
+#[derive(Clone, Default)]
+pub struct ComputeGate(Arc<Mutex<()>>);
+
+impl ComputeGate {
+    /// Holds the CPU for local model work until the guard is dropped.
+    pub fn hold(&self) -> MutexGuard<'_, ()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn hold_if(gate: &Mutex<()>, local: bool) -> Option<MutexGuard<'_, ()>> {
+    local.then(|| gate.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The strong model with the compute gate held around local calls.
+struct GatedStrong<'a> {
+    inner: &'a mut Strong,
+    gate: &'a Mutex<()>,
+}
+
+impl Proposer for GatedStrong<'_> {
+    fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        self.inner.begin(setup)
+    }
+    fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        self.inner.extend(requests)
+    }
+    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        self.inner.reorder(parents)
+    }
+}
+
+/// A guide with the compute gate held around local calls.
+struct GatedGuide<'a> {
+    inner: &'a mut Guide,
+    gate: &'a Mutex<()>,
+}
+
+impl Scorer for GatedGuide<'_> {
+    fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        self.inner.begin(prompt, rows, max_new)
+    }
+    fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        self.inner.score(requests)
+    }
+    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        self.inner.reorder(parents)
+    }
+    fn tokens_evaluated(&self) -> u64 {
+        self.inner.tokens_evaluated()
+    }
 }
 
 impl Engine {
@@ -146,7 +216,149 @@ impl Engine {
             untuned: guide(Role::Untuned, &spec.untuned)?,
             strong,
             spec: spec.clone(),
+            gate: Arc::default(),
         })
+    }
+
+    /// Another engine on the same loaded models and the same compute gate, with contexts
+    /// and remote clients of its own: a search on it may run on another thread while this
+    /// one searches.
+    pub fn replica(&self) -> Result<Engine, EngineError> {
+        let threads = self.spec.threads;
+        let strong = match &self.strong {
+            Strong::Local(p) => Strong::Local(LlamaProposer::new(
+                p.model().clone(),
+                self.spec.strong.template.clone(),
+                threads,
+            )),
+            Strong::Remote(p) => {
+                Strong::Remote(p.replica().map_err(|source| EngineError::Remote {
+                    role: Role::Strong,
+                    source,
+                })?)
+            }
+        };
+        let guide = |role: Role, g: &Guide| -> Result<Guide, EngineError> {
+            Ok(match g {
+                Guide::Local(s) => Guide::Local(LlamaScorer::new(
+                    s.model().clone(),
+                    self.spec.role(role).template.clone(),
+                    threads,
+                )),
+                Guide::Remote(s) => Guide::Remote(
+                    s.replica()
+                        .map_err(|source| EngineError::Remote { role, source })?,
+                ),
+            })
+        };
+        Ok(Engine {
+            tuned: guide(Role::Tuned, &self.tuned)?,
+            untuned: guide(Role::Untuned, &self.untuned)?,
+            strong,
+            spec: self.spec.clone(),
+            gate: self.gate.clone(),
+        })
+    }
+
+    /// Sets the earlier chat turns the next searches render before the prompt (empty:
+    /// none), in every role's template; an input error if a role's template takes a
+    /// single user message.
+    pub fn set_history(&mut self, history: &[ChatTurn]) -> Result<(), EngineError> {
+        let t = |role: Role| {
+            self.spec
+                .role(role)
+                .template
+                .with_history(history)
+                .map_err(|e| EngineError::input(format!("the {role} model's {e}")))
+        };
+        let (strong, tuned, untuned) = (t(Role::Strong)?, t(Role::Tuned)?, t(Role::Untuned)?);
+        match &mut self.strong {
+            Strong::Local(p) => p.set_template(strong),
+            Strong::Remote(p) => p.set_template(strong),
+        }
+        for (g, template) in [(&mut self.tuned, tuned), (&mut self.untuned, untuned)] {
+            match g {
+                Guide::Local(s) => s.set_template(template),
+                Guide::Remote(s) => s.set_template(template),
+            }
+        }
+        Ok(())
+    }
+
+    /// The strong model's log-probability of each token of each text as a response to
+    /// `prompt` (after the history of [`Engine::set_history`]), as (token text, log p
+    /// given everything before it), without an end token. Local: one pass of the model.
+    /// Remote: the engine echoes "prompt + text" (engines that cannot echo, such as
+    /// llama.cpp's llama-server, and chat templates give an `Unsupported` error).
+    pub fn strong_logprobs(
+        &mut self,
+        prompt: &str,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<(String, f64)>>, EngineError> {
+        let template = self
+            .spec
+            .strong
+            .template
+            .with_history(self.history())
+            .map_err(|e| EngineError::input(format!("the strong model's {e}")))?;
+        let wrap = |source: BackendError| {
+            EngineError::Search(w2s_core::SearchError::Backend {
+                role: Role::Strong,
+                source,
+            })
+        };
+        let max_new = texts.iter().map(|t| t.len()).max().unwrap_or(0) + 1;
+        match &self.strong {
+            Strong::Local(p) => {
+                let mut s = LlamaScorer::new(p.model().clone(), template, self.spec.threads);
+                let _cpu = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+                s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
+                let requests: Vec<ScoreRequest<'_>> = texts
+                    .iter()
+                    .enumerate()
+                    .map(|(row, text)| ScoreRequest {
+                        row,
+                        text,
+                        ended: false,
+                    })
+                    .collect();
+                s.score(&requests).map_err(wrap)?;
+                Ok((0..texts.len())
+                    .map(|row| {
+                        s.row_tokens(row)
+                            .into_iter()
+                            .map(|(piece, lp)| (String::from_utf8_lossy(&piece).into_owned(), lp))
+                            .collect()
+                    })
+                    .collect())
+            }
+            Strong::Remote(_) => {
+                let RoleSource::Remote { endpoint, .. } = &self.spec.strong.source else {
+                    return Err(EngineError::input("the strong model is not remote"));
+                };
+                let remote = |source| EngineError::Remote {
+                    role: Role::Strong,
+                    source,
+                };
+                let mut s = RemoteScorer::new((**endpoint).clone(), template).map_err(remote)?;
+                s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
+                s.token_logprobs(texts).map_err(remote)
+            }
+        }
+    }
+
+    /// The earlier chat turns set by [`Engine::set_history`].
+    pub fn history(&self) -> &[ChatTurn] {
+        match &self.strong {
+            Strong::Local(p) => p.template().history(),
+            Strong::Remote(p) => p.template().history(),
+        }
+    }
+
+    /// The compute gate this engine shares with its replicas; hold it around any other
+    /// local model work (e.g. plain sampling) done next to their searches.
+    pub fn gate(&self) -> ComputeGate {
+        ComputeGate(self.gate.clone())
     }
 
     /// The spec it was built from.
@@ -180,12 +392,22 @@ impl Engine {
         prompt: &str,
         progress: &mut dyn FnMut(&Progress<'_>) -> bool,
     ) -> Result<SearchOutput, EngineError> {
-        Ok(search_with_progress(
-            config,
-            prompt,
-            self.models(),
-            progress,
-        )?)
+        let gate = &*self.gate;
+        let models = Models {
+            strong: &mut GatedStrong {
+                inner: &mut self.strong,
+                gate,
+            },
+            tuned: &mut GatedGuide {
+                inner: &mut self.tuned,
+                gate,
+            },
+            untuned: &mut GatedGuide {
+                inner: &mut self.untuned,
+                gate,
+            },
+        };
+        Ok(search_with_progress(config, prompt, models, progress)?)
     }
 
     /// The loaded model of a local role.
@@ -265,6 +487,7 @@ impl Engine {
                 "scoring a whole text in one pass needs the {role} model local"
             )));
         };
+        let _g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let score = w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?;
         Ok(score)
     }
@@ -292,8 +515,22 @@ impl PromptCheck {
     /// The strong model's prompt tokens where it is local; an error if any local model's
     /// context is too small. CPU work (tokenisation): call it from a blocking thread.
     pub fn check(&self, prompt: &str, max_new: usize) -> Result<Option<usize>, EngineError> {
+        self.check_chat(&[], prompt, max_new)
+    }
+
+    /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
+    /// [`Engine::set_history`]).
+    pub fn check_chat(
+        &self,
+        history: &[ChatTurn],
+        prompt: &str,
+        max_new: usize,
+    ) -> Result<Option<usize>, EngineError> {
         let mut strong_tokens = None;
         for (role, model, template) in &self.roles {
+            let template = template
+                .with_history(history)
+                .map_err(|e| EngineError::input(format!("the {role} model's {e}")))?;
             let Some(model) = model else { continue };
             let local = |source| EngineError::Local {
                 role: *role,

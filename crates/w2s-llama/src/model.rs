@@ -135,6 +135,7 @@ impl Model {
         match prompt {
             FilledPrompt::Text(t) => Ok(t.clone()),
             FilledPrompt::Chat {
+                history,
                 user,
                 assistant_prefix,
             } => {
@@ -142,15 +143,18 @@ impl Model {
                     path: self.path.clone(),
                     reason,
                 };
-                let mut text = self
-                    .render_messages(
-                        &[crate::chat::Message {
-                            role: "user",
-                            content: user,
-                        }],
-                        true,
-                    )
-                    .map_err(err)?;
+                let messages: Vec<crate::chat::Message<'_>> = history
+                    .iter()
+                    .map(|t| crate::chat::Message {
+                        role: t.role.as_str(),
+                        content: &t.content,
+                    })
+                    .chain(std::iter::once(crate::chat::Message {
+                        role: "user",
+                        content: user,
+                    }))
+                    .collect();
+                let mut text = self.render_messages(&messages, true).map_err(err)?;
                 text.push_str(assistant_prefix);
                 Ok(text)
             }

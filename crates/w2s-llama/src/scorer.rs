@@ -89,6 +89,29 @@ impl LlamaScorer {
         self.engine = None;
     }
 
+    /// Reads the prompt through `template` from the next search on (e.g. one carrying a
+    /// request's earlier chat turns).
+    pub fn set_template(&mut self, template: PromptTemplate) {
+        self.template = template;
+    }
+
+    /// Each response token row `row` was last scored with, as (piece bytes, log p given
+    /// everything before it); the end-of-sequence token of an ended row is included.
+    pub fn row_tokens(&self, row: usize) -> Vec<(Vec<u8>, f64)> {
+        let vocab = self.model.llama().vocab();
+        self.state
+            .as_ref()
+            .and_then(|s| s.rows.get(row))
+            .map(|r| {
+                r.ids
+                    .iter()
+                    .zip(&r.lps)
+                    .map(|(&t, &lp)| (vocab.token_to_piece(t, true, None), lp))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The template.
     pub fn template(&self) -> &PromptTemplate {
         &self.template

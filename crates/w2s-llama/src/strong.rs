@@ -85,6 +85,17 @@ impl LlamaProposer {
             .map_or(&[], |r| r.sampled.as_slice())
     }
 
+    /// The template prompts are read through.
+    pub fn template(&self) -> &PromptTemplate {
+        &self.template
+    }
+
+    /// Reads the prompt through `template` from the next search on (e.g. one carrying a
+    /// request's earlier chat turns).
+    pub fn set_template(&mut self, template: PromptTemplate) {
+        self.template = template;
+    }
+
     /// The model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model

@@ -33,6 +33,24 @@ pub(crate) fn response_logprob(
     text: &str,
     eos: Option<&str>,
 ) -> Result<Summed, String> {
+    let span = response_span(echoed, text, eos)?;
+    let mut sum = 0.0;
+    for i in span.clone() {
+        sum += echoed.logprobs[i]
+            .ok_or_else(|| format!("token {i} ({:?}) has no log-prob", echoed.tokens[i]))?;
+    }
+    Ok(Summed {
+        logprob: sum,
+        tokens: span.len(),
+    })
+}
+
+/// Which echoed tokens are `text`'s (and the end token's, if `eos` is given).
+pub(crate) fn response_span(
+    echoed: &Echoed,
+    text: &str,
+    eos: Option<&str>,
+) -> Result<std::ops::Range<usize>, String> {
     let Echoed { tokens, logprobs } = echoed;
     if tokens.len() != logprobs.len() {
         return Err(format!(
@@ -42,8 +60,7 @@ pub(crate) fn response_logprob(
         ));
     }
     let mut end = tokens.len();
-    let mut sum = 0.0;
-    let mut count = 0;
+    let mut span_end = end;
     if let Some(eos) = eos {
         let last = end.checked_sub(1).ok_or("no tokens echoed")?;
         if tokens[last] != eos && !tokens[last].is_empty() {
@@ -54,9 +71,8 @@ pub(crate) fn response_logprob(
                  special tokens in completion prompts"
             ));
         }
-        sum += logprobs[last].ok_or("the end token has no log-prob")?;
-        count += 1;
         end = last;
+        span_end = last + 1;
     }
     let need = text.chars().count();
     let mut have = 0;
@@ -79,14 +95,7 @@ pub(crate) fn response_logprob(
     if have > need {
         start += 1; // merged with the prompt's end: the prompt's token
     }
-    for (i, lp) in logprobs.iter().enumerate().take(end).skip(start) {
-        sum += lp.ok_or_else(|| format!("token {i} ({:?}) has no log-prob", tokens[i]))?;
-        count += 1;
-    }
-    Ok(Summed {
-        logprob: sum,
-        tokens: count,
-    })
+    Ok(start..span_end)
 }
 
 fn tail_chars(s: &str, n: usize) -> String {

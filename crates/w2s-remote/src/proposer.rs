@@ -59,6 +59,30 @@ impl RemoteProposer {
         })
     }
 
+    /// Another proposer on the same endpoint with a client of its own, knowing what this
+    /// one learnt of the engine (its kind, its `n` cap): no discovery requests again.
+    pub fn replica(&self) -> Result<Self, RemoteError> {
+        Ok(RemoteProposer {
+            client: Client::new(self.client.ctx.ep.clone())?,
+            template: self.template.clone(),
+            engine: self.engine,
+            use_n: self.use_n,
+            n_cap: self.n_cap,
+            state: None,
+        })
+    }
+
+    /// The template prompts are read through.
+    pub fn template(&self) -> &PromptTemplate {
+        &self.template
+    }
+
+    /// Reads the prompt through `template` from the next search on (e.g. one carrying a
+    /// request's earlier chat turns).
+    pub fn set_template(&mut self, template: PromptTemplate) {
+        self.template = template;
+    }
+
     /// HTTP requests sent so far (retries included).
     pub fn requests_sent(&self) -> u64 {
         self.client.requests()
@@ -179,13 +203,17 @@ impl RemoteProposer {
                 }
             }
             FilledPrompt::Chat {
+                history,
                 user,
                 assistant_prefix,
             } => {
-                body["messages"] = json!([
-                    {"role": "user", "content": user},
-                    {"role": "assistant", "content": format!("{assistant_prefix}{row_text}")},
-                ]);
+                let mut messages: Vec<Value> = history
+                    .iter()
+                    .map(|t| json!({"role": t.role.as_str(), "content": t.content}))
+                    .collect();
+                messages.push(json!({"role": "user", "content": user}));
+                messages.push(json!({"role": "assistant", "content": format!("{assistant_prefix}{row_text}")}));
+                body["messages"] = Value::Array(messages);
                 body["continue_final_message"] = json!(true);
                 body["add_generation_prompt"] = json!(false);
                 body["logprobs"] = json!(true);

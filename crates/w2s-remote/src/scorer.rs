@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use w2s_core::{BackendError, FilledPrompt, PromptTemplate, ScoreRequest, Scorer};
 
-use crate::align::{response_logprob, Echoed};
+use crate::align::{response_logprob, response_span, Echoed};
 use crate::client::{snippet, Client};
 use crate::endpoint::{Endpoint, Engine, ScoreApi};
 use crate::error::RemoteError;
@@ -36,6 +36,25 @@ impl RemoteScorer {
             rows: 0,
             evaluated: 0,
         })
+    }
+
+    /// Another scorer on the same endpoint with a client of its own, knowing the engine
+    /// this one found.
+    pub fn replica(&self) -> Result<Self, RemoteError> {
+        Ok(RemoteScorer {
+            client: Client::new(self.client.ctx.ep.clone())?,
+            template: self.template.clone(),
+            engine: self.engine,
+            prompt: None,
+            rows: 0,
+            evaluated: 0,
+        })
+    }
+
+    /// Reads the prompt through `template` from the next search on (e.g. one carrying a
+    /// request's earlier chat turns).
+    pub fn set_template(&mut self, template: PromptTemplate) {
+        self.template = template;
     }
 
     /// HTTP requests sent so far (retries included).
@@ -110,6 +129,65 @@ impl RemoteScorer {
     }
 
     fn score_inner(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, RemoteError> {
+        let url = format!("{}/completions", self.client.ctx.ep.base);
+        let echoed = self.echo_all(requests)?;
+        let mut out = Vec::with_capacity(requests.len());
+        for (r, (echoed, eos, sent)) in requests.iter().zip(echoed) {
+            let summed = response_logprob(&echoed, r.text, eos.as_deref()).map_err(|reason| {
+                RemoteError::Misaligned {
+                    url: url.clone(),
+                    reason,
+                }
+            })?;
+            self.evaluated += sent;
+            out.push(summed.logprob);
+        }
+        Ok(out)
+    }
+
+    /// Each text's tokens as the engine reads them after the prompt of the last
+    /// [`Scorer::begin`], with log p(token | everything before it); no end token.
+    pub fn token_logprobs(
+        &mut self,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<(String, f64)>>, RemoteError> {
+        let url = format!("{}/completions", self.client.ctx.ep.base);
+        let requests: Vec<ScoreRequest<'_>> = texts
+            .iter()
+            .enumerate()
+            .map(|(row, text)| ScoreRequest {
+                row,
+                text,
+                ended: false,
+            })
+            .collect();
+        let echoed = self.echo_all(&requests)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for (text, (echoed, _, sent)) in texts.iter().zip(echoed) {
+            let span =
+                response_span(&echoed, text, None).map_err(|reason| RemoteError::Misaligned {
+                    url: url.clone(),
+                    reason,
+                })?;
+            self.evaluated += sent;
+            let mut tokens = Vec::with_capacity(span.len());
+            for i in span {
+                let lp = echoed.logprobs[i]
+                    .ok_or_else(|| RemoteError::NoLogprobs { url: url.clone() })?;
+                tokens.push((echoed.tokens[i].clone(), lp));
+            }
+            out.push(tokens);
+        }
+        Ok(out)
+    }
+
+    /// Sends "prompt + text (+ end token)" of each request for echoed log-probabilities:
+    /// the echoed tokens, the end token used, and the prompt tokens sent.
+    #[allow(clippy::type_complexity)]
+    fn echo_all(
+        &self,
+        requests: &[ScoreRequest<'_>],
+    ) -> Result<Vec<(Echoed, Option<String>, u64)>, RemoteError> {
         let (Some(prompt), Some(_)) = (self.prompt.as_deref(), self.engine) else {
             return Err(RemoteError::Usage("score before begin".into()));
         };
@@ -149,19 +227,12 @@ impl RemoteScorer {
         let replies = self.client.post_all("completions", bodies)?;
         let url = format!("{}/completions", ep.base);
         let mut out = Vec::with_capacity(requests.len());
-        for ((r, eos), reply) in requests.iter().zip(eos_of).zip(replies) {
+        for (eos, reply) in eos_of.into_iter().zip(replies) {
             let (echoed, sent) = match ep.score_api {
                 ScoreApi::Echo => echoed_tokens(&reply, &url)?,
                 ScoreApi::PromptLogprobs => prompt_logprobs(&reply, &url)?,
             };
-            let summed = response_logprob(&echoed, r.text, eos).map_err(|reason| {
-                RemoteError::Misaligned {
-                    url: url.clone(),
-                    reason,
-                }
-            })?;
-            self.evaluated += sent;
-            out.push(summed.logprob);
+            out.push((echoed, eos.map(str::to_string), sent));
         }
         Ok(out)
     }

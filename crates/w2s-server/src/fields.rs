@@ -166,6 +166,50 @@ pub fn completion_prompt(v: &Field) -> Result<String, ApiError> {
     }
 }
 
+/// The most prompts one completion request may list (one search each).
+pub const MAX_PROMPTS: usize = 64;
+
+/// The `prompt` of a search completion: a string, or an array of up to [`MAX_PROMPTS`]
+/// strings (one search each). Token-id prompts are refused.
+pub fn completion_prompts(v: &Field) -> Result<Vec<String>, ApiError> {
+    let token_ids = || {
+        ApiError::invalid(
+            "prompt",
+            "token-id prompts are not supported (the models may not share a vocabulary); send text",
+        )
+    };
+    match v.get() {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if a.is_empty() => {
+            Err(ApiError::invalid("prompt", "`prompt` is an empty array"))
+        }
+        Some(Value::Array(a)) if a.len() > MAX_PROMPTS => Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "`prompt` lists {} prompts; at most {MAX_PROMPTS} are taken per request",
+                a.len()
+            ),
+        )),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(_) | Value::Array(_) => Err(token_ids()),
+                _ => Err(ApiError::invalid(
+                    "prompt",
+                    format!("prompt[{i}] must be a string"),
+                )),
+            })
+            .collect(),
+        None => Err(ApiError::invalid("prompt", "`prompt` is required")),
+        Some(_) => Err(ApiError::invalid(
+            "prompt",
+            "`prompt` must be a string or an array of strings",
+        )),
+    }
+}
+
 /// The `stop` strings: none, one string, or an array of up to four.
 pub fn stop_list(v: &Field) -> Result<Vec<String>, ApiError> {
     let list = match v.set() {

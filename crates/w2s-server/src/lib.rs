@@ -54,7 +54,11 @@ pub struct ServeConfig {
     pub model_name: String,
     /// Largest request body in bytes (default 2 MB): larger gets 413.
     pub max_body_bytes: usize,
-    /// Admission cap in W*K*max_tokens units: beyond it, 429.
+    /// Searches (and plain requests) run at once, each on its own worker thread and
+    /// contexts over the shared models (default 1).
+    pub parallel: usize,
+    /// Admission cap in W*K*max_tokens units, running and queued requests together:
+    /// beyond it, 429.
     pub queue_capacity: u64,
     /// Per-request deadline.
     pub deadline: Duration,
@@ -76,6 +80,7 @@ impl ServeConfig {
             api_key: None,
             model_name: "w2s".into(),
             max_body_bytes: 2 * 1024 * 1024,
+            parallel: 1,
             queue_capacity: 8 * default_cost.max(1),
             deadline: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(30),
@@ -135,6 +140,8 @@ pub(crate) struct App {
     pub shutting_down: AtomicBool,
     pub next_seed: AtomicU64,
     pub started_unix: u64,
+    /// Ignored request field names already logged.
+    pub ignored_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Loads the models on a worker thread, binds, serves until SIGINT/SIGTERM, then drains
@@ -173,8 +180,15 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
     let worker = Arc::new(WorkerState::default());
     let info = Arc::new(OnceLock::new());
     let (tx, rx) = std::sync::mpsc::channel();
-    let loaded = worker::start(spec, rx, worker.clone(), metrics.clone(), info.clone())
-        .map_err(ServeError::Models)?;
+    let loaded = worker::start(
+        spec,
+        cfg.parallel,
+        rx,
+        worker.clone(),
+        metrics.clone(),
+        info.clone(),
+    )
+    .map_err(ServeError::Models)?;
     let seed0 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -189,6 +203,7 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
         info,
         shutting_down: AtomicBool::new(false),
         next_seed: AtomicU64::new(seed0),
+        ignored_seen: std::sync::Mutex::default(),
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

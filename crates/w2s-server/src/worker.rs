@@ -1,6 +1,9 @@
-//! The model worker: one dedicated thread owns the models (llama.cpp contexts, remote
-//! backends) and runs searches one at a time in arrival order (fair FIFO). The async side
-//! never runs a forward pass or blocks on a remote engine.
+//! The model workers: `parallel` dedicated threads, each owning an [`Engine`] on the same
+//! loaded models (its own llama.cpp contexts and remote clients), take jobs from one queue
+//! in arrival order (FIFO) and run them to the end. Local forward passes take turns on the
+//! CPU through the engines' shared compute gate, so several searches in flight overlap
+//! only where one waits on a remote engine. The async side never runs a forward pass or
+//! blocks on a remote engine.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,10 +53,19 @@ pub enum Outcome {
 /// The work of a job.
 #[derive(Debug, Clone)]
 pub enum Work {
-    /// A weak-to-strong search.
-    Search(CheckedRequest),
+    /// A weak-to-strong search of one of a request's prompts.
+    Search(SearchWork),
     /// A plain request to one model.
     Plain(PlainRequest),
+}
+
+/// One search of a request: the request and which of its prompts.
+#[derive(Debug, Clone)]
+pub struct SearchWork {
+    /// The checked request.
+    pub req: Arc<CheckedRequest>,
+    /// Index into `req.prompts`.
+    pub index: usize,
 }
 
 /// A finished search.
@@ -64,6 +76,9 @@ pub struct Finished {
     /// Strong-model prompt tokens (0 where the strong model is remote: the engine
     /// tokenises the prompt).
     pub prompt_tokens: usize,
+    /// When asked for: the strong model's (token, log-probability) of each returned
+    /// choice, or why they could not be had.
+    pub strong_logprobs: Option<Result<Vec<Vec<(String, f64)>>, String>>,
 }
 
 /// Why a search produced no answer.
@@ -95,32 +110,38 @@ pub struct Job {
     pub deadline: Instant,
 }
 
-/// Health facts the worker keeps up to date.
+/// Health facts the workers keep up to date.
 #[derive(Debug, Default)]
 pub struct WorkerState {
     /// Models loaded and warmed up.
     pub ready: AtomicBool,
-    /// The worker thread is gone.
+    /// The workers are gone.
     pub dead: AtomicBool,
-    /// When the running search last made progress (None when idle).
-    pub busy_since_progress: Mutex<Option<Instant>>,
+    /// Per worker: when its running job last made progress (None when idle).
+    busy_since_progress: Mutex<Vec<Option<Instant>>>,
 }
 
 impl WorkerState {
-    fn touch(&self, busy: bool) {
+    fn touch(&self, slot: usize, busy: bool) {
         let mut t = self
             .busy_since_progress
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *t = busy.then(Instant::now);
+        if t.len() <= slot {
+            t.resize(slot + 1, None);
+        }
+        t[slot] = busy.then(Instant::now);
     }
 
-    /// How long the running search has gone without progress.
+    /// The longest any running job has gone without progress.
     pub fn stalled_for(&self) -> Option<Duration> {
         self.busy_since_progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
             .map(|t| t.elapsed())
+            .max()
     }
 }
 
@@ -138,39 +159,59 @@ impl ModelInfo {
     /// Checks that prompt + max_tokens fit every local model's context; returns the
     /// strong model's prompt tokens where it is local. CPU work: call from a blocking
     /// thread.
-    pub fn check_prompt(&self, prompt: &str, max_tokens: usize) -> Result<Option<usize>, String> {
+    pub fn check_prompt(
+        &self,
+        history: &[w2s_core::ChatTurn],
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Result<Option<usize>, String> {
         self.check
-            .check(prompt, max_tokens)
+            .check_chat(history, prompt, max_tokens)
             .map_err(|e| e.to_string())
     }
 }
 
-/// Starts the worker thread, which loads the models, publishes them in `info`, warms
-/// them up (then `state.ready` is set) and serves jobs. Load failures arrive on the
-/// returned channel.
+/// What every worker thread shares.
+struct Shared {
+    jobs: Mutex<Receiver<Job>>,
+    state: Arc<WorkerState>,
+    metrics: Arc<Metrics>,
+    threads: usize,
+}
+
+/// Starts the first worker thread, which loads the models, publishes them in `info`,
+/// warms them up, starts the other `parallel - 1` workers on replicas of its engine (then
+/// `state.ready` is set) and serves jobs. Load failures arrive on the returned channel.
 pub fn start(
     spec: EngineSpec,
+    parallel: usize,
     jobs: Receiver<Job>,
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
 ) -> Result<Receiver<Result<(), String>>, String> {
     let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    let shared = Arc::new(Shared {
+        jobs: Mutex::new(jobs),
+        state,
+        metrics,
+        threads: spec.threads,
+    });
     std::thread::Builder::new()
-        .name("w2s-model-worker".into())
-        .spawn(move || worker_main(spec, jobs, state, metrics, info, loaded_tx))
+        .name("w2s-model-worker-0".into())
+        .spawn(move || worker_main(spec, parallel.max(1), shared, info, loaded_tx))
         .map_err(|e| format!("could not start the model worker thread: {e}"))?;
     Ok(loaded_rx)
 }
 
 fn worker_main(
     spec: EngineSpec,
-    jobs: Receiver<Job>,
-    state: Arc<WorkerState>,
-    metrics: Arc<Metrics>,
+    parallel: usize,
+    shared: Arc<Shared>,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
     loaded: SyncSender<Result<(), String>>,
 ) {
+    let state = shared.state.clone();
     let mut models = match Engine::build(&spec) {
         Ok(m) => m,
         Err(e) => {
@@ -205,24 +246,52 @@ fn worker_main(
         let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
         return;
     }
+    for slot in 1..parallel {
+        let started = models.replica().map_err(|e| e.to_string()).and_then(|m| {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("w2s-model-worker-{slot}"))
+                .spawn(move || serve_jobs(slot, m, &shared))
+                .map(|_| ())
+                .map_err(|e| format!("could not start model worker {slot}: {e}"))
+        });
+        if let Err(e) = started {
+            state.dead.store(true, Ordering::SeqCst);
+            let _ = loaded.send(Err(e));
+            return;
+        }
+    }
     state.ready.store(true, Ordering::SeqCst);
     let _ = loaded.send(Ok(()));
+    serve_jobs(0, models, &shared);
+}
+
+/// One worker's loop: takes the next job from the shared queue and runs it, until the
+/// queue is closed.
+fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
+    let (state, metrics) = (&shared.state, &shared.metrics);
+    let gate = models.gate();
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
-    for job in jobs {
+    loop {
+        let next = shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(job) = next else { return };
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         if job.cancel.load(Ordering::SeqCst) {
             let _ = job.events.send(Event::Done(Err(Failure::Cancelled)));
             continue;
         }
         metrics.in_flight_searches.fetch_add(1, Ordering::SeqCst);
-        state.touch(true);
+        state.touch(slot, true);
         let result = match &job.work {
-            Work::Search(req) => run_search(&mut models, req, &job, &state).map(Outcome::Search),
+            Work::Search(w) => {
+                run_search(&mut models, w, &job, &|| state.touch(slot, true)).map(Outcome::Search)
+            }
             Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
                 Some(model) => {
                     let model = model.clone();
-                    let slot = &mut plain[req.role.min(2)];
-                    let pm = slot.get_or_insert_with(|| PlainModel::new(model, spec.threads));
+                    let pm = plain[req.role.min(2)]
+                        .get_or_insert_with(|| PlainModel::new(model, shared.threads));
+                    let _cpu = gate.hold();
                     run_plain(pm, req)
                 }
                 None => Err(Failure::Input(format!(
@@ -231,7 +300,7 @@ fn worker_main(
                 ))),
             },
         };
-        state.touch(false);
+        state.touch(slot, false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
         if let Ok(Outcome::Search(f)) = &result {
             let s = &f.output.stats;
@@ -292,14 +361,18 @@ fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure
 
 fn run_search(
     models: &mut Engine,
-    req: &CheckedRequest,
+    work: &SearchWork,
     job: &Job,
-    state: &WorkerState,
+    touch: &dyn Fn(),
 ) -> Result<Finished, Failure> {
+    let req = &*work.req;
+    models
+        .set_history(&req.history)
+        .map_err(|e| Failure::Input(e.to_string()))?;
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        models.search_with_progress(&req.config, &req.prompt, &mut |p| {
-            state.touch(true);
+        models.search_with_progress(&req.config, &req.prompts[work.index], &mut |p| {
+            touch();
             if p.settled_text.len() > sent {
                 sent = p.settled_text.len();
                 let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
@@ -307,14 +380,35 @@ fn run_search(
             !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
         })
     }));
-    match outcome {
-        Err(_) => Err(Failure::Panic),
-        Ok(Ok(output)) => Ok(Finished {
-            output,
-            prompt_tokens: models.strong_prompt_tokens().unwrap_or(0),
-        }),
-        Ok(Err(e)) => Err(failure(e, job)),
-    }
+    let output = match outcome {
+        Err(_) => return Err(Failure::Panic),
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(failure(e, job)),
+    };
+    let prompt_tokens = models.strong_prompt_tokens().unwrap_or(0);
+    let strong_logprobs = if req.logprobs {
+        let texts: Vec<&str> = output
+            .beams
+            .iter()
+            .take(req.n)
+            .map(|b| b.text.as_str())
+            .collect();
+        let got = catch_unwind(AssertUnwindSafe(|| {
+            models.strong_logprobs(&req.prompts[work.index], &texts)
+        }))
+        .map_err(|_| Failure::Panic)?;
+        Some(got.map_err(|e| {
+            tracing::warn!(%e, "no strong-model log-probabilities");
+            e.to_string()
+        }))
+    } else {
+        None
+    };
+    Ok(Finished {
+        output,
+        prompt_tokens,
+        strong_logprobs,
+    })
 }
 
 /// What a failed search tells its client, decided by the error's kind.

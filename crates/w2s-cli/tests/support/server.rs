@@ -16,11 +16,19 @@ pub fn serial() -> MutexGuard<'static, ()> {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Every line the server wrote to stderr so far.
+    pub log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 pub fn config_path() -> String {
+    config("sentiment.toml")
+}
+
+/// The path of a file in `configs/`.
+pub fn config(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs/sentiment.toml")
+        .join("../../configs")
+        .join(name)
         .to_string_lossy()
         .into_owned()
 }
@@ -29,9 +37,13 @@ impl Server {
     /// Starts `w2s serve --config configs/sentiment.toml --port 0 EXTRA...` and waits until
     /// /health answers 200 (models loaded and warmed up).
     pub fn start(extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let cfg = config_path();
+        Server::start_with(&config_path(), extra, envs)
+    }
+
+    /// [`Server::start`] with another config file.
+    pub fn start_with(cfg: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_w2s"));
-        cmd.args(["serve", "--config", &cfg, "--port", "0", "--threads", "2"])
+        cmd.args(["serve", "--config", cfg, "--port", "0", "--threads", "2"])
             .args(extra)
             .env_remove("W2S_LOG")
             .stdout(Stdio::null())
@@ -53,8 +65,14 @@ impl Server {
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let server = Server { child, base };
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+            }
+        });
+        let server = Server { child, base, log };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(r) = blocking_status(&format!("{}/health", server.base)) {
@@ -86,6 +104,35 @@ impl Server {
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(f64::NAN)
+    }
+}
+
+impl Server {
+    /// The sum of a metric over all its label sets.
+    pub async fn metric_total(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 }
 

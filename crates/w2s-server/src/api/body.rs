@@ -5,7 +5,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use w2s_core::{Method, SearchConfig};
+use w2s_core::{ChatRole, ChatTurn, Method, SearchConfig};
 
 use super::{Endpoint, Policy};
 use crate::error::ApiError;
@@ -29,7 +29,16 @@ pub(super) struct SharedFields {
     pub(super) presence_penalty: Field,
     pub(super) frequency_penalty: Field,
     pub(super) stream_options: Field,
-    /// The keys neither this nor the endpoint's body knows.
+    pub(super) logit_bias: Field,
+    pub(super) tools: Field,
+    pub(super) tool_choice: Field,
+    pub(super) functions: Field,
+    pub(super) function_call: Field,
+    pub(super) response_format: Field,
+    pub(super) modalities: Field,
+    pub(super) audio: Field,
+    pub(super) prediction: Field,
+    /// The keys neither this nor the endpoint's body knows: ignored, and listed.
     #[serde(flatten)]
     unknown: Map<String, Value>,
 }
@@ -65,9 +74,22 @@ struct ChatBody {
 struct Message {
     role: Field,
     content: Field,
-    /// Taken and ignored.
+    tool_calls: Field,
+    function_call: Field,
+    /// Taken and ignored (a speaker's name; an assistant's refusal text).
     #[serde(rename = "name")]
     _name: IgnoredAny,
+    #[serde(rename = "refusal")]
+    _refusal: IgnoredAny,
+    #[serde(flatten)]
+    unknown: Map<String, Value>,
+}
+
+/// The `stream_options` object.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StreamOptions {
+    include_usage: Field,
     #[serde(flatten)]
     unknown: Map<String, Value>,
 }
@@ -98,10 +120,13 @@ pub(super) struct SearchBody {
     pub(super) suffix: Field,
     pub(super) top_logprobs: Field,
     pub(super) shared: SharedFields,
+    /// The top-level keys no endpoint knows, in key order (ignored).
+    pub(super) unknown: Vec<String>,
 }
 
 impl SearchBody {
-    /// Reads a body of `endpoint`; any key it does not take is a 400 naming the key.
+    /// Reads a body of `endpoint`; the top-level keys it does not take are listed in
+    /// `unknown`.
     pub(super) fn read(body: &[u8], endpoint: Endpoint) -> Result<Self, ApiError> {
         let b = match endpoint {
             Endpoint::Completions => {
@@ -114,6 +139,7 @@ impl SearchBody {
                     suffix: b.suffix,
                     top_logprobs: Field::default(),
                     shared: b.shared,
+                    unknown: Vec::new(),
                 }
             }
             Endpoint::Chat => {
@@ -130,23 +156,64 @@ impl SearchBody {
                     suffix: Field::default(),
                     top_logprobs: b.top_logprobs,
                     shared: b.shared,
+                    unknown: Vec::new(),
                 }
             }
         };
-        reject_unknown(&b.shared.unknown, "")?;
+        let mut b = b;
+        b.unknown = std::mem::take(&mut b.shared.unknown)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         Ok(b)
     }
 }
 
-/// One user message; the server's templates give the instructions.
-pub(super) fn chat_prompt(messages: Field) -> Result<String, ApiError> {
+/// `stream_options`: whether to stream a last chunk with the usage; unknown keys are
+/// added to `ignored`.
+pub(super) fn stream_options(v: &Field, ignored: &mut Vec<String>) -> Result<bool, ApiError> {
+    let o: StreamOptions = match v.get() {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Object(o)) => typed(o.clone())?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
+    };
+    ignored.extend(o.unknown.keys().map(|k| format!("stream_options.{k}")));
+    Ok(o.include_usage
+        .flag("stream_options.include_usage")?
+        .unwrap_or(false))
+}
+
+/// The most messages one chat request may carry.
+pub(super) const MAX_MESSAGES: usize = 256;
+
+/// A chat request's messages: the earlier turns and the last user message, which is the
+/// search's prompt. Content is a string or an array of text parts (joined with newlines,
+/// as vLLM does). Unknown keys of a message are added to `ignored`.
+pub(super) fn chat_prompt(
+    messages: Field,
+    ignored: &mut Vec<String>,
+) -> Result<(Vec<ChatTurn>, String), ApiError> {
     let Some(Value::Array(messages)) = messages.into_value() else {
         return Err(ApiError::invalid(
             "messages",
             "`messages` must be an array of {role, content} objects",
         ));
     };
-    let mut user = None;
+    if messages.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "{} messages; at most {MAX_MESSAGES} are taken",
+                messages.len()
+            ),
+        ));
+    }
+    let mut turns = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
         let Value::Object(m) = m else {
             return Err(ApiError::invalid(
@@ -155,30 +222,97 @@ pub(super) fn chat_prompt(messages: Field) -> Result<String, ApiError> {
             ));
         };
         let m: Message = typed(m)?;
-        reject_unknown(&m.unknown, &format!("messages[{i}]."))?;
-        let role = m.role.get().and_then(Value::as_str).unwrap_or("");
-        let content = match m.content.get() {
-            Some(Value::String(s)) => s.clone(),
-            _ => {
+        ignored.extend(m.unknown.keys().map(|k| format!("messages[{i}].{k}")));
+        for (key, f) in [
+            ("tool_calls", &m.tool_calls),
+            ("function_call", &m.function_call),
+        ] {
+            if f.get()
+                .is_some_and(|v| !v.is_null() && v != &Value::Array(vec![]))
+            {
                 return Err(ApiError::invalid(
                     "messages",
-                    format!("messages[{i}].content must be a string"),
-                ))
+                    format!("messages[{i}].{key}: tool calls are not supported by the w2s search"),
+                ));
             }
-        };
-        match role {
-            "user" if user.is_none() => user = Some(content),
-            "user" => return Err(ApiError::invalid("messages", "one user message per request: the search continues a single turn")),
-            "system" | "developer" | "assistant" => {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!("`{role}` messages are not supported: the server's templates set the instructions; send one user message"),
-                ))
-            }
-            _ => return Err(ApiError::invalid("messages", format!("messages[{i}].role must be \"user\""))),
         }
+        let role = match m.role.get() {
+            Some(Value::String(r)) => match r.as_str() {
+                "system" | "developer" => ChatRole::System,
+                "user" => ChatRole::User,
+                "assistant" => ChatRole::Assistant,
+                "tool" | "function" => {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!("messages[{i}].role `{r}`: tool messages are not supported by the w2s search"),
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!(
+                            "messages[{i}].role must be \"system\", \"developer\", \"user\" or \"assistant\", not `{}`",
+                            crate::error::truncate(r, 32)
+                        ),
+                    ))
+                }
+            },
+            None => return Err(ApiError::invalid("messages", format!("messages[{i}].role is required"))),
+            Some(_) => return Err(ApiError::invalid("messages", format!("messages[{i}].role must be a string"))),
+        };
+        let content = message_content(m.content.get(), i)?;
+        turns.push(ChatTurn { role, content });
     }
-    user.ok_or_else(|| ApiError::invalid("messages", "no user message"))
+    match turns.pop() {
+        Some(ChatTurn {
+            role: ChatRole::User,
+            content,
+        }) => Ok((turns, content)),
+        Some(_) => Err(ApiError::invalid(
+            "messages",
+            "the last message must be the user's: the search writes the assistant's reply to it",
+        )),
+        None => Err(ApiError::invalid("messages", "`messages` is empty")),
+    }
+}
+
+/// A message's content: a string, or an array of `{"type": "text", "text": ...}` parts.
+fn message_content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
+    let bad = |m: String| ApiError::invalid("messages", m);
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) if parts.is_empty() => {
+            Err(bad(format!("messages[{i}].content is an empty array")))
+        }
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str);
+                match (kind, p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
+                    (Some("text"), _) => {
+                        return Err(bad(format!(
+                            "messages[{i}].content[{j}].text must be a string"
+                        )))
+                    }
+                    (Some(other), _) => return Err(bad(format!(
+                        "messages[{i}].content[{j}] is a `{}` part; only text parts are supported",
+                        crate::error::truncate(other, 32)
+                    ))),
+                    (None, _) => {
+                        return Err(bad(format!(
+                            "messages[{i}].content[{j}] must be an object with \"type\": \"text\""
+                        )))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        None | Some(Value::Null) => Err(bad(format!("messages[{i}].content is required"))),
+        Some(_) => Err(bad(format!(
+            "messages[{i}].content must be a string or an array of text parts"
+        ))),
+    }
 }
 
 pub(super) fn search_object(

@@ -7,7 +7,7 @@ use w2s_core::SamplingParams;
 
 use super::Policy;
 use crate::error::ApiError;
-use crate::fields::{completion_prompt, object, reject_unknown, stop_list, Field};
+use crate::fields::{completion_prompt, object, stop_list, Field};
 
 /// The loaded models, served plainly on `/v1/completions` by role.
 pub(crate) const PLAIN_MODELS: [&str; 3] = ["strong", "tuned", "untuned"];
@@ -38,6 +38,8 @@ pub struct PlainRequest {
     pub echo: bool,
     /// Return the chosen tokens' log-probabilities.
     pub logprobs: bool,
+    /// Fields the server does not know, ignored (reported in `x-w2s-ignored-fields`).
+    pub ignored: Vec<String>,
 }
 
 impl PlainRequest {
@@ -76,7 +78,7 @@ pub fn parse_plain(
     seed: u64,
 ) -> Result<PlainRequest, ApiError> {
     let b: PlainBody = object(body)?;
-    reject_unknown(&b.unknown, "")?;
+    let ignored = b.unknown.keys().cloned().collect();
     let model = b
         .model
         .get()
@@ -147,6 +149,7 @@ pub fn parse_plain(
         seed: b.seed.uint("seed")?.map_or(seed, |s| s as u64),
         echo,
         logprobs,
+        ignored,
     })
 }
 

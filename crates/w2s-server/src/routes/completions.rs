@@ -16,13 +16,13 @@ use w2s_core::Beam;
 
 use super::plain;
 use super::{
-    accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit,
+    accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit_all,
     InFlight,
 };
 use crate::api::PLAIN_MODELS;
 use crate::api::{self, CheckedRequest, Endpoint};
 use crate::error::ApiError;
-use crate::worker::{Event, Failure, Finished, Outcome, Work};
+use crate::worker::{Event, Failure, Finished, Outcome, SearchWork, Work};
 use crate::App;
 
 pub(super) async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
@@ -83,48 +83,113 @@ async fn start(
     } else {
         "prompt"
     };
-    let (prompt, max_tokens) = (req.prompt.clone(), req.config.max_new_tokens());
-    let info = info.clone();
+    let req = Arc::new(req);
+    let max_tokens = req.config.max_new_tokens();
+    let (checked, info) = (req.clone(), info.clone());
     check_prompt(param, move || {
-        info.check_prompt(&prompt, max_tokens).map(|_| ())
+        let many = checked.prompts.len() > 1;
+        for (i, p) in checked.prompts.iter().enumerate() {
+            info.check_prompt(&checked.history, p, max_tokens)
+                .map_err(|m| if many { format!("prompt[{i}]: {m}") } else { m })?;
+        }
+        Ok(())
     })
     .await?;
-    let (rx, guard) = submit(app, Work::Search(req.clone()), req.cost(), in_flight)?;
+    note_ignored(app, &req.ignored);
+    let works = (0..req.prompts.len())
+        .map(|index| {
+            Work::Search(SearchWork {
+                req: req.clone(),
+                index,
+            })
+        })
+        .collect();
+    let (mut rxs, mut guard) = submit_all(app, works, req.cost(), in_flight)?;
     let started = Instant::now();
     if req.stream {
         app.metrics.request(200, "ok");
-        return Ok(stream::response(app.clone(), req, rx, guard, started));
+        let resp = stream::response(app.clone(), req.clone(), rxs.remove(0), guard, started);
+        return Ok(with_ignored(resp, &req.ignored));
     }
-    let mut rx = rx;
-    let mut guard = guard;
     let mut first = false;
-    loop {
-        match rx.recv().await {
-            Some(Event::Settled(_)) => {
-                if !first {
-                    first = true;
-                    app.metrics.first_token(started.elapsed());
+    let mut done = Vec::with_capacity(rxs.len());
+    for mut rx in rxs {
+        loop {
+            match rx.recv().await {
+                Some(Event::Settled(_)) => {
+                    if !first {
+                        first = true;
+                        app.metrics.first_token(started.elapsed());
+                    }
                 }
-            }
-            Some(Event::Done(result)) => {
-                guard.done = true;
-                if !first {
-                    app.metrics.first_token(started.elapsed());
+                Some(Event::Done(result)) => {
+                    let Outcome::Search(fin) = result.map_err(failure_error)? else {
+                        return Err(failure_error(Failure::Internal("unexpected answer".into())));
+                    };
+                    done.push(fin);
+                    break;
                 }
-                let Outcome::Search(fin) = result.map_err(failure_error)? else {
-                    return Err(failure_error(Failure::Internal("unexpected answer".into())));
-                };
-                app.metrics.request(200, "ok");
-                return Ok(Json(full_body(app, &req, &fin)).into_response());
-            }
-            None => {
-                guard.done = true;
-                return Err(failure_error(Failure::Internal(
-                    "the model worker stopped".into(),
-                )));
+                None => {
+                    return Err(failure_error(Failure::Internal(
+                        "the model worker stopped".into(),
+                    )));
+                }
             }
         }
     }
+    guard.done = true;
+    if !first {
+        app.metrics.first_token(started.elapsed());
+    }
+    app.metrics.request(200, "ok");
+    let resp = Json(full_body(app, &req, &done)).into_response();
+    Ok(with_ignored(resp, &req.ignored))
+}
+
+/// Logs each ignored field name the first time it is seen (up to a bound, so that a
+/// client inventing names cannot grow the set without end).
+fn note_ignored(app: &App, ignored: &[String]) {
+    if ignored.is_empty() {
+        return;
+    }
+    let mut seen = app.ignored_seen.lock().unwrap_or_else(|p| p.into_inner());
+    for name in ignored {
+        if seen.len() < 256 && seen.insert(name.clone()) {
+            tracing::info!(field = %crate::error::truncate(name, 64), "ignoring an unknown request field (listed in x-w2s-ignored-fields)");
+        }
+    }
+}
+
+/// The `x-w2s-ignored-fields` header: the ignored names, comma-separated, each cut to
+/// 64 visible ASCII characters, at most 32 of them.
+pub(super) fn with_ignored(mut resp: Response, ignored: &[String]) -> Response {
+    if ignored.is_empty() {
+        return resp;
+    }
+    let shown: Vec<String> = ignored
+        .iter()
+        .take(32)
+        .map(|n| {
+            n.chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_graphic() && c != ',' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let mut value = shown.join(", ");
+    if ignored.len() > shown.len() {
+        value.push_str(&format!(", +{} more", ignored.len() - shown.len()));
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+        resp.headers_mut().insert("x-w2s-ignored-fields", v);
+    }
+    resp
 }
 
 /// A fresh response id (`cmpl-…` or `chatcmpl-…`).
@@ -147,24 +212,77 @@ fn beam_json(b: &Beam) -> Value {
 }
 
 /// The `w2s` object of a response: the search that ran, and its beams if asked for.
+/// With `logprobs`, the guide's log-probabilities of each returned choice, and why the
+/// strong model's are missing if they are.
 pub(super) fn w2s_json(req: &CheckedRequest, fin: &Finished) -> Value {
     let mut v = json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
                        "score": fin.output.best().score});
     if req.return_beams {
         v["beams"] = Value::Array(fin.output.beams.iter().map(beam_json).collect());
     }
+    if req.logprobs {
+        v["logprobs"] = fin.output.beams.iter().take(req.n).map(|b| {
+            json!({"score": b.score, "tuned_logprob": b.tuned_logprob, "untuned_logprob": b.untuned_logprob})
+        }).collect();
+        if let Some(Err(why)) = &fin.strong_logprobs {
+            v["logprobs_unavailable"] = json!(crate::error::truncate(why, 300));
+        }
+    }
     v
 }
 
-fn full_body(app: &App, req: &CheckedRequest, fin: &Finished) -> Value {
-    let beams: Vec<&Beam> = fin.output.beams.iter().take(req.n).collect();
-    let s = &fin.output.stats;
-    let completion: usize = beams.iter().map(|b| b.strong_tokens).sum();
-    let choices: Vec<Value> = beams.iter().enumerate().map(|(i, b)| match req.endpoint {
-        Endpoint::Completions => json!({"index": i, "text": b.text, "logprobs": null, "finish_reason": finish_reason(b.finish)}),
-        Endpoint::Chat => json!({"index": i, "message": {"role": "assistant", "content": b.text},
-                                 "logprobs": null, "finish_reason": finish_reason(b.finish)}),
-    }).collect();
+/// A choice's `logprobs` in the endpoint's OpenAI shape.
+fn logprobs_json(endpoint: Endpoint, tokens: &[(String, f64)]) -> Value {
+    match endpoint {
+        Endpoint::Completions => {
+            let mut offset = 0;
+            let offsets: Vec<usize> = tokens
+                .iter()
+                .map(|(t, _)| {
+                    let o = offset;
+                    offset += t.len();
+                    o
+                })
+                .collect();
+            json!({"tokens": tokens.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+                   "token_logprobs": tokens.iter().map(|(_, lp)| lp).collect::<Vec<_>>(),
+                   "text_offset": offsets, "top_logprobs": null})
+        }
+        Endpoint::Chat => json!({"content": tokens.iter().map(|(t, lp)| {
+            json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []})
+        }).collect::<Vec<_>>(), "refusal": null}),
+    }
+}
+
+fn full_body(app: &App, req: &CheckedRequest, done: &[Finished]) -> Value {
+    let mut choices = Vec::new();
+    let (mut prompt_tokens, mut completion, mut sampled, mut scored) = (0, 0, 0, 0);
+    for (p, fin) in done.iter().enumerate() {
+        let s = &fin.output.stats;
+        prompt_tokens += fin.prompt_tokens;
+        sampled += s.strong_tokens_sampled;
+        scored += s.tuned_tokens_evaluated + s.untuned_tokens_evaluated;
+        for (j, b) in fin.output.beams.iter().take(req.n).enumerate() {
+            completion += b.strong_tokens;
+            let index = p * req.n + j;
+            let tokens = match &fin.strong_logprobs {
+                Some(Ok(all)) => all.get(j).map(Vec::as_slice),
+                _ => None,
+            };
+            let logprobs = tokens.map_or(Value::Null, |t| logprobs_json(req.endpoint, t));
+            choices.push(match req.endpoint {
+                Endpoint::Completions => json!({"index": index, "text": b.text, "logprobs": logprobs,
+                                                "finish_reason": finish_reason(b.finish)}),
+                Endpoint::Chat => json!({"index": index, "message": {"role": "assistant", "content": b.text},
+                                         "logprobs": logprobs, "finish_reason": finish_reason(b.finish)}),
+            });
+        }
+    }
+    let w2s = match done {
+        [one] => w2s_json(req, one),
+        many => json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
+                       "results": many.iter().map(|f| w2s_json(req, f)).collect::<Vec<_>>()}),
+    };
     json!({
         "id": id(app, req),
         "object": if req.endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" },
@@ -172,12 +290,12 @@ fn full_body(app: &App, req: &CheckedRequest, fin: &Finished) -> Value {
         "model": app.cfg.model_name,
         "choices": choices,
         "usage": {
-            "prompt_tokens": fin.prompt_tokens,
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
-            "total_tokens": fin.prompt_tokens + completion,
-            "strong_tokens_sampled": s.strong_tokens_sampled,
-            "guide_tokens_scored": s.tuned_tokens_evaluated + s.untuned_tokens_evaluated,
+            "total_tokens": prompt_tokens + completion,
+            "strong_tokens_sampled": sampled,
+            "guide_tokens_scored": scored,
         },
-        "w2s": w2s_json(req, fin),
+        "w2s": w2s,
     })
 }

@@ -182,23 +182,36 @@ async fn check_prompt(
         .map_err(|m| ApiError::invalid(param, m))
 }
 
-/// Admits `work` of `cost` (W*K*max_tokens) and queues it for the model worker: 400 if it
-/// can never fit, 429 with Retry-After while the queue is full. The guard cancels the work
-/// and frees its share when dropped before the answer.
+/// Admits `work` of `cost` (W*K*max_tokens) and queues it for the model workers: 400 if
+/// it can never fit, 429 with Retry-After while the queue is full. The guard cancels the
+/// work and frees its share when dropped before the answer.
 fn submit(
     app: &Arc<App>,
     work: Work,
     cost: u64,
     in_flight: InFlight,
 ) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, Guard), ApiError> {
+    let (mut rxs, guard) = submit_all(app, vec![work], cost, in_flight)?;
+    Ok((rxs.remove(0), guard))
+}
+
+/// [`submit`] for several jobs admitted together (all or none), one receiver each; they
+/// share one guard, whose drop cancels them all.
+fn submit_all(
+    app: &Arc<App>,
+    works: Vec<Work>,
+    cost: u64,
+    in_flight: InFlight,
+) -> Result<(Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>, Guard), ApiError> {
     let capacity = app.admission.capacity();
     if cost > capacity {
         return Err(ApiError::invalid("max_tokens", format!(
-            "this request costs {cost} (rows x max_tokens), more than the server's queue capacity {capacity}; lower W, K, n or max_tokens")));
+            "this request costs {cost} (rows x max_tokens x prompts), more than the server's queue capacity {capacity}; lower W, K, n, max_tokens or the number of prompts")));
     }
     let Some(permit) = app.admission.try_admit(cost) else {
         let backlog = app.admission.used() as f64;
-        let rate = app.metrics.strong_tokens_per_s().max(1.0);
+        // Searches in flight drain the backlog together.
+        let rate = app.metrics.strong_tokens_per_s().max(1.0) * app.cfg.parallel as f64;
         let secs = (backlog / rate).ceil().clamp(1.0, 600.0) as u64;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -208,7 +221,6 @@ fn submit(
         )
         .retry_after(secs));
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut guard = Guard {
         cancel: cancel.clone(),
@@ -217,22 +229,29 @@ fn submit(
         _permit: permit,
         _in_flight: in_flight,
     };
-    let job = Job {
-        work,
-        events: tx,
-        cancel,
-        deadline: Instant::now() + app.cfg.deadline,
-    };
-    if !app.queue.push(job) {
-        guard.done = true;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "worker_down",
-            "the model worker is down",
-        ));
+    let deadline = Instant::now() + app.cfg.deadline;
+    let mut rxs = Vec::with_capacity(works.len());
+    for work in works {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            work,
+            events: tx,
+            cancel: cancel.clone(),
+            deadline,
+        };
+        if !app.queue.push(job) {
+            guard.done = true;
+            cancel.store(true, Ordering::SeqCst);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "worker_down",
+                "the model worker is down",
+            ));
+        }
+        rxs.push(rx);
     }
-    Ok((rx, guard))
+    Ok((rxs, guard))
 }
 
 /// Holds a request's queue share; cancels its search if dropped before the answer.

@@ -53,7 +53,10 @@ pub(super) async fn answer(
     guard.done = true;
     let body = body(app, &req, outcome.map_err(failure_error)?)?;
     app.metrics.request(200, "ok");
-    Ok(Json(body).into_response())
+    Ok(super::completions::with_ignored(
+        Json(body).into_response(),
+        &req.ignored,
+    ))
 }
 
 fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiError> {

@@ -18,7 +18,7 @@ use crate::App;
 
 struct StreamState {
     app: Arc<App>,
-    req: CheckedRequest,
+    req: Arc<CheckedRequest>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     guard: Guard,
     sent: usize,
@@ -59,11 +59,23 @@ fn chunk(st: &StreamState, delta: &str, finish: Option<&str>, extra: Option<Valu
     SseEvent::default().data(v.to_string())
 }
 
+/// The last chunk of `stream_options.include_usage`: no choices, the usage.
+fn usage_chunk(st: &StreamState, usage: Value) -> SseEvent {
+    let object = if st.req.endpoint == Endpoint::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let v = json!({"id": st.id, "object": object, "created": created(&st.app),
+                   "model": st.app.cfg.model_name, "choices": [], "usage": usage});
+    SseEvent::default().data(v.to_string())
+}
+
 /// Streams the text every surviving beam shares as soon as it is settled, then the rest
 /// of the best beam when the search ends, then `[DONE]`.
 pub(super) fn response(
     app: Arc<App>,
-    req: CheckedRequest,
+    req: Arc<CheckedRequest>,
     rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     guard: Guard,
     started: Instant,
@@ -117,16 +129,24 @@ pub(super) fn response(
                     st.first = true;
                 }
                 let s = &fin.output.stats;
-                let extra = json!({"usage": {"prompt_tokens": fin.prompt_tokens, "completion_tokens": best.strong_tokens,
+                let usage = json!({"prompt_tokens": fin.prompt_tokens, "completion_tokens": best.strong_tokens,
                     "total_tokens": fin.prompt_tokens + best.strong_tokens, "strong_tokens_sampled": s.strong_tokens_sampled,
-                    "guide_tokens_scored": s.tuned_tokens_evaluated + s.untuned_tokens_evaluated},
-                    "w2s": w2s_json(&st.req, &fin)});
+                    "guide_tokens_scored": s.tuned_tokens_evaluated + s.untuned_tokens_evaluated});
+                // With `include_usage` the usage comes alone in a last chunk with no
+                // choices, as OpenAI sends it; otherwise it rides on the finish chunk.
+                let mut extra = json!({"w2s": w2s_json(&st.req, &fin)});
+                if !st.req.include_usage {
+                    extra["usage"] = usage.clone();
+                }
                 evs.push(chunk(
                     &st,
                     "",
                     Some(finish_reason(best.finish)),
                     Some(extra),
                 ));
+                if st.req.include_usage {
+                    evs.push(usage_chunk(&st, usage));
+                }
                 evs.push(SseEvent::default().data("[DONE]"));
                 evs
             }
