@@ -3,7 +3,7 @@
 //! gemma-3-270m GGUF) and the SmolLM2 guide pair local: the black-box setting, where the
 //! engine returns sampled text only.
 
-#[allow(dead_code)] // shared with tests/serve.rs, which uses all of it
+#[allow(dead_code)] // shared with the other server tests
 mod support;
 
 /// What the llama-server starter shared with crates/w2s-remote/tests needs.

@@ -10,7 +10,7 @@
 //! pairing bug (a token shifted, a prompt token counted, the EOS term missing) moves the
 //! sum by whole nats.
 
-#[allow(dead_code)] // shared with tests/serve.rs, which uses all of it
+#[allow(dead_code)] // shared with the other server tests
 mod support;
 
 use support::server::{serial, Server};

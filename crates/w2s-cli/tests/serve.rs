@@ -6,6 +6,7 @@
 // one runtime.
 #![allow(clippy::await_holding_lock)]
 
+#[allow(dead_code)] // shared with the other server tests
 mod support;
 
 use std::time::{Duration, Instant};

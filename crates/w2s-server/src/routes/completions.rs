@@ -215,8 +215,11 @@ fn beam_json(b: &Beam) -> Value {
 /// With `logprobs`, the guide's log-probabilities of each returned choice, and why the
 /// strong model's are missing if they are.
 pub(super) fn w2s_json(req: &CheckedRequest, fin: &Finished) -> Value {
+    let st = &fin.output.stats;
     let mut v = json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
-                       "score": fin.output.best().score});
+                       "score": fin.output.best().score,
+                       "timings": {"strong_s": st.strong_time.as_secs_f64(), "tuned_s": st.tuned_time.as_secs_f64(),
+                                   "untuned_s": st.untuned_time.as_secs_f64(), "total_s": st.total_time.as_secs_f64()}});
     if req.return_beams {
         v["beams"] = Value::Array(fin.output.beams.iter().map(beam_json).collect());
     }
