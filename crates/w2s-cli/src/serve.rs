@@ -46,6 +46,24 @@ pub struct ServeArgs {
     /// Per-request deadline in seconds.
     #[arg(long, default_value_t = 600)]
     pub deadline_secs: u64,
+    /// Seconds a client has to send a request's headers, from the connection's start or
+    /// the previous response's end (also the keep-alive idle timeout).
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in (408).
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Open connections at most (lowered to fit the file-descriptor limit); at the cap
+    /// the oldest idle connection is closed to make room.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Longest prompt a request may send, in any local model's tokens (400 beyond it).
+    #[arg(long, default_value_t = 4096)]
+    pub max_prompt_tokens: usize,
+    /// A llama.cpp context grown past this many tokens for a request is freed after it
+    /// (memory returns to its level before the request).
+    #[arg(long, default_value_t = 2048)]
+    pub keep_context_tokens: usize,
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -88,11 +106,31 @@ pub fn run(args: ServeArgs) -> Result<(), Fail> {
         cfg.queue_capacity = c;
     }
     cfg.deadline = Duration::from_secs(args.deadline_secs.max(1));
+    for (flag, v) in [
+        ("--header-timeout-secs", args.header_timeout_secs),
+        ("--body-timeout-secs", args.body_timeout_secs),
+        ("--max-connections", args.max_connections as u64),
+        ("--max-prompt-tokens", args.max_prompt_tokens as u64),
+    ] {
+        if v == 0 {
+            return Err(usage(format!("{flag} must be at least 1")));
+        }
+    }
+    cfg.header_timeout = Duration::from_secs(args.header_timeout_secs);
+    cfg.body_timeout = Duration::from_secs(args.body_timeout_secs);
+    cfg.max_connections = args.max_connections;
+    cfg.max_prompt_tokens = args.max_prompt_tokens;
+    cfg.shrink_above_tokens = args.keep_context_tokens;
     cfg.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_secs);
     cfg.watchdog = Duration::from_secs(args.watchdog_secs.max(1));
     cfg.policy.max_tokens = args.max_tokens_cap.max(1);
     if let Some(name) = args.api_key_env {
         match std::env::var(&name) {
+            Ok(k) if k.chars().any(|c| c.is_control()) || k.trim() != k => {
+                return Err(usage(format!(
+                    "--api-key-env {name}: the key has control characters or leading or trailing spaces, which an Authorization header cannot carry"
+                )))
+            }
             Ok(k) if !k.is_empty() => cfg.api_key = Some(k),
             _ => {
                 return Err(usage(format!(

@@ -179,7 +179,7 @@ fn serve_with_the_strong_model_on_llama_server_follows_the_engines_health() {
     let ask = |seed: u64| {
         let body = serde_json::json!({
             "model": "w2s", "prompt": "I rented this movie last weekend and",
-            "max_tokens": 10, "seed": seed,
+            "max_tokens": 10, "seed": seed, "logprobs": 0,
             "search": {"method": "cbs:2x2x5", "return_beams": true},
         });
         rt.block_on(async {
@@ -203,6 +203,12 @@ fn serve_with_the_strong_model_on_llama_server_follows_the_engines_health() {
         "best first: {scores:?}"
     );
     assert!(tasks(&engine) >= 2, "the engine did the sampling");
+    // llama-server cannot echo a given text's log-probabilities: the choice has none, and
+    // the reply says why (the guide's values are there all the same).
+    assert!(body["choices"][0]["logprobs"].is_null(), "{body}");
+    let why = body["w2s"]["logprobs_unavailable"].as_str().unwrap();
+    assert!(why.contains("echo"), "{why}");
+    assert!(body["w2s"]["logprobs"][0]["tuned_logprob"].is_f64(), "{body}");
     // The plain endpoint of a remote role is not served here.
     let plain = rt.block_on(async {
         client

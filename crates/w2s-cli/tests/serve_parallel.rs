@@ -67,6 +67,15 @@ async fn searches_overlap_over_a_remote_strong_model_and_seeded_text_repeats() {
         assert_eq!(t, want, "request {i} gave other text when run next to others");
     }
     assert!(most >= 2.0, "at most {most} searches were in flight at once");
+    // The strong model's log-probabilities of the returned text, echoed by the engine.
+    let mut with_lp = request(7, 12);
+    with_lp["logprobs"] = json!(0);
+    let r = c.post(front.url("/v1/completions")).json(&with_lp).send().await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let toks: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(toks, alone, "{v}");
+    assert!(lp["token_logprobs"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() <= 0.0));
     eprintln!("in flight at most: {most}; 6 requests in {:.1} s", started.elapsed().as_secs_f64());
 }
 

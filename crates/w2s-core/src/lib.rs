@@ -63,6 +63,7 @@ mod backend;
 mod config;
 mod error;
 mod gold;
+mod interrupt;
 pub mod rng;
 pub mod sampling;
 mod search;
@@ -73,6 +74,7 @@ pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRe
 pub use config::{defaults, shown_f32, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
 pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
+pub use interrupt::Interrupt;
 pub use rng::RowRng;
 pub use search::{
     rank, search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats,

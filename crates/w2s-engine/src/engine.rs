@@ -1,10 +1,10 @@
 //! The three models of a search, built from an [`EngineSpec`] for any mix of local and
 //! remote roles.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
 use w2s_core::{
-    search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Models, Progress,
+    search_with_progress, BackendError, ChatTurn, Interrupt, Chunk, ExtendRequest, Models, Progress,
     PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig,
     SearchOutput,
 };
@@ -111,28 +111,63 @@ pub struct Engine {
     /// The small untuned model.
     pub untuned: Guide,
     spec: EngineSpec,
-    gate: Arc<Mutex<()>>,
+    gate: Arc<FairGate>,
 }
 
-/// The lock every engine of one family takes around a local forward pass.
-#[derive(Clone, Default)]
-pub struct ComputeGate(Arc<Mutex<()>>);
+/// A lock that hands the CPU out in the order it was asked for (a ticket lock), so that
+/// searches in flight together take turns pass by pass and none waits behind another's
+/// whole search.
+#[derive(Debug, Default)]
+pub struct FairGate {
+    /// (next ticket to hand out, ticket now served)
+    tickets: Mutex<(u64, u64)>,
+    turn: Condvar,
+}
 
-impl ComputeGate {
-    /// Holds the CPU for local model work until the guard is dropped.
-    pub fn hold(&self) -> MutexGuard<'_, ()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+/// A held turn on the CPU; the next in line gets it when this is dropped.
+pub struct CpuTurn<'a>(&'a FairGate);
+
+impl FairGate {
+    /// Waits for this caller's turn.
+    pub fn hold(&self) -> CpuTurn<'_> {
+        let mut t = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = t.0;
+        t.0 += 1;
+        while t.1 != mine {
+            t = self.turn.wait(t).unwrap_or_else(|p| p.into_inner());
+        }
+        CpuTurn(self)
     }
 }
 
-fn hold_if(gate: &Mutex<()>, local: bool) -> Option<MutexGuard<'_, ()>> {
-    local.then(|| gate.lock().unwrap_or_else(|p| p.into_inner()))
+impl Drop for CpuTurn<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.tickets.lock().unwrap_or_else(|p| p.into_inner());
+        t.1 += 1;
+        drop(t);
+        self.0.turn.notify_all();
+    }
+}
+
+/// The gate every engine of one family takes around a local forward pass.
+#[derive(Clone, Default)]
+pub struct ComputeGate(Arc<FairGate>);
+
+impl ComputeGate {
+    /// Holds the CPU for local model work until the turn is dropped.
+    pub fn hold(&self) -> CpuTurn<'_> {
+        self.0.hold()
+    }
+}
+
+fn hold_if(gate: &FairGate, local: bool) -> Option<CpuTurn<'_>> {
+    local.then(|| gate.hold())
 }
 
 /// The strong model with the compute gate held around local calls.
 struct GatedStrong<'a> {
     inner: &'a mut Strong,
-    gate: &'a Mutex<()>,
+    gate: &'a FairGate,
 }
 
 impl Proposer for GatedStrong<'_> {
@@ -153,7 +188,7 @@ impl Proposer for GatedStrong<'_> {
 /// A guide with the compute gate held around local calls.
 struct GatedGuide<'a> {
     inner: &'a mut Guide,
-    gate: &'a Mutex<()>,
+    gate: &'a FairGate,
 }
 
 impl Scorer for GatedGuide<'_> {
@@ -311,7 +346,7 @@ impl Engine {
         match &self.strong {
             Strong::Local(p) => {
                 let mut s = LlamaScorer::new(p.model().clone(), template, self.spec.threads);
-                let _cpu = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+                let _cpu = self.gate.hold();
                 s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
                 let requests: Vec<ScoreRequest<'_>> = texts
                     .iter()
@@ -448,6 +483,42 @@ impl Engine {
         ]
     }
 
+    /// Has every local model check `interrupt` between micro-batches of a prompt (see
+    /// [`w2s_core::Interrupt`]): a cancelled search stops within one piece.
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
+        if let Strong::Local(p) = &mut self.strong {
+            p.set_interrupt(interrupt.clone());
+        }
+        for g in [&mut self.tuned, &mut self.untuned] {
+            if let Guide::Local(s) = g {
+                s.set_interrupt(interrupt.clone());
+            }
+        }
+    }
+
+    /// Frees each local llama.cpp context that holds more than `max_tokens` tokens (a
+    /// context grows to the largest request seen and would keep that memory); the next
+    /// search makes a new one of its size.
+    /// Whether any was freed.
+    pub fn shrink_contexts(&mut self, max_tokens: usize) -> bool {
+        let mut freed = false;
+        if let Strong::Local(p) = &mut self.strong {
+            if p.context_tokens() > max_tokens {
+                p.release_context();
+                freed = true;
+            }
+        }
+        for g in [&mut self.tuned, &mut self.untuned] {
+            if let Guide::Local(s) = g {
+                if s.context_tokens() > max_tokens {
+                    s.release_context();
+                    freed = true;
+                }
+            }
+        }
+        freed
+    }
+
     /// Frees the local llama.cpp contexts (the models stay loaded).
     pub fn release_contexts(&mut self) {
         if let Strong::Local(p) = &mut self.strong {
@@ -487,7 +558,7 @@ impl Engine {
                 "scoring a whole text in one pass needs the {role} model local"
             )));
         };
-        let _g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.gate.hold();
         let score = w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?;
         Ok(score)
     }
@@ -515,7 +586,7 @@ impl PromptCheck {
     /// The strong model's prompt tokens where it is local; an error if any local model's
     /// context is too small. CPU work (tokenisation): call it from a blocking thread.
     pub fn check(&self, prompt: &str, max_new: usize) -> Result<Option<usize>, EngineError> {
-        self.check_chat(&[], prompt, max_new)
+        Ok(self.check_chat(&[], prompt, max_new)?.strong)
     }
 
     /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
@@ -525,8 +596,8 @@ impl PromptCheck {
         history: &[ChatTurn],
         prompt: &str,
         max_new: usize,
-    ) -> Result<Option<usize>, EngineError> {
-        let mut strong_tokens = None;
+    ) -> Result<PromptTokens, EngineError> {
+        let mut tokens = PromptTokens::default();
         for (role, model, template) in &self.roles {
             let template = template
                 .with_history(history)
@@ -541,9 +612,22 @@ impl PromptCheck {
             let n = model.tokenize_prompt(&text).len();
             model.check_fits(n, max_new).map_err(local)?;
             if *role == Role::Strong {
-                strong_tokens = Some(n);
+                tokens.strong = Some(n);
             }
+            tokens.local_total += n;
+            tokens.largest = tokens.largest.max(n);
         }
-        Ok(strong_tokens)
+        Ok(tokens)
     }
+}
+
+/// Prompt lengths of one request in the local models' tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptTokens {
+    /// The strong model's, where it is local.
+    pub strong: Option<usize>,
+    /// Summed over the local models (the prompt work a search does here).
+    pub local_total: usize,
+    /// The longest of them.
+    pub largest: usize,
 }

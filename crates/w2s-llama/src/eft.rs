@@ -134,7 +134,7 @@ impl ProxyTuner {
                 .engine
                 .as_mut()
                 .ok_or(LlamaError::Usage("no context"))?;
-            logits.push(decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0)?);
+            logits.push(decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?);
             prompt_lens[i] = tokens.len();
             times[i] += t.elapsed();
         }

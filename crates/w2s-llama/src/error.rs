@@ -84,6 +84,9 @@ pub enum LlamaError {
     /// A bad setting (template, prompt).
     #[error(transparent)]
     Config(#[from] w2s_core::ConfigError),
+    /// The work was stopped from outside (its client left, its deadline passed).
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl LlamaError {
@@ -97,6 +100,7 @@ impl LlamaError {
             | LlamaError::Cache(_)
             | LlamaError::Usage(_)
             | LlamaError::Context { .. } => ErrorKind::Internal,
+            LlamaError::Cancelled(_) => ErrorKind::Cancelled,
             _ => ErrorKind::Input,
         }
     }

@@ -100,7 +100,7 @@ impl Judge {
             .as_mut()
             .ok_or(LlamaError::Usage("no context"))?;
         let mut batch = LlamaBatch::new(512, 1);
-        let logits = decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0)?;
+        let logits = decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?;
         Ok(expected_rating(&logits, &self.digits))
     }
 }

@@ -61,6 +61,7 @@ pub struct PlainModel {
     model: Arc<Model>,
     threads: usize,
     proposer: LlamaProposer,
+    interrupt: Option<Arc<w2s_core::Interrupt>>,
 }
 
 impl PlainModel {
@@ -70,7 +71,20 @@ impl PlainModel {
             proposer: LlamaProposer::new(model.clone(), PromptTemplate::bare(), threads),
             model,
             threads,
+            interrupt: None,
         }
+    }
+
+    /// Checks `interrupt` between micro-batches of a prompt (see
+    /// [`LlamaProposer::set_interrupt`]).
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<w2s_core::Interrupt>>) {
+        self.proposer.set_interrupt(interrupt.clone());
+        self.interrupt = interrupt;
+    }
+
+    /// Tokens its sampling context holds (echo makes a context per call and frees it).
+    pub fn context_tokens(&self) -> usize {
+        self.proposer.context_tokens()
     }
 
     /// The model.
@@ -176,6 +190,7 @@ impl PlainModel {
             };
         let mut last_logits = Vec::new();
         for (c, piece) in tokens.chunks(size).enumerate() {
+            crate::seqs::check(self.interrupt.as_deref())?;
             batch.clear();
             for (j, &tok) in piece.iter().enumerate() {
                 batch

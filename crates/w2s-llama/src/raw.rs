@@ -70,7 +70,7 @@ pub fn raw_batch_sample(
         threads.max(1) as i32,
     )?;
     let mut batch = LlamaBatch::new(n_batch, 1);
-    let first = decode_prompt(&mut engine.ctx, &mut batch, &prompt, banks.seq(0))?;
+    let first = decode_prompt(&mut engine.ctx, &mut batch, &prompt, banks.seq(0), None)?;
     banks.share_prompt(&mut engine.ctx, rows)?;
     let mut rngs: Vec<RowRng> = (0..rows as u64).map(|i| RowRng::new(seed, i)).collect();
     let mut last: Vec<LlamaToken> = rngs

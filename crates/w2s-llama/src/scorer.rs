@@ -15,7 +15,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
 use w2s_core::sampling::log_sum_exp;
-use w2s_core::{BackendError, PromptTemplate, ScoreRequest, Scorer};
+use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
 use crate::error::LlamaError;
 use crate::model::{Engine, Model};
@@ -33,6 +33,7 @@ pub struct LlamaScorer {
     engine: Option<Engine>,
     state: Option<State>,
     evaluated: u64,
+    interrupt: Option<Arc<Interrupt>>,
 }
 
 struct State {
@@ -75,7 +76,19 @@ impl LlamaScorer {
             engine: None,
             state: None,
             evaluated: 0,
+            interrupt: None,
         }
+    }
+
+    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt), so
+    /// that a cancelled job stops within one piece.
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
+        self.interrupt = interrupt;
+    }
+
+    /// Tokens the current llama.cpp context holds (0 without one).
+    pub fn context_tokens(&self) -> usize {
+        self.engine.as_ref().map_or(0, |e| e.ctx.n_ctx() as usize)
     }
 
     /// The model.
@@ -184,7 +197,13 @@ impl LlamaScorer {
             .as_mut()
             .ok_or(LlamaError::Usage("no context"))?;
         let mut batch = LlamaBatch::new(512.max(SCORE_BATCH), 1);
-        let prompt_logits = decode_prompt(&mut engine.ctx, &mut batch, &prompt, banks.seq(0))?;
+        let prompt_logits = decode_prompt(
+            &mut engine.ctx,
+            &mut batch,
+            &prompt,
+            banks.seq(0),
+            self.interrupt.as_deref(),
+        )?;
         banks.share_prompt(&mut engine.ctx, rows)?;
         self.state = Some(State {
             rows: vec![Row::default(); rows],

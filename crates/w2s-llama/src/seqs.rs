@@ -8,6 +8,8 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use w2s_core::Interrupt;
+
 use crate::error::LlamaError;
 
 pub(crate) struct SeqBanks {
@@ -75,16 +77,19 @@ impl SeqBanks {
 }
 
 /// Decodes `tokens` into sequence `seq` from position 0, in pieces of the batch's size,
-/// and returns the logits after the last token.
+/// and returns the logits after the last token. `interrupt` is checked before each piece:
+/// a long prompt stops within one piece of being cancelled.
 pub(crate) fn decode_prompt(
     ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch<'_>,
     tokens: &[LlamaToken],
     seq: i32,
+    interrupt: Option<&Interrupt>,
 ) -> Result<Vec<f32>, LlamaError> {
     let size = ctx.n_batch().max(1) as usize;
     let mut last = 0;
     for (c, piece) in tokens.chunks(size).enumerate() {
+        check(interrupt)?;
         batch.clear();
         for (j, &tok) in piece.iter().enumerate() {
             let pos = c * size + j;
@@ -100,4 +105,12 @@ pub(crate) fn decode_prompt(
             .map_err(|e| LlamaError::Decode(e.to_string()))?;
     }
     Ok(ctx.get_logits_ith(last).to_vec())
+}
+
+/// Fails with [`LlamaError::Cancelled`] if `interrupt` says stop (and records progress).
+pub(crate) fn check(interrupt: Option<&Interrupt>) -> Result<(), LlamaError> {
+    match interrupt.map(Interrupt::check) {
+        Some(Err(e)) => Err(LlamaError::Cancelled(e.to_string())),
+        _ => Ok(()),
+    }
 }

@@ -8,8 +8,8 @@ use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::sample_token;
 use w2s_core::text::{find_stop, stop_prefix_len, stop_search_start, Utf8Accumulator};
 use w2s_core::{
-    BackendError, Chunk, ExtendRequest, Finish, PromptTemplate, ProposalSetup, Proposer,
-    SamplingParams,
+    BackendError, Chunk, ExtendRequest, Finish, Interrupt, PromptTemplate, ProposalSetup,
+    Proposer, SamplingParams,
 };
 
 use crate::error::LlamaError;
@@ -27,6 +27,7 @@ pub struct LlamaProposer {
     engine: Option<Engine>,
     state: Option<State>,
     record: bool,
+    interrupt: Option<Arc<Interrupt>>,
 }
 
 struct State {
@@ -67,6 +68,7 @@ impl LlamaProposer {
             engine: None,
             state: None,
             record: false,
+            interrupt: None,
         }
     }
 
@@ -94,6 +96,17 @@ impl LlamaProposer {
     /// request's earlier chat turns).
     pub fn set_template(&mut self, template: PromptTemplate) {
         self.template = template;
+    }
+
+    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt), so
+    /// that a cancelled job stops within one piece.
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
+        self.interrupt = interrupt;
+    }
+
+    /// Tokens the current llama.cpp context holds (0 without one).
+    pub fn context_tokens(&self) -> usize {
+        self.engine.as_ref().map_or(0, |e| e.ctx.n_ctx() as usize)
     }
 
     /// The model.
@@ -142,7 +155,13 @@ impl LlamaProposer {
             .as_mut()
             .ok_or(LlamaError::Usage("no context"))?;
         let mut batch = LlamaBatch::new(n_batch, 1);
-        let prompt_logits = decode_prompt(&mut engine.ctx, &mut batch, &prompt, banks.seq(0))?;
+        let prompt_logits = decode_prompt(
+            &mut engine.ctx,
+            &mut batch,
+            &prompt,
+            banks.seq(0),
+            self.interrupt.as_deref(),
+        )?;
         banks.share_prompt(&mut engine.ctx, setup.rows)?;
         self.state = Some(State {
             rows: vec![Row::default(); setup.rows],

@@ -1,5 +1,7 @@
-//! Admission control: requests are admitted while the queued cost (W*K*max_tokens of
-//! every admitted, unfinished request) stays under a cap; beyond it, 429 at once.
+//! Admission control: requests are admitted while the queued cost (W*K*max_tokens plus
+//! prompt tokens of every admitted, unfinished request) stays under a cap; beyond it, 429
+//! at once. A request that costs more than the whole cap (a long prompt) is admitted only
+//! when nothing else is, and then holds the whole cap: it runs alone.
 
 use std::sync::{Arc, Mutex};
 
@@ -36,9 +38,14 @@ impl Admission {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `cost` if it fits.
+    /// Takes `cost` if it fits (a cost over the cap fits an empty queue, as the whole cap).
     pub fn try_admit(self: &Arc<Self>, cost: u64) -> Option<Permit> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let cost = if cost > self.capacity && *used == 0 {
+            self.capacity
+        } else {
+            cost
+        };
         if used.saturating_add(cost) > self.capacity {
             return None;
         }
@@ -75,6 +82,13 @@ mod tests {
         drop(p1);
         drop(p2);
         assert_eq!(a.used(), 0);
-        assert!(a.try_admit(101).is_none());
+        // Over the cap: alone, holding all of it.
+        let big = a.try_admit(1000).unwrap();
+        assert_eq!(a.used(), 100);
+        assert!(a.try_admit(1).is_none());
+        drop(big);
+        let small = a.try_admit(1).unwrap();
+        assert!(a.try_admit(1000).is_none());
+        drop(small);
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod admission;
 pub mod api;
+mod conn;
 pub mod error;
 mod fields;
 pub mod metrics;
@@ -62,6 +63,18 @@ pub struct ServeConfig {
     pub queue_capacity: u64,
     /// Per-request deadline.
     pub deadline: Duration,
+    /// Time a client has to send a request's headers, from the connection's start or the
+    /// end of the previous response (so also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in (408 past it).
+    pub body_timeout: Duration,
+    /// Open connections at most (lowered to fit the file-descriptor limit); at the cap the
+    /// oldest idle connection is closed to make room.
+    pub max_connections: usize,
+    /// Longest prompt in any local model's tokens (400 beyond it).
+    pub max_prompt_tokens: usize,
+    /// Contexts grown past this many tokens are freed after their request.
+    pub shrink_above_tokens: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// A search with no progress for this long makes /health answer 503.
@@ -83,6 +96,11 @@ impl ServeConfig {
             parallel: 1,
             queue_capacity: 8 * default_cost.max(1),
             deadline: Duration::from_secs(600),
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_prompt_tokens: 4096,
+            shrink_above_tokens: 2048,
             shutdown_timeout: Duration::from_secs(30),
             watchdog: Duration::from_secs(120),
             policy: Policy {
@@ -183,6 +201,7 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
     let loaded = worker::start(
         spec,
         cfg.parallel,
+        cfg.shrink_above_tokens,
         rx,
         worker.clone(),
         metrics.clone(),
@@ -217,14 +236,17 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
         }
     });
     let router = routes::router(app.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let conns = conn::Connections::new(app.cfg.max_connections, app.metrics.clone());
+    tracing::info!(max_connections = conns.cap(), "accepting connections");
+    let server = tokio::spawn(conn::serve(
+        listener,
+        router,
+        conns,
+        app.cfg.header_timeout,
+        stop_rx,
+        Duration::from_secs(5),
+    ));
     let failed = tokio::select! {
         _ = shutdown_signal() => None,
         Ok(e) = load_fail_rx => Some(e),
@@ -239,7 +261,7 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     // Let the last responses reach their clients (axum closes idle keep-alive connections).
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     match failed {

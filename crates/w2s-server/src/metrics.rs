@@ -20,6 +20,12 @@ pub struct Metrics {
     pub in_flight_requests: AtomicI64,
     /// Clients that went away before their answer.
     pub disconnects: AtomicU64,
+    /// Open client connections.
+    pub connections_open: AtomicI64,
+    /// Idle connections closed to make room at the connection cap.
+    pub connections_evicted: AtomicU64,
+    /// Failed accepts (e.g. out of file descriptors).
+    pub accept_errors: AtomicU64,
     strong_tokens: AtomicU64,
     strong_micros: AtomicU64,
     guide_tokens: AtomicU64,
@@ -99,12 +105,18 @@ impl Metrics {
                 "w2s_in_flight_requests",
                 self.in_flight_requests.load(Relaxed),
             ),
+            ("w2s_connections_open", self.connections_open.load(Relaxed)),
         ];
         for (name, v) in gauges {
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
         }
         let counters = [
             ("w2s_disconnects_total", self.disconnects.load(Relaxed)),
+            (
+                "w2s_connections_evicted_total",
+                self.connections_evicted.load(Relaxed),
+            ),
+            ("w2s_accept_errors_total", self.accept_errors.load(Relaxed)),
             ("w2s_strong_tokens_total", self.strong_tokens.load(Relaxed)),
             ("w2s_guide_tokens_total", self.guide_tokens.load(Relaxed)),
         ];

@@ -11,8 +11,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use w2s_core::{ErrorKind, Method, SamplingParams, SearchConfig, SearchOutput};
-use w2s_engine::{Engine, EngineError, EngineSpec, PromptCheck, ROLES};
+use w2s_core::{ErrorKind, Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
+use w2s_engine::{Engine, EngineError, EngineSpec, PromptCheck, PromptTokens, ROLES};
 use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel, PlainSampling};
 
 use crate::api::{CheckedRequest, PlainRequest};
@@ -117,29 +117,35 @@ pub struct WorkerState {
     pub ready: AtomicBool,
     /// The workers are gone.
     pub dead: AtomicBool,
-    /// Per worker: when its running job last made progress (None when idle).
-    busy_since_progress: Mutex<Vec<Option<Instant>>>,
+    /// Per worker: whether it runs a job, and the interrupt its local models beat on
+    /// each piece of work (each selection of a search, each micro-batch of a prompt).
+    slots: Mutex<Vec<(bool, Arc<Interrupt>)>>,
 }
 
 impl WorkerState {
-    fn touch(&self, slot: usize, busy: bool) {
-        let mut t = self
-            .busy_since_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if t.len() <= slot {
-            t.resize(slot + 1, None);
+    fn slot(&self, slot: usize) -> Arc<Interrupt> {
+        let mut t = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        while t.len() <= slot {
+            t.push((false, Interrupt::new()));
         }
-        t[slot] = busy.then(Instant::now);
+        t[slot].1.clone()
     }
 
-    /// The longest any running job has gone without progress.
+    fn set_busy(&self, slot: usize, busy: bool) {
+        let interrupt = self.slot(slot);
+        interrupt.beat();
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())[slot].0 = busy;
+    }
+
+    /// The longest any running job has gone without progress: a long job that beats is
+    /// not stalled, only one that stops beating.
     pub fn stalled_for(&self) -> Option<Duration> {
-        self.busy_since_progress
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .flatten()
+            .filter(|(busy, _)| *busy)
+            .filter_map(|(_, i)| i.last_beat())
             .map(|t| t.elapsed())
             .max()
     }
@@ -153,6 +159,9 @@ pub struct ModelInfo {
     /// The local model of each role (strong, tuned, untuned), for plain requests; `None`
     /// for a remote role.
     pub plain: Vec<Option<Arc<Model>>>,
+    /// Each local model file's path and the roles it plays ("tuned and untuned"), kept out
+    /// of client messages.
+    pub paths: Vec<(String, String)>,
 }
 
 impl ModelInfo {
@@ -164,10 +173,21 @@ impl ModelInfo {
         history: &[w2s_core::ChatTurn],
         prompt: &str,
         max_tokens: usize,
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<PromptTokens, String> {
         self.check
             .check_chat(history, prompt, max_tokens)
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.client_text(&e))
+    }
+
+    /// An error's text as a client may see it: the model files' paths become the roles'
+    /// names and CLI flags the request's fields.
+    pub fn client_text(&self, e: &dyn std::fmt::Display) -> String {
+        let mut text = e.to_string();
+        for (path, roles) in &self.paths {
+            text = text.replace(path.as_str(), &format!("the {roles} model"));
+        }
+        text.replace("--max-new-tokens", "max_tokens")
+            .replace("lower W*K or N", "lower search.w * search.k or n")
     }
 }
 
@@ -177,6 +197,8 @@ struct Shared {
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
     threads: usize,
+    /// Contexts over this many tokens are freed after their job.
+    shrink_above: usize,
 }
 
 /// Starts the first worker thread, which loads the models, publishes them in `info`,
@@ -185,6 +207,7 @@ struct Shared {
 pub fn start(
     spec: EngineSpec,
     parallel: usize,
+    shrink_above: usize,
     jobs: Receiver<Job>,
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
@@ -196,6 +219,7 @@ pub fn start(
         state,
         metrics,
         threads: spec.threads,
+        shrink_above,
     });
     std::thread::Builder::new()
         .name("w2s-model-worker-0".into())
@@ -226,6 +250,26 @@ fn worker_main(
             .iter()
             .map(|r| models.local_model(*r).cloned())
             .collect(),
+        paths: {
+            let mut paths: Vec<(String, Vec<String>)> = Vec::new();
+            for r in ROLES {
+                let Some(m) = models.local_model(r) else { continue };
+                let path = m.path().display().to_string();
+                match paths.iter_mut().find(|(p, _)| *p == path) {
+                    Some((_, roles)) => roles.push(r.to_string()),
+                    None => paths.push((path, vec![r.to_string()])),
+                }
+            }
+            paths
+                .into_iter()
+                .map(|(p, roles)| match roles.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        (p, format!("{} and {last}", rest.join(", ")))
+                    }
+                    _ => (p, roles.concat()),
+                })
+                .collect()
+        },
     });
     // Warm-up: one tiny search touches every model's weights and code paths (and checks
     // that remote engines answer).
@@ -271,6 +315,8 @@ fn worker_main(
 fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
     let (state, metrics) = (&shared.state, &shared.metrics);
     let gate = models.gate();
+    let interrupt = state.slot(slot);
+    models.set_interrupt(Some(interrupt.clone()));
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
     loop {
         let next = shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -281,16 +327,20 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
             continue;
         }
         metrics.in_flight_searches.fetch_add(1, Ordering::SeqCst);
-        state.touch(slot, true);
+        state.set_busy(slot, true);
+        interrupt.arm(job.cancel.clone(), job.deadline);
         let result = match &job.work {
             Work::Search(w) => {
-                run_search(&mut models, w, &job, &|| state.touch(slot, true)).map(Outcome::Search)
+                run_search(&mut models, w, &job, &|| interrupt.beat()).map(Outcome::Search)
             }
             Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
                 Some(model) => {
                     let model = model.clone();
-                    let pm = plain[req.role.min(2)]
-                        .get_or_insert_with(|| PlainModel::new(model, shared.threads));
+                    let pm = plain[req.role.min(2)].get_or_insert_with(|| {
+                        let mut pm = PlainModel::new(model, shared.threads);
+                        pm.set_interrupt(Some(interrupt.clone()));
+                        pm
+                    });
                     let _cpu = gate.hold();
                     run_plain(pm, req)
                 }
@@ -300,8 +350,20 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
                 ))),
             },
         };
-        state.touch(slot, false);
+        interrupt.disarm();
+        state.set_busy(slot, false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
+        // A context grown for a long request is given back rather than kept.
+        let mut freed = models.shrink_contexts(shared.shrink_above);
+        for p in plain.iter_mut() {
+            if p.as_ref().is_some_and(|p| p.context_tokens() > shared.shrink_above) {
+                *p = None;
+                freed = true;
+            }
+        }
+        if freed {
+            give_back_freed_memory();
+        }
         if let Ok(Outcome::Search(f)) = &result {
             let s = &f.output.stats;
             metrics.search_done(
@@ -317,6 +379,15 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
             plain = vec![None, None, None];
         }
         let _ = job.events.send(Event::Done(result));
+    }
+}
+
+/// Returns freed heap pages to the system (glibc keeps them otherwise).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -42,7 +42,24 @@ impl Server {
 
     /// [`Server::start`] with another config file.
     pub fn start_with(cfg: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_w2s"));
+        Server::start_under(&[], cfg, extra, envs)
+    }
+
+    /// [`Server::start_with`], run through a wrapper command (e.g. `prlimit --nofile=128`).
+    pub fn start_under(
+        wrapper: &[&str],
+        cfg: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_w2s"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_w2s")),
+        };
         cmd.args(["serve", "--config", cfg, "--port", "0", "--threads", "2"])
             .args(extra)
             .env_remove("W2S_LOG")
@@ -108,6 +125,20 @@ impl Server {
 }
 
 impl Server {
+    /// The server's resident and peak memory in kB (`VmRSS`, `VmHWM`).
+    pub fn memory_kb(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// The sum of a metric over all its label sets.
     pub async fn metric_total(&self, client: &reqwest::Client, name: &str) -> f64 {
         let text = client

@@ -17,7 +17,7 @@ use w2s_core::Beam;
 use super::plain;
 use super::{
     accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit_all,
-    InFlight,
+    Cost, InFlight,
 };
 use crate::api::PLAIN_MODELS;
 use crate::api::{self, CheckedRequest, Endpoint};
@@ -51,7 +51,7 @@ async fn start(
     in_flight: InFlight,
 ) -> Result<Response, ApiError> {
     let info = accepting(app)?;
-    let bytes = read_body(body, app.cfg.max_body_bytes).await?;
+    let bytes = read_body(body, app.cfg.max_body_bytes, app.cfg.body_timeout).await?;
     let seed = app
         .next_seed
         .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst);
@@ -86,13 +86,22 @@ async fn start(
     let req = Arc::new(req);
     let max_tokens = req.config.max_new_tokens();
     let (checked, info) = (req.clone(), info.clone());
-    check_prompt(param, move || {
+    let cap = app.cfg.max_prompt_tokens;
+    let prompt_cost = check_prompt(param, move || {
         let many = checked.prompts.len() > 1;
+        let mut cost = 0u64;
         for (i, p) in checked.prompts.iter().enumerate() {
-            info.check_prompt(&checked.history, p, max_tokens)
-                .map_err(|m| if many { format!("prompt[{i}]: {m}") } else { m })?;
+            let which = |m: String| if many { format!("prompt[{i}]: {m}") } else { m };
+            let tokens = info.check_prompt(&checked.history, p, max_tokens).map_err(which)?;
+            if tokens.largest > cap {
+                return Err(which(format!(
+                    "the prompt is {} tokens; this server takes prompts of at most {cap} tokens",
+                    tokens.largest
+                )));
+            }
+            cost += tokens.local_total as u64;
         }
-        Ok(())
+        Ok(cost)
     })
     .await?;
     note_ignored(app, &req.ignored);
@@ -104,7 +113,12 @@ async fn start(
             })
         })
         .collect();
-    let (mut rxs, mut guard) = submit_all(app, works, req.cost(), in_flight)?;
+    // Admission charges the prompt work of every local model too.
+    let cost = Cost {
+        sampling: req.cost(),
+        prompt: prompt_cost,
+    };
+    let (mut rxs, mut guard) = submit_all(app, works, cost, in_flight)?;
     let started = Instant::now();
     if req.stream {
         app.metrics.request(200, "ok");
@@ -123,14 +137,14 @@ async fn start(
                     }
                 }
                 Some(Event::Done(result)) => {
-                    let Outcome::Search(fin) = result.map_err(failure_error)? else {
-                        return Err(failure_error(Failure::Internal("unexpected answer".into())));
+                    let Outcome::Search(fin) = result.map_err(|f| failure_error(app, f))? else {
+                        return Err(failure_error(app, Failure::Internal("unexpected answer".into())));
                     };
                     done.push(fin);
                     break;
                 }
                 None => {
-                    return Err(failure_error(Failure::Internal(
+                    return Err(failure_error(app, Failure::Internal(
                         "the model worker stopped".into(),
                     )));
                 }

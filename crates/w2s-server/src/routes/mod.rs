@@ -55,16 +55,22 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-/// Compares the bearer key in constant time (for keys of the same length).
-fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
-    let Some(given) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+/// Whether the `Authorization` header carries `key`: the scheme `Bearer` in any case
+/// (RFC 9110), then the key's exact bytes (any UTF-8), compared in constant time for keys
+/// of the same length.
+pub(crate) fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
+    let Some(value) = headers.get("authorization").map(|v| v.as_bytes()) else {
         return false;
     };
-    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return false;
+    }
+    let given = rest.trim_ascii_start();
+    let (a, b) = (given, key.as_bytes());
     let mut diff = a.len() ^ b.len();
     for (i, kb) in b.iter().enumerate() {
         diff |= (a.get(i).copied().unwrap_or(0) ^ kb) as usize;
@@ -129,10 +135,26 @@ fn accepting(app: &App) -> Result<&ModelInfo, ApiError> {
     Ok(info)
 }
 
-/// Reads the body up to `limit` bytes. A larger body is read on and discarded (up to
-/// 8 x the limit) before the 413 is sent, so that a client still writing its body gets
-/// the answer instead of a reset connection.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the body up to `limit` bytes within `timeout` (408 past it: a client that sends
+/// its body slowly, or promises more than it sends, cannot hold a connection). A larger
+/// body is read on and discarded (up to 8 x the limit) before the 413 is sent, so that a
+/// client still writing its body gets the answer instead of a reset connection.
+async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, read_body_inner(body, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+async fn read_body_inner(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
@@ -165,10 +187,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Runs a prompt check (tokenising: CPU work) on a blocking thread; its error is a 400
 /// on `param`.
-async fn check_prompt(
+async fn check_prompt<T: Send + 'static>(
     param: &'static str,
-    check: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> Result<(), ApiError> {
+    check: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(check)
         .await
         .map_err(|_| {
@@ -188,11 +210,19 @@ async fn check_prompt(
 fn submit(
     app: &Arc<App>,
     work: Work,
-    cost: u64,
+    cost: Cost,
     in_flight: InFlight,
 ) -> Result<(tokio::sync::mpsc::UnboundedReceiver<Event>, Guard), ApiError> {
     let (mut rxs, guard) = submit_all(app, vec![work], cost, in_flight)?;
     Ok((rxs.remove(0), guard))
+}
+
+/// What a request costs admission: its sampling (rows x max_tokens, for every prompt) and
+/// its prompt tokens in every local model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cost {
+    pub sampling: u64,
+    pub prompt: u64,
 }
 
 /// [`submit`] for several jobs admitted together (all or none), one receiver each; they
@@ -200,15 +230,16 @@ fn submit(
 fn submit_all(
     app: &Arc<App>,
     works: Vec<Work>,
-    cost: u64,
+    cost: Cost,
     in_flight: InFlight,
 ) -> Result<(Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>, Guard), ApiError> {
     let capacity = app.admission.capacity();
-    if cost > capacity {
+    if cost.sampling > capacity {
         return Err(ApiError::invalid("max_tokens", format!(
-            "this request costs {cost} (rows x max_tokens x prompts), more than the server's queue capacity {capacity}; lower W, K, n, max_tokens or the number of prompts")));
+            "this request costs {} (rows x max_tokens x prompts), more than the server's queue capacity {capacity}; lower W, K, n, max_tokens or the number of prompts", cost.sampling)));
     }
-    let Some(permit) = app.admission.try_admit(cost) else {
+    // A long prompt may take the cost past the cap: then it waits for an empty queue.
+    let Some(permit) = app.admission.try_admit(cost.sampling.saturating_add(cost.prompt)) else {
         let backlog = app.admission.used() as f64;
         // Searches in flight drain the backlog together.
         let rate = app.metrics.strong_tokens_per_s().max(1.0) * app.cfg.parallel as f64;
@@ -273,16 +304,20 @@ impl Drop for Guard {
     }
 }
 
-/// The HTTP error for each way a job can fail.
-fn failure_error(f: Failure) -> ApiError {
+/// The HTTP error for each way a job can fail; messages never name the server's files.
+fn failure_error(app: &App, f: Failure) -> ApiError {
+    let scrub = |m: String| match app.info.get() {
+        Some(info) => info.client_text(&m),
+        None => m,
+    };
     match f {
-        Failure::Input(m) => ApiError::invalid("prompt", m),
+        Failure::Input(m) => ApiError::invalid("prompt", scrub(m)),
         Failure::Deadline => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "deadline_exceeded",
             "the search did not finish within the server's per-request deadline; lower max_tokens or W*K"),
         Failure::Cancelled => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "cancelled", "the request was cancelled"),
         Failure::Panic => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "the search failed unexpectedly; the server goes on"),
-        Failure::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", m),
-        Failure::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", m),
+        Failure::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", scrub(m)),
+        Failure::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", scrub(m)),
     }
 }
 

@@ -37,12 +37,30 @@ pub(super) async fn answer(
         return Err(e);
     };
     let (prompt, max_tokens) = (req.prompt.clone(), req.max_tokens);
-    check_prompt("prompt", move || {
+    let cap = app.cfg.max_prompt_tokens;
+    let (shown, role) = (info.clone(), req.role.min(2));
+    let n = check_prompt("prompt", move || {
         let n = model.tokenize_prompt(&prompt).len();
-        model.check_fits(n, max_tokens).map_err(|e| e.to_string())
+        if n > cap {
+            return Err(format!(
+                "the prompt is {n} tokens; this server takes prompts of at most {cap} tokens"
+            ));
+        }
+        model.check_fits(n, max_tokens).map_err(|e| {
+            let text = e.to_string().replace(
+                &model.path().display().to_string(),
+                &format!("the {} model", PLAIN_MODELS[role]),
+            );
+            shown.client_text(&text)
+        })?;
+        Ok(n)
     })
     .await?;
-    let (mut rx, mut guard) = submit(app, Work::Plain(req.clone()), req.cost(), in_flight)?;
+    let cost = super::Cost {
+        sampling: req.cost(),
+        prompt: n as u64,
+    };
+    let (mut rx, mut guard) = submit(app, Work::Plain(req.clone()), cost, in_flight)?;
     let outcome = loop {
         match rx.recv().await {
             Some(Event::Done(r)) => break r,
@@ -51,7 +69,7 @@ pub(super) async fn answer(
         }
     };
     guard.done = true;
-    let body = body(app, &req, outcome.map_err(failure_error)?)?;
+    let body = body(app, &req, outcome.map_err(|f| failure_error(app, f))?)?;
     app.metrics.request(200, "ok");
     Ok(super::completions::with_ignored(
         Json(body).into_response(),
@@ -105,7 +123,7 @@ fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiErr
             (out, prompt_tokens, completion)
         }
         Outcome::Search(_) => {
-            return Err(failure_error(Failure::Internal("unexpected answer".into())))
+            return Err(failure_error(app, Failure::Internal("unexpected answer".into())))
         }
     };
     Ok(json!({

@@ -158,7 +158,7 @@ pub(super) fn response(
             Some(Event::Done(Err(f))) => {
                 st.guard.done = true;
                 st.ended = true;
-                let e = failure_error(f);
+                let e = failure_error(&st.app, f);
                 st.app.metrics.request(e.status.as_u16(), e.metric_kind());
                 vec![
                     SseEvent::default().data(e.body().to_string()),
