@@ -208,7 +208,10 @@ fn serve_with_the_strong_model_on_llama_server_follows_the_engines_health() {
     assert!(body["choices"][0]["logprobs"].is_null(), "{body}");
     let why = body["w2s"]["logprobs_unavailable"].as_str().unwrap();
     assert!(why.contains("echo"), "{why}");
-    assert!(body["w2s"]["logprobs"][0]["tuned_logprob"].is_f64(), "{body}");
+    assert!(
+        body["w2s"]["logprobs"][0]["tuned_logprob"].is_f64(),
+        "{body}"
+    );
     // The plain endpoint of a remote role is not served here.
     let plain = rt.block_on(async {
         client

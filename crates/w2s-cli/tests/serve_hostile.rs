@@ -44,7 +44,11 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool)
         match stream.read(&mut buf) {
             Ok(0) => return (got, true),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return (got, true),
         }
     }
@@ -76,7 +80,10 @@ async fn idle_sockets_past_the_fd_limit_do_not_lock_out_health_or_requests() {
     let health = c.get(s.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let health_s = started.elapsed().as_secs_f64();
-    assert!(health_s < 3.0, "/health took {health_s:.2} s with 300 idle sockets open");
+    assert!(
+        health_s < 3.0,
+        "/health took {health_s:.2} s with 300 idle sockets open"
+    );
     let r = c
         .post(s.url("/v1/completions"))
         .json(&json!({"model": "w2s", "prompt": "The film", "max_tokens": 3, "search": {"method": "sample"}}))
@@ -86,7 +93,10 @@ async fn idle_sockets_past_the_fd_limit_do_not_lock_out_health_or_requests() {
     assert_eq!(r.status(), 200);
     assert!(s.metric(&c, "w2s_connections_evicted_total").await >= 200.0);
     assert!(s.metric(&c, "w2s_connections_open").await <= 64.0);
-    eprintln!("/health in {health_s:.2} s with {} idle sockets", idle.len());
+    eprintln!(
+        "/health in {health_s:.2} s with {} idle sockets",
+        idle.len()
+    );
 }
 
 #[test]
@@ -109,7 +119,10 @@ fn a_slowloris_client_and_an_idle_socket_are_closed_at_the_header_timeout() {
     });
     let (_, closed) = read_until_closed(&mut reader, Duration::from_secs(8));
     let at = started.elapsed();
-    assert!(closed && at < Duration::from_secs(5), "slow client still open after {at:?}");
+    assert!(
+        closed && at < Duration::from_secs(5),
+        "slow client still open after {at:?}"
+    );
     let (_, idle_closed) = read_until_closed(&mut idle, Duration::from_secs(2));
     assert!(idle_closed, "an idle socket was kept past the timeout");
     let _ = writer.join();
@@ -138,7 +151,15 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
     let c = client(Duration::from_secs(120));
     let normal = json!({"model": "w2s", "prompt": "The film", "max_tokens": 4, "search": {"method": "sample"}});
     let t = Instant::now();
-    assert_eq!(c.post(s.url("/v1/completions")).json(&normal).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(s.url("/v1/completions"))
+            .json(&normal)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let alone = t.elapsed();
     // About 3,000 tokens in each of the three models: tens of seconds of prompt work.
     let long = json!({"model": "w2s", "prompt": long_prompt(3000), "max_tokens": 4, "search": {"method": "sample"}});
@@ -151,13 +172,25 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
     let left = Instant::now();
     let health = c.get(s.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "{:?}", health.text().await);
-    assert_eq!(c.post(s.url("/v1/completions")).json(&normal).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(s.url("/v1/completions"))
+            .json(&normal)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let next = left.elapsed();
     assert!(
         next < alone + Duration::from_secs(4),
         "the next request took {next:?} after the long prompt's client left ({alone:?} alone)"
     );
-    eprintln!("next request {:.2} s after the client left ({:.2} s alone)", next.as_secs_f64(), alone.as_secs_f64());
+    eprintln!(
+        "next request {:.2} s after the client left ({:.2} s alone)",
+        next.as_secs_f64(),
+        alone.as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,30 +201,60 @@ async fn prompts_over_the_token_cap_are_refused_and_cost_admission() {
     let s = smol(&["--max-prompt-tokens", "100", "--queue-capacity", "200"]);
     let c = client(Duration::from_secs(120));
     let body = |p: String| json!({"model": "w2s", "prompt": p, "max_tokens": 4, "search": {"method": "sample"}});
-    let r = c.post(s.url("/v1/completions")).json(&body(long_prompt(150))).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&body(long_prompt(150)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     let m = v["error"]["message"].as_str().unwrap();
     assert!(m.contains("at most 100 tokens"), "{m}");
-    let r = c.post(s.url("/v1/completions")).json(&json!({"model": "tuned", "prompt": long_prompt(150), "max_tokens": 2})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&json!({"model": "tuned", "prompt": long_prompt(150), "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let ok = c.post(s.url("/v1/completions")).json(&body("The film".into())).send().await.unwrap();
+    let ok = c
+        .post(s.url("/v1/completions"))
+        .json(&body("The film".into()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     drop(s);
     let s = smol(&["--max-prompt-tokens", "1000", "--queue-capacity", "200"]);
     // A slow short request holds part of the queue; meanwhile the long prompt gets 429.
     let slow = json!({"model": "w2s", "prompt": "The film", "max_tokens": 40, "search": {"method": "bon", "n": 4}});
     let (c2, url) = (c.clone(), s.url("/v1/completions"));
-    let running = tokio::spawn(async move { c2.post(url).json(&slow).send().await.unwrap().status() });
+    let running =
+        tokio::spawn(async move { c2.post(url).json(&slow).send().await.unwrap().status() });
     let t = Instant::now();
     while s.metric(&c, "w2s_in_flight_searches").await < 1.0 {
         assert!(t.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = c.post(s.url("/v1/completions")).json(&body(long_prompt(80))).send().await.unwrap();
-    assert_eq!(r.status(), 429, "a prompt of 3 x 80 tokens + 4 must wait for an empty queue of 200");
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&body(long_prompt(80)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "a prompt of 3 x 80 tokens + 4 must wait for an empty queue of 200"
+    );
     assert_eq!(running.await.unwrap(), 200);
-    let r = c.post(s.url("/v1/completions")).json(&body(long_prompt(80))).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&body(long_prompt(80)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "alone, it runs");
 }
 
@@ -202,15 +265,42 @@ async fn memory_returns_to_its_level_after_a_long_prompt() {
     let c = client(Duration::from_secs(300));
     let normal = json!({"model": "w2s", "prompt": "The film", "max_tokens": 8});
     for _ in 0..2 {
-        assert_eq!(c.post(s.url("/v1/completions")).json(&normal).send().await.unwrap().status(), 200);
+        assert_eq!(
+            c.post(s.url("/v1/completions"))
+                .json(&normal)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
     let (before, _) = s.memory_kb();
     let long = json!({"model": "w2s", "prompt": long_prompt(2000), "max_tokens": 4, "search": {"method": "cbs", "w": 2, "k": 2, "l": 2}});
-    assert_eq!(c.post(s.url("/v1/completions")).json(&long).send().await.unwrap().status(), 200);
-    assert_eq!(c.post(s.url("/v1/completions")).json(&normal).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.post(s.url("/v1/completions"))
+            .json(&long)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.post(s.url("/v1/completions"))
+            .json(&normal)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let (after, peak) = s.memory_kb();
     eprintln!("RSS {before} kB before, peak {peak} kB, {after} kB after");
-    assert!(peak > before + 40_000, "the long prompt did not grow memory (peak {peak} kB, before {before} kB)");
+    assert!(
+        peak > before + 40_000,
+        "the long prompt did not grow memory (peak {peak} kB, before {before} kB)"
+    );
     assert!(
         (after as f64) < before as f64 * 1.2,
         "RSS {after} kB after the long prompt, {before} kB before"
@@ -222,7 +312,12 @@ async fn a_non_ascii_api_key_matches_byte_for_byte_and_the_scheme_is_case_insens
     let _g = serial();
     let key = "ключ-🔑";
     let s = Server::start(
-        &["--strong", "smollm2-135m-instruct", "--api-key-env", "W2S_TEST_KEY"],
+        &[
+            "--strong",
+            "smollm2-135m-instruct",
+            "--api-key-env",
+            "W2S_TEST_KEY",
+        ],
         &[("W2S_TEST_KEY", key)],
     );
     let c = client(Duration::from_secs(60));
@@ -231,7 +326,10 @@ async fn a_non_ascii_api_key_matches_byte_for_byte_and_the_scheme_is_case_insens
         let url = s.url("/v1/models");
         async move {
             c.get(url)
-                .header("authorization", reqwest::header::HeaderValue::from_bytes(&auth).unwrap())
+                .header(
+                    "authorization",
+                    reqwest::header::HeaderValue::from_bytes(&auth).unwrap(),
+                )
                 .send()
                 .await
                 .unwrap()
@@ -240,7 +338,11 @@ async fn a_non_ascii_api_key_matches_byte_for_byte_and_the_scheme_is_case_insens
         }
     };
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
-        assert_eq!(with(format!("{scheme} {key}").into_bytes()).await, 200, "{scheme}");
+        assert_eq!(
+            with(format!("{scheme} {key}").into_bytes()).await,
+            200,
+            "{scheme}"
+        );
     }
     assert_eq!(with(format!("Bearer {key}x").into_bytes()).await, 401);
     assert_eq!(with("Bearer ключ".as_bytes().to_vec()).await, 401);
@@ -248,7 +350,15 @@ async fn a_non_ascii_api_key_matches_byte_for_byte_and_the_scheme_is_case_insens
     drop(s);
     // A key no header can carry is refused at start.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_w2s"))
-        .args(["serve", "--config", &config_path(), "--port", "0", "--api-key-env", "W2S_TEST_KEY"])
+        .args([
+            "serve",
+            "--config",
+            &config_path(),
+            "--port",
+            "0",
+            "--api-key-env",
+            "W2S_TEST_KEY",
+        ])
         .env("W2S_TEST_KEY", "line\nbreak")
         .output()
         .unwrap();
@@ -265,13 +375,21 @@ async fn errors_to_clients_name_no_server_paths_or_flags() {
         json!({"model": "tuned", "prompt": long_prompt(9000), "max_tokens": 4}),
         json!({"model": "w2s", "prompt": long_prompt(9000), "max_tokens": 4}),
     ] {
-        let r = c.post(s.url("/v1/completions")).json(&body).send().await.unwrap();
+        let r = c
+            .post(s.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains("max_tokens 4"), "{m}");
         assert!(m.contains("model"), "{m}");
-        assert!(!m.contains(".gguf") && !m.contains('/') && !m.contains("--"), "{m}");
+        assert!(
+            !m.contains(".gguf") && !m.contains('/') && !m.contains("--"),
+            "{m}"
+        );
     }
 }
 
@@ -292,16 +410,26 @@ async fn a_client_that_half_closes_is_taken_as_gone_and_its_search_stops() {
     .unwrap();
     let started = Instant::now();
     while s.metric(&c, "w2s_in_flight_searches").await < 1.0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the search never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the search never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     t.shutdown(Shutdown::Write).unwrap();
     let left = Instant::now();
     while s.metric(&c, "w2s_in_flight_searches").await > 0.0 {
-        assert!(left.elapsed() < Duration::from_secs(10), "the search went on for a client that left");
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the search went on for a client that left"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(s.metric(&c, "w2s_disconnects_total").await, 1.0);
     let (got, closed) = read_until_closed(&mut t, Duration::from_secs(2));
-    assert!(closed && got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        closed && got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Condvar, Mutex};
 
 use w2s_core::{
-    search_with_progress, BackendError, ChatTurn, Interrupt, Chunk, ExtendRequest, Models, Progress,
-    PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig,
+    search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Interrupt, Models,
+    Progress, PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig,
     SearchOutput,
 };
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};

@@ -40,7 +40,9 @@ mod error;
 mod settings;
 mod spec;
 
-pub use engine::{ComputeGate, CpuTurn, Engine, FairGate, Guide, PromptCheck, PromptTokens, Strong};
+pub use engine::{
+    ComputeGate, CpuTurn, Engine, FairGate, Guide, PromptCheck, PromptTokens, Strong,
+};
 pub use error::EngineError;
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -134,7 +134,13 @@ impl ProxyTuner {
                 .engine
                 .as_mut()
                 .ok_or(LlamaError::Usage("no context"))?;
-            logits.push(decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?);
+            logits.push(decode_prompt(
+                &mut engine.ctx,
+                &mut batch,
+                &tokens,
+                0,
+                None,
+            )?);
             prompt_lens[i] = tokens.len();
             times[i] += t.elapsed();
         }

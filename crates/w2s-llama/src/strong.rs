@@ -8,8 +8,8 @@ use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::sample_token;
 use w2s_core::text::{find_stop, stop_prefix_len, stop_search_start, Utf8Accumulator};
 use w2s_core::{
-    BackendError, Chunk, ExtendRequest, Finish, Interrupt, PromptTemplate, ProposalSetup,
-    Proposer, SamplingParams,
+    BackendError, Chunk, ExtendRequest, Finish, Interrupt, PromptTemplate, ProposalSetup, Proposer,
+    SamplingParams,
 };
 
 use crate::error::LlamaError;

@@ -114,10 +114,7 @@ impl Connections {
     /// connection is answering a request.
     fn evict_one(&self) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open
-            .values()
-            .find(|c| c.busy.load(Ordering::SeqCst) == 0)
-        {
+        match open.values().find(|c| c.busy.load(Ordering::SeqCst) == 0) {
             Some(c) => {
                 c.close.notify_one();
                 self.metrics
@@ -147,6 +144,7 @@ fn fd_limit() -> Option<u64> {
         };
         // SAFETY: getrlimit writes one rlimit struct through a valid pointer.
         let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every unix
         (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
     }
     #[cfg(not(unix))]
@@ -235,7 +233,10 @@ async fn serve_one(
                 .oneshot(req.map(Body::new))
                 .await
                 .unwrap_or_else(|e: Infallible| match e {});
-            Ok::<_, Infallible>(resp.map(|b| Tracked { inner: b, _busy: busy }))
+            Ok::<_, Infallible>(resp.map(|b| Tracked {
+                inner: b,
+                _busy: busy,
+            }))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

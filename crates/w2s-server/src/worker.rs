@@ -68,6 +68,9 @@ pub struct SearchWork {
     pub index: usize,
 }
 
+/// A choice's tokens with the strong model's log-probability of each.
+pub type TokenLogprobs = Vec<(String, f64)>;
+
 /// A finished search.
 #[derive(Debug)]
 pub struct Finished {
@@ -78,7 +81,7 @@ pub struct Finished {
     pub prompt_tokens: usize,
     /// When asked for: the strong model's (token, log-probability) of each returned
     /// choice, or why they could not be had.
-    pub strong_logprobs: Option<Result<Vec<Vec<(String, f64)>>, String>>,
+    pub strong_logprobs: Option<Result<Vec<TokenLogprobs>, String>>,
 }
 
 /// Why a search produced no answer.
@@ -253,7 +256,9 @@ fn worker_main(
         paths: {
             let mut paths: Vec<(String, Vec<String>)> = Vec::new();
             for r in ROLES {
-                let Some(m) = models.local_model(r) else { continue };
+                let Some(m) = models.local_model(r) else {
+                    continue;
+                };
                 let path = m.path().display().to_string();
                 match paths.iter_mut().find(|(p, _)| *p == path) {
                     Some((_, roles)) => roles.push(r.to_string()),
@@ -356,7 +361,9 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
         // A context grown for a long request is given back rather than kept.
         let mut freed = models.shrink_contexts(shared.shrink_above);
         for p in plain.iter_mut() {
-            if p.as_ref().is_some_and(|p| p.context_tokens() > shared.shrink_above) {
+            if p.as_ref()
+                .is_some_and(|p| p.context_tokens() > shared.shrink_above)
+            {
                 *p = None;
                 freed = true;
             }

@@ -295,10 +295,12 @@ fn message_content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
                             "messages[{i}].content[{j}].text must be a string"
                         )))
                     }
-                    (Some(other), _) => return Err(bad(format!(
+                    (Some(other), _) => {
+                        return Err(bad(format!(
                         "messages[{i}].content[{j}] is a `{}` part; only text parts are supported",
                         crate::error::truncate(other, 32)
-                    ))),
+                    )))
+                    }
                     (None, _) => {
                         return Err(bad(format!(
                             "messages[{i}].content[{j}] must be an object with \"type\": \"text\""

@@ -92,7 +92,9 @@ async fn start(
         let mut cost = 0u64;
         for (i, p) in checked.prompts.iter().enumerate() {
             let which = |m: String| if many { format!("prompt[{i}]: {m}") } else { m };
-            let tokens = info.check_prompt(&checked.history, p, max_tokens).map_err(which)?;
+            let tokens = info
+                .check_prompt(&checked.history, p, max_tokens)
+                .map_err(which)?;
             if tokens.largest > cap {
                 return Err(which(format!(
                     "the prompt is {} tokens; this server takes prompts of at most {cap} tokens",
@@ -138,15 +140,19 @@ async fn start(
                 }
                 Some(Event::Done(result)) => {
                     let Outcome::Search(fin) = result.map_err(|f| failure_error(app, f))? else {
-                        return Err(failure_error(app, Failure::Internal("unexpected answer".into())));
+                        return Err(failure_error(
+                            app,
+                            Failure::Internal("unexpected answer".into()),
+                        ));
                     };
                     done.push(fin);
                     break;
                 }
                 None => {
-                    return Err(failure_error(app, Failure::Internal(
-                        "the model worker stopped".into(),
-                    )));
+                    return Err(failure_error(
+                        app,
+                        Failure::Internal("the model worker stopped".into()),
+                    ));
                 }
             }
         }

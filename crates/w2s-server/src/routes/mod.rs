@@ -139,7 +139,11 @@ fn accepting(app: &App) -> Result<&ModelInfo, ApiError> {
 /// its body slowly, or promises more than it sends, cannot hold a connection). A larger
 /// body is read on and discarded (up to 8 x the limit) before the 413 is sent, so that a
 /// client still writing its body gets the answer instead of a reset connection.
-async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(timeout, read_body_inner(body, limit)).await {
         Ok(r) => r,
         Err(_) => Err(ApiError::new(
@@ -239,7 +243,10 @@ fn submit_all(
             "this request costs {} (rows x max_tokens x prompts), more than the server's queue capacity {capacity}; lower W, K, n, max_tokens or the number of prompts", cost.sampling)));
     }
     // A long prompt may take the cost past the cap: then it waits for an empty queue.
-    let Some(permit) = app.admission.try_admit(cost.sampling.saturating_add(cost.prompt)) else {
+    let Some(permit) = app
+        .admission
+        .try_admit(cost.sampling.saturating_add(cost.prompt))
+    else {
         let backlog = app.admission.used() as f64;
         // Searches in flight drain the backlog together.
         let rate = app.metrics.strong_tokens_per_s().max(1.0) * app.cfg.parallel as f64;

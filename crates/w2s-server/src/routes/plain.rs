@@ -123,7 +123,10 @@ fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiErr
             (out, prompt_tokens, completion)
         }
         Outcome::Search(_) => {
-            return Err(failure_error(app, Failure::Internal("unexpected answer".into())))
+            return Err(failure_error(
+                app,
+                Failure::Internal("unexpected answer".into()),
+            ))
         }
     };
     Ok(json!({
