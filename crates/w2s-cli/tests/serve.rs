@@ -13,24 +13,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::server::{serial, Server};
+use support::server::{serial, venv_python, Server};
 use w2s_core::RowRng;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(1200))
-        .build()
-        .unwrap()
-}
-
-fn venv_python() -> std::path::PathBuf {
-    let cache = std::env::var_os("W2S_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/w2s")
-        });
-    cache.join("venv-test/bin/python")
+    support::server::client(Duration::from_secs(1200))
 }
 
 #[test]

@@ -14,11 +14,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::server::{config_path, serial, Server};
-
-fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).build().unwrap()
-}
+use support::server::{client, config_path, serial, Server};
 
 /// SmolLM2 as the strong model too, with `extra` flags.
 fn smol(extra: &[&str]) -> Server {
@@ -151,15 +147,7 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
     let c = client(Duration::from_secs(120));
     let normal = json!({"model": "w2s", "prompt": "The film", "max_tokens": 4, "search": {"method": "sample"}});
     let t = Instant::now();
-    assert_eq!(
-        c.post(s.url("/v1/completions"))
-            .json(&normal)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.complete(&c, &normal).await, 200);
     let alone = t.elapsed();
     // About 3,000 tokens in each of the three models: tens of seconds of prompt work.
     let long = json!({"model": "w2s", "prompt": long_prompt(3000), "max_tokens": 4, "search": {"method": "sample"}});
@@ -172,15 +160,7 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
     let left = Instant::now();
     let health = c.get(s.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "{:?}", health.text().await);
-    assert_eq!(
-        c.post(s.url("/v1/completions"))
-            .json(&normal)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.complete(&c, &normal).await, 200);
     let next = left.elapsed();
     assert!(
         next < alone + Duration::from_secs(4),
@@ -265,36 +245,12 @@ async fn memory_returns_to_its_level_after_a_long_prompt() {
     let c = client(Duration::from_secs(300));
     let normal = json!({"model": "w2s", "prompt": "The film", "max_tokens": 8});
     for _ in 0..2 {
-        assert_eq!(
-            c.post(s.url("/v1/completions"))
-                .json(&normal)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(s.complete(&c, &normal).await, 200);
     }
     let (before, _) = s.memory_kb();
     let long = json!({"model": "w2s", "prompt": long_prompt(2000), "max_tokens": 4, "search": {"method": "cbs", "w": 2, "k": 2, "l": 2}});
-    assert_eq!(
-        c.post(s.url("/v1/completions"))
-            .json(&long)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.post(s.url("/v1/completions"))
-            .json(&normal)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.complete(&c, &long).await, 200);
+    assert_eq!(s.complete(&c, &normal).await, 200);
     let (after, peak) = s.memory_kb();
     eprintln!("RSS {before} kB before, peak {peak} kB, {after} kB after");
     assert!(
@@ -431,5 +387,42 @@ async fn a_client_that_half_closes_is_taken_as_gone_and_its_search_stops() {
         closed && got.is_empty(),
         "{:?}",
         String::from_utf8_lossy(&got)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_ok_while_a_long_prompt_runs_past_the_watchdog() {
+    let _g = serial();
+    // Each prompt micro-batch is progress: a job longer than the watchdog that keeps
+    // working is busy, not stalled.
+    let s = smol(&["--watchdog-secs", "2"]);
+    let c = client(Duration::from_secs(300));
+    let long = json!({"model": "w2s", "prompt": long_prompt(2500), "max_tokens": 4, "search": {"method": "sample"}});
+    let (c2, url) = (c.clone(), s.url("/v1/completions"));
+    let started = Instant::now();
+    let job = tokio::spawn(async move { c2.post(url).json(&long).send().await.unwrap().status() });
+    let mut polls = 0;
+    while !job.is_finished() {
+        let h = c.get(s.url("/health")).send().await.unwrap();
+        let status = h.status();
+        assert_eq!(
+            status,
+            200,
+            "{:?} after {:?}",
+            h.text().await,
+            started.elapsed()
+        );
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(job.await.unwrap(), 200);
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "the prompt took only {took:?}: not past the watchdog"
+    );
+    eprintln!(
+        "{polls} /health polls, all 200, over a {:.1} s prompt",
+        took.as_secs_f64()
     );
 }

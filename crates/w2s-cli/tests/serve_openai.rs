@@ -14,13 +14,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::server::{config, serial, Server};
+use support::server::{config, serial, venv_python, Server};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(1200))
-        .build()
-        .unwrap()
+    support::server::client(Duration::from_secs(1200))
 }
 
 /// `configs/chat.toml` with SmolLM2 as the strong model too (every role a chat model).
@@ -33,9 +30,7 @@ fn chat_server() -> Server {
 }
 
 async fn post(c: &reqwest::Client, s: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(s.url(path)).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    s.post(c, path, body).await
 }
 
 fn texts(v: &Value) -> Vec<String> {
@@ -346,16 +341,6 @@ async fn prompt_lists_best_of_logprobs_and_streamed_usage() {
         .filter_map(|e| e["choices"][0]["text"].as_str())
         .collect();
     assert_eq!(streamed, texts(&a)[0]);
-}
-
-fn venv_python() -> std::path::PathBuf {
-    let cache = std::env::var_os("W2S_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/w2s")
-        });
-    cache.join("venv-test/bin/python")
 }
 
 fn run_python(script: &str, server: &Server, done: &str) {

@@ -11,11 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::server::{config_path, serial, Server};
-
-fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).build().unwrap()
-}
+use support::server::{client, config_path, serial, Server};
 
 /// The engine (all local, one search or plain request at a time) and a front whose
 /// strong model is the engine's `strong`, with `parallel` searches in flight.

@@ -99,10 +99,10 @@ impl Guide {
 /// Several engines may share the loaded models ([`Engine::replica`]): each has its own
 /// llama.cpp contexts (so the rows of one search never meet another's) and its own
 /// remote clients, and all of them share one *compute gate*, a lock held for every local
-/// forward pass of a search. Searches on several threads then take turns on the CPU
-/// (each pass uses every configured thread) while any of them may wait on a remote
-/// engine, which is what makes searches in flight together pay when the strong model is
-/// remote.
+/// forward pass of a search ([`OrderedGate`]). Searches on several threads then share the
+/// CPU (each pass uses every configured thread, the oldest search first) while any of them
+/// may wait on a remote engine, which is what makes searches in flight together pay when
+/// the strong model is remote.
 pub struct Engine {
     /// The strong model.
     pub strong: Strong,
@@ -111,76 +111,86 @@ pub struct Engine {
     /// The small untuned model.
     pub untuned: Guide,
     spec: EngineSpec,
-    gate: Arc<FairGate>,
+    gate: Arc<OrderedGate>,
+    rank: u64,
 }
 
-/// A lock that hands the CPU out in the order it was asked for (a ticket lock), so that
-/// searches in flight together take turns pass by pass and none waits behind another's
-/// whole search.
+/// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
+/// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave
+/// their forward passes while the oldest can run (each keeps its buffers warm, and they
+/// finish in arrival order, as one at a time would); when the oldest waits on a remote
+/// engine, the next one runs.
 #[derive(Debug, Default)]
-pub struct FairGate {
-    /// (next ticket to hand out, ticket now served)
-    tickets: Mutex<(u64, u64)>,
+pub struct OrderedGate {
+    state: Mutex<GateState>,
     turn: Condvar,
 }
 
-/// A held turn on the CPU; the next in line gets it when this is dropped.
-pub struct CpuTurn<'a>(&'a FairGate);
+#[derive(Debug, Default)]
+struct GateState {
+    held: bool,
+    waiting: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
+}
 
-impl FairGate {
-    /// Waits for this caller's turn.
-    pub fn hold(&self) -> CpuTurn<'_> {
-        let mut t = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = t.0;
-        t.0 += 1;
-        while t.1 != mine {
-            t = self.turn.wait(t).unwrap_or_else(|p| p.into_inner());
+/// A held turn on the CPU; the next in line gets it when this is dropped.
+pub struct CpuTurn<'a>(&'a OrderedGate);
+
+impl OrderedGate {
+    /// Waits until no caller of a lower rank waits and the CPU is free.
+    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.waiting.push(std::cmp::Reverse(rank));
+        while s.held || s.waiting.peek() != Some(&std::cmp::Reverse(rank)) {
+            s = self.turn.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+        s.waiting.pop();
+        s.held = true;
         CpuTurn(self)
     }
 }
 
 impl Drop for CpuTurn<'_> {
     fn drop(&mut self) {
-        let mut t = self.0.tickets.lock().unwrap_or_else(|p| p.into_inner());
-        t.1 += 1;
-        drop(t);
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.held = false;
+        drop(s);
         self.0.turn.notify_all();
     }
 }
 
 /// The gate every engine of one family takes around a local forward pass.
 #[derive(Clone, Default)]
-pub struct ComputeGate(Arc<FairGate>);
+pub struct ComputeGate(Arc<OrderedGate>);
 
 impl ComputeGate {
-    /// Holds the CPU for local model work until the turn is dropped.
-    pub fn hold(&self) -> CpuTurn<'_> {
-        self.0.hold()
+    /// Holds the CPU for local model work of a job of `rank` until the turn is dropped.
+    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
+        self.0.hold(rank)
     }
 }
 
-fn hold_if(gate: &FairGate, local: bool) -> Option<CpuTurn<'_>> {
-    local.then(|| gate.hold())
+fn hold_if(gate: &OrderedGate, rank: u64, local: bool) -> Option<CpuTurn<'_>> {
+    local.then(|| gate.hold(rank))
 }
 
 /// The strong model with the compute gate held around local calls.
 struct GatedStrong<'a> {
     inner: &'a mut Strong,
-    gate: &'a FairGate,
+    gate: &'a OrderedGate,
+    rank: u64,
 }
 
 impl Proposer for GatedStrong<'_> {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
         self.inner.begin(setup)
     }
     fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
         self.inner.extend(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
         self.inner.reorder(parents)
     }
 }
@@ -188,20 +198,21 @@ impl Proposer for GatedStrong<'_> {
 /// A guide with the compute gate held around local calls.
 struct GatedGuide<'a> {
     inner: &'a mut Guide,
-    gate: &'a FairGate,
+    gate: &'a OrderedGate,
+    rank: u64,
 }
 
 impl Scorer for GatedGuide<'_> {
     fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
         self.inner.begin(prompt, rows, max_new)
     }
     fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
         self.inner.score(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
         self.inner.reorder(parents)
     }
     fn tokens_evaluated(&self) -> u64 {
@@ -252,6 +263,7 @@ impl Engine {
             strong,
             spec: spec.clone(),
             gate: Arc::default(),
+            rank: 0,
         })
     }
 
@@ -292,6 +304,7 @@ impl Engine {
             strong,
             spec: self.spec.clone(),
             gate: self.gate.clone(),
+            rank: 0,
         })
     }
 
@@ -346,7 +359,7 @@ impl Engine {
         match &self.strong {
             Strong::Local(p) => {
                 let mut s = LlamaScorer::new(p.model().clone(), template, self.spec.threads);
-                let _cpu = self.gate.hold();
+                let _cpu = self.gate.hold(self.rank);
                 s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
                 let requests: Vec<ScoreRequest<'_>> = texts
                     .iter()
@@ -390,6 +403,12 @@ impl Engine {
         }
     }
 
+    /// Sets the rank of the next searches at the compute gate: among engines of one family
+    /// waiting for the CPU, the lowest rank goes first (e.g. a job's arrival number).
+    pub fn set_rank(&mut self, rank: u64) {
+        self.rank = rank;
+    }
+
     /// The compute gate this engine shares with its replicas; hold it around any other
     /// local model work (e.g. plain sampling) done next to their searches.
     pub fn gate(&self) -> ComputeGate {
@@ -427,19 +446,22 @@ impl Engine {
         prompt: &str,
         progress: &mut dyn FnMut(&Progress<'_>) -> bool,
     ) -> Result<SearchOutput, EngineError> {
-        let gate = &*self.gate;
+        let (gate, rank) = (&*self.gate, self.rank);
         let models = Models {
             strong: &mut GatedStrong {
                 inner: &mut self.strong,
                 gate,
+                rank,
             },
             tuned: &mut GatedGuide {
                 inner: &mut self.tuned,
                 gate,
+                rank,
             },
             untuned: &mut GatedGuide {
                 inner: &mut self.untuned,
                 gate,
+                rank,
             },
         };
         Ok(search_with_progress(config, prompt, models, progress)?)
@@ -558,7 +580,7 @@ impl Engine {
                 "scoring a whole text in one pass needs the {role} model local"
             )));
         };
-        let _g = self.gate.hold();
+        let _g = self.gate.hold(self.rank);
         let score = w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?;
         Ok(score)
     }

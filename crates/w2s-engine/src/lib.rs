@@ -41,7 +41,7 @@ mod settings;
 mod spec;
 
 pub use engine::{
-    ComputeGate, CpuTurn, Engine, FairGate, Guide, PromptCheck, PromptTokens, Strong,
+    ComputeGate, CpuTurn, Engine, Guide, OrderedGate, PromptCheck, PromptTokens, Strong,
 };
 pub use error::EngineError;
 pub use settings::{read_config, shown_f32, Checked, RunSettings};

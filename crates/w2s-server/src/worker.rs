@@ -196,7 +196,13 @@ impl ModelInfo {
 
 /// What every worker thread shares.
 struct Shared {
-    jobs: Mutex<Receiver<Job>>,
+    /// Idle workers: a job goes to the idle worker with the lowest number, so that a light
+    /// load keeps coming back to the same workers and their warm contexts (with one client,
+    /// always worker 0, which measured faster than a replica's thread).
+    idle: Mutex<Vec<usize>>,
+    idle_changed: std::sync::Condvar,
+    /// Jobs taken so far: a job's number is its rank at the compute gate.
+    taken: std::sync::atomic::AtomicU64,
     state: Arc<WorkerState>,
     metrics: Arc<Metrics>,
     threads: usize,
@@ -218,7 +224,9 @@ pub fn start(
 ) -> Result<Receiver<Result<(), String>>, String> {
     let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     let shared = Arc::new(Shared {
-        jobs: Mutex::new(jobs),
+        idle: Mutex::new(Vec::new()),
+        idle_changed: std::sync::Condvar::new(),
+        taken: std::sync::atomic::AtomicU64::new(0),
         state,
         metrics,
         threads: spec.threads,
@@ -226,7 +234,7 @@ pub fn start(
     });
     std::thread::Builder::new()
         .name("w2s-model-worker-0".into())
-        .spawn(move || worker_main(spec, parallel.max(1), shared, info, loaded_tx))
+        .spawn(move || worker_main(spec, parallel.max(1), jobs, shared, info, loaded_tx))
         .map_err(|e| format!("could not start the model worker thread: {e}"))?;
     Ok(loaded_rx)
 }
@@ -234,6 +242,7 @@ pub fn start(
 fn worker_main(
     spec: EngineSpec,
     parallel: usize,
+    jobs: Receiver<Job>,
     shared: Arc<Shared>,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
     loaded: SyncSender<Result<(), String>>,
@@ -295,12 +304,19 @@ fn worker_main(
         let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
         return;
     }
-    for slot in 1..parallel {
+    let (mut inboxes, mut own) = (Vec::with_capacity(parallel), None);
+    for slot in 0..parallel {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        inboxes.push(tx);
+        if slot == 0 {
+            own = Some(rx);
+            continue;
+        }
         let started = models.replica().map_err(|e| e.to_string()).and_then(|m| {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("w2s-model-worker-{slot}"))
-                .spawn(move || serve_jobs(slot, m, &shared))
+                .spawn(move || serve_jobs(slot, m, rx, &shared))
                 .map(|_| ())
                 .map_err(|e| format!("could not start model worker {slot}: {e}"))
         });
@@ -310,24 +326,72 @@ fn worker_main(
             return;
         }
     }
+    let dispatcher = shared.clone();
+    let started = std::thread::Builder::new()
+        .name("w2s-dispatch".into())
+        .spawn(move || dispatch(jobs, inboxes, &dispatcher));
+    if let Err(e) = started {
+        state.dead.store(true, Ordering::SeqCst);
+        let _ = loaded.send(Err(format!("could not start the job dispatcher: {e}")));
+        return;
+    }
     state.ready.store(true, Ordering::SeqCst);
     let _ = loaded.send(Ok(()));
-    serve_jobs(0, models, &shared);
+    if let Some(rx) = own {
+        serve_jobs(0, models, rx, &shared);
+    }
 }
 
-/// One worker's loop: takes the next job from the shared queue and runs it, until the
-/// queue is closed.
-fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
+/// Hands each job, in arrival order, to the idle worker with the lowest number.
+fn dispatch(jobs: Receiver<Job>, inboxes: Vec<std::sync::mpsc::Sender<Job>>, shared: &Shared) {
+    for job in jobs {
+        let mut idle = shared.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = loop {
+            let lowest = idle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| **s)
+                .map(|(i, _)| i);
+            match lowest.map(|i| idle.swap_remove(i)) {
+                Some(s) => break s,
+                None => {
+                    idle = shared
+                        .idle_changed
+                        .wait(idle)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+            }
+        };
+        drop(idle);
+        if inboxes[slot].send(job).is_err() {
+            return;
+        }
+    }
+}
+
+/// One worker's loop: says it is idle, runs the job it is handed, until its inbox closes.
+fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Shared) {
     let (state, metrics) = (&shared.state, &shared.metrics);
     let gate = models.gate();
     let interrupt = state.slot(slot);
     models.set_interrupt(Some(interrupt.clone()));
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
+    let ready = || {
+        shared
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+        shared.idle_changed.notify_one();
+    };
+    ready();
     loop {
-        let next = shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(job) = next else { return };
+        let Ok(job) = inbox.recv() else { return };
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+        let rank = shared.taken.fetch_add(1, Ordering::SeqCst);
+        models.set_rank(rank);
         if job.cancel.load(Ordering::SeqCst) {
+            ready();
             let _ = job.events.send(Event::Done(Err(Failure::Cancelled)));
             continue;
         }
@@ -346,7 +410,7 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
                         pm.set_interrupt(Some(interrupt.clone()));
                         pm
                     });
-                    let _cpu = gate.hold();
+                    let _cpu = gate.hold(rank);
                     run_plain(pm, req)
                 }
                 None => Err(Failure::Input(format!(
@@ -385,6 +449,9 @@ fn serve_jobs(slot: usize, mut models: Engine, shared: &Shared) {
             models.release_contexts();
             plain = vec![None, None, None];
         }
+        // Idle again before the answer leaves, so that the client's next request can come
+        // back to this worker and its warm contexts.
+        ready();
         let _ = job.events.send(Event::Done(result));
     }
 }

@@ -109,19 +109,51 @@ impl Server {
 
     /// One gauge or counter from /metrics.
     pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
-        let text = client
-            .get(self.url("/metrics"))
-            .send()
+        self.metrics_text(client)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(f64::NAN)
     }
+
+    async fn metrics_text(&self, client: &reqwest::Client) -> String {
+        let r = client.get(self.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
+    /// POSTs `body` to `path`: the status and the JSON answer.
+    pub async fn post(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = client.post(self.url(path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The status of a completion request.
+    pub async fn complete(&self, client: &reqwest::Client, body: &serde_json::Value) -> u16 {
+        self.post(client, "/v1/completions", body).await.0
+    }
+}
+
+/// A client with a total timeout per request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(timeout).build().unwrap()
+}
+
+/// The Python of the test virtualenv (`scripts/install-test-python`).
+pub fn venv_python() -> std::path::PathBuf {
+    let cache = std::env::var_os("W2S_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/w2s")
+        });
+    cache.join("venv-test/bin/python")
 }
 
 impl Server {
@@ -141,15 +173,9 @@ impl Server {
 
     /// The sum of a metric over all its label sets.
     pub async fn metric_total(&self, client: &reqwest::Client, name: &str) -> f64 {
-        let text = client
-            .get(self.url("/metrics"))
-            .send()
+        self.metrics_text(client)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
+            .lines()
             .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
             .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
             .sum()
