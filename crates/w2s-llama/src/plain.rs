@@ -172,7 +172,10 @@ impl PlainModel {
         self.model.check_fits(tokens.len(), max_tokens)?;
         let n_ctx = (tokens.len() + max_tokens + 8) as u32;
         let mut engine = Engine::new(self.model.clone(), n_ctx, 1, 512, self.threads as i32)?;
-        let size = engine.ctx.n_batch().max(1) as usize;
+        let mut size = engine.ctx.n_batch().max(1) as usize;
+        if self.interrupt.is_some() {
+            size = size.min(crate::seqs::INTERRUPTIBLE_PIECE);
+        }
         let mut batch = LlamaBatch::new(size.max(1), 1);
         let vocab = self.model.llama().vocab();
         let mut out: Vec<EchoToken> = Vec::with_capacity(tokens.len() + max_tokens);
