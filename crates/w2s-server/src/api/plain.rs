@@ -66,6 +66,7 @@ struct PlainBody {
     user: Field,
     echo: Field,
     logprobs: Field,
+    search: Field,
     #[serde(flatten)]
     unknown: Map<String, Value>,
 }
@@ -79,6 +80,12 @@ pub fn parse_plain(
 ) -> Result<PlainRequest, ApiError> {
     let b: PlainBody = object(body)?;
     let ignored = b.unknown.keys().cloned().collect();
+    if b.search.is_given() {
+        return Err(ApiError::invalid(
+            "search",
+            "a plain model request runs no search; send `search` with the search model",
+        ));
+    }
     let model = b
         .model
         .get()
@@ -180,6 +187,14 @@ mod tests {
         };
         let r = parse_plain(br#"{"model": "tuned", "prompt": "Hi there", "echo": true, "logprobs": 0, "max_tokens": 1, "temperature": 0}"#, 1, &p, 3).unwrap();
         assert!(r.echo && r.logprobs && r.max_tokens == 1 && r.role == 1);
+        let r = parse_plain(
+            br#"{"model": "tuned", "prompt": "Hi", "max_tokens": 1, "user_tag": 1}"#,
+            1,
+            &p,
+            3,
+        )
+        .unwrap();
+        assert_eq!(r.ignored, vec!["user_tag"]);
         for body in [
             r#"{"model": "tuned", "prompt": "x", "max_tokens": 0}"#,
             r#"{"model": "tuned", "prompt": "x", "echo": true, "n": 2}"#,
