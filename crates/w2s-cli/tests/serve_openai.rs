@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::server::{config, serial, venv_python, Server};
+use support::server::{config, run_python, serial, Server};
 
 fn client() -> reqwest::Client {
     support::server::client(Duration::from_secs(1200))
@@ -341,29 +341,6 @@ async fn prompt_lists_best_of_logprobs_and_streamed_usage() {
         .filter_map(|e| e["choices"][0]["text"].as_str())
         .collect();
     assert_eq!(streamed, texts(&a)[0]);
-}
-
-fn run_python(script: &str, server: &Server, done: &str) {
-    let python = venv_python();
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/install-test-python",
-        python.display()
-    );
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(script);
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(&server.base)
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
-    assert!(so.contains(done), "{so}");
 }
 
 #[test]

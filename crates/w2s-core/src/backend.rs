@@ -80,6 +80,21 @@ pub struct ScoreRequest<'a> {
     pub ended: bool,
 }
 
+impl<'a> ScoreRequest<'a> {
+    /// One request per text, text `i` as row `i`.
+    pub fn per_text<S: AsRef<str>>(texts: &'a [S], ended: bool) -> Vec<ScoreRequest<'a>> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(row, text)| ScoreRequest {
+                row,
+                text: text.as_ref(),
+                ended,
+            })
+            .collect()
+    }
+}
+
 /// A small model: log-probability of a response given the prompt.
 pub trait Scorer {
     /// Starts a search on `prompt` with up to `rows` rows of up to `max_new_tokens` strong

@@ -1,7 +1,9 @@
 //! The three models of a search, built from an [`EngineSpec`] for any mix of local and
 //! remote roles.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
 
 use w2s_core::{
     search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Interrupt, Models,
@@ -113,111 +115,6 @@ pub struct Engine {
     spec: EngineSpec,
     gate: Arc<OrderedGate>,
     rank: u64,
-}
-
-/// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
-/// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave
-/// their forward passes while the oldest can run (each keeps its buffers warm, and they
-/// finish in arrival order, as one at a time would); when the oldest waits on a remote
-/// engine, the next one runs.
-#[derive(Debug, Default)]
-pub struct OrderedGate {
-    state: Mutex<GateState>,
-    turn: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    held: bool,
-    waiting: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
-}
-
-/// A held turn on the CPU; the next in line gets it when this is dropped.
-pub struct CpuTurn<'a>(&'a OrderedGate);
-
-impl OrderedGate {
-    /// Waits until no caller of a lower rank waits and the CPU is free.
-    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.waiting.push(std::cmp::Reverse(rank));
-        while s.held || s.waiting.peek() != Some(&std::cmp::Reverse(rank)) {
-            s = self.turn.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-        s.waiting.pop();
-        s.held = true;
-        CpuTurn(self)
-    }
-}
-
-impl Drop for CpuTurn<'_> {
-    fn drop(&mut self) {
-        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.held = false;
-        drop(s);
-        self.0.turn.notify_all();
-    }
-}
-
-/// The gate every engine of one family takes around a local forward pass.
-#[derive(Clone, Default)]
-pub struct ComputeGate(Arc<OrderedGate>);
-
-impl ComputeGate {
-    /// Holds the CPU for local model work of a job of `rank` until the turn is dropped.
-    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
-        self.0.hold(rank)
-    }
-}
-
-fn hold_if(gate: &OrderedGate, rank: u64, local: bool) -> Option<CpuTurn<'_>> {
-    local.then(|| gate.hold(rank))
-}
-
-/// The strong model with the compute gate held around local calls.
-struct GatedStrong<'a> {
-    inner: &'a mut Strong,
-    gate: &'a OrderedGate,
-    rank: u64,
-}
-
-impl Proposer for GatedStrong<'_> {
-    fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
-        self.inner.begin(setup)
-    }
-    fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
-        self.inner.extend(requests)
-    }
-    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
-        self.inner.reorder(parents)
-    }
-}
-
-/// A guide with the compute gate held around local calls.
-struct GatedGuide<'a> {
-    inner: &'a mut Guide,
-    gate: &'a OrderedGate,
-    rank: u64,
-}
-
-impl Scorer for GatedGuide<'_> {
-    fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
-        self.inner.begin(prompt, rows, max_new)
-    }
-    fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
-        self.inner.score(requests)
-    }
-    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
-        self.inner.reorder(parents)
-    }
-    fn tokens_evaluated(&self) -> u64 {
-        self.inner.tokens_evaluated()
-    }
 }
 
 impl Engine {
@@ -361,15 +258,7 @@ impl Engine {
                 let mut s = LlamaScorer::new(p.model().clone(), template, self.spec.threads);
                 let _cpu = self.gate.hold(self.rank);
                 s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
-                let requests: Vec<ScoreRequest<'_>> = texts
-                    .iter()
-                    .enumerate()
-                    .map(|(row, text)| ScoreRequest {
-                        row,
-                        text,
-                        ended: false,
-                    })
-                    .collect();
+                let requests = ScoreRequest::per_text(texts, false);
                 s.score(&requests).map_err(wrap)?;
                 Ok((0..texts.len())
                     .map(|row| {

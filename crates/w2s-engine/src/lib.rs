@@ -37,12 +37,12 @@
 
 mod engine;
 mod error;
+mod gate;
 mod settings;
 mod spec;
 
-pub use engine::{
-    ComputeGate, CpuTurn, Engine, Guide, OrderedGate, PromptCheck, PromptTokens, Strong,
-};
+pub use engine::{Engine, Guide, PromptCheck, PromptTokens, Strong};
 pub use error::EngineError;
+pub use gate::{ComputeGate, CpuTurn, OrderedGate};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -101,15 +101,7 @@ fn score_rate(
                 .iter()
                 .map(|t| t.split_inclusive(' ').take(step * 5 + 1).collect())
                 .collect();
-            let reqs: Vec<ScoreRequest> = cut
-                .iter()
-                .enumerate()
-                .map(|(row, text)| ScoreRequest {
-                    row,
-                    text,
-                    ended: false,
-                })
-                .collect();
+            let reqs = ScoreRequest::per_text(&cut, false);
             scorer.score(&reqs)?;
         }
         Ok((scorer.tokens_evaluated(), t.elapsed().as_secs_f64()))

@@ -152,15 +152,7 @@ impl RemoteScorer {
         texts: &[&str],
     ) -> Result<Vec<Vec<(String, f64)>>, RemoteError> {
         let url = format!("{}/completions", self.client.ctx.ep.base);
-        let requests: Vec<ScoreRequest<'_>> = texts
-            .iter()
-            .enumerate()
-            .map(|(row, text)| ScoreRequest {
-                row,
-                text,
-                ended: false,
-            })
-            .collect();
+        let requests = ScoreRequest::per_text(texts, false);
         let echoed = self.echo_all(&requests)?;
         let mut out = Vec::with_capacity(texts.len());
         for (text, (echoed, _, sent)) in texts.iter().zip(echoed) {

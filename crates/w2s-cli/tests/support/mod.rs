@@ -1,1 +1,2 @@
+pub mod bad_bodies;
 pub mod server;

@@ -218,3 +218,28 @@ pub fn blocking_status(url: &str) -> Result<u16, std::io::Error> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("bad response"))
 }
+
+/// Runs a Python test client of `tests/` against `server` (its base URL as argv[1]) in
+/// the test virtualenv; it must succeed and print `done`.
+pub fn run_python(script: &str, server: &Server, done: &str) {
+    let python = venv_python();
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/install-test-python",
+        python.display()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&server.base)
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {so}\nstderr: {se}");
+    assert!(so.contains(done), "{so}");
+}

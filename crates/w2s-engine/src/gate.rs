@@ -1,0 +1,113 @@
+//! The compute gate: local forward passes of searches in flight together take the CPU
+//! oldest search first, and the gated wrappers that hold it around local model calls.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, ScoreRequest, Scorer};
+
+use crate::engine::{Guide, Strong};
+
+/// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
+/// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave
+/// their forward passes while the oldest can run (each keeps its buffers warm, and they
+/// finish in arrival order, as one at a time would); when the oldest waits on a remote
+/// engine, the next one runs.
+#[derive(Debug, Default)]
+pub struct OrderedGate {
+    state: Mutex<GateState>,
+    turn: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    held: bool,
+    waiting: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
+}
+
+/// A held turn on the CPU; the next in line gets it when this is dropped.
+pub struct CpuTurn<'a>(&'a OrderedGate);
+
+impl OrderedGate {
+    /// Waits until no caller of a lower rank waits and the CPU is free.
+    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.waiting.push(std::cmp::Reverse(rank));
+        while s.held || s.waiting.peek() != Some(&std::cmp::Reverse(rank)) {
+            s = self.turn.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.waiting.pop();
+        s.held = true;
+        CpuTurn(self)
+    }
+}
+
+impl Drop for CpuTurn<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.held = false;
+        drop(s);
+        self.0.turn.notify_all();
+    }
+}
+
+/// The gate every engine of one family takes around a local forward pass.
+#[derive(Clone, Default)]
+pub struct ComputeGate(pub(crate) Arc<OrderedGate>);
+
+impl ComputeGate {
+    /// Holds the CPU for local model work of a job of `rank` until the turn is dropped.
+    pub fn hold(&self, rank: u64) -> CpuTurn<'_> {
+        self.0.hold(rank)
+    }
+}
+
+pub(crate) fn hold_if(gate: &OrderedGate, rank: u64, local: bool) -> Option<CpuTurn<'_>> {
+    local.then(|| gate.hold(rank))
+}
+
+/// The strong model with the compute gate held around local calls.
+pub(crate) struct GatedStrong<'a> {
+    pub(crate) inner: &'a mut Strong,
+    pub(crate) gate: &'a OrderedGate,
+    pub(crate) rank: u64,
+}
+
+impl Proposer for GatedStrong<'_> {
+    fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        self.inner.begin(setup)
+    }
+    fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        self.inner.extend(requests)
+    }
+    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        self.inner.reorder(parents)
+    }
+}
+
+/// A guide with the compute gate held around local calls.
+pub(crate) struct GatedGuide<'a> {
+    pub(crate) inner: &'a mut Guide,
+    pub(crate) gate: &'a OrderedGate,
+    pub(crate) rank: u64,
+}
+
+impl Scorer for GatedGuide<'_> {
+    fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        self.inner.begin(prompt, rows, max_new)
+    }
+    fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        self.inner.score(requests)
+    }
+    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
+        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        self.inner.reorder(parents)
+    }
+    fn tokens_evaluated(&self) -> u64 {
+        self.inner.tokens_evaluated()
+    }
+}
