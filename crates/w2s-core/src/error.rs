@@ -171,6 +171,15 @@ pub enum SearchError {
         /// What was wrong.
         message: String,
     },
+    /// A guide other than the tuned / untuned pair failed (see [`crate::Guide`]).
+    #[error("guide: {source}")]
+    Guide {
+        /// What it said.
+        source: BackendError,
+    },
+    /// A guide broke the trait's contract (wrong number of values, a NaN value).
+    #[error("guide misbehaved: {0}")]
+    GuideContract(String),
     /// The caller asked the search to stop.
     #[error("the search was cancelled")]
     Cancelled,
@@ -183,6 +192,8 @@ impl SearchError {
             SearchError::Config(_) => ErrorKind::Input,
             SearchError::Backend { source, .. } => source.kind(),
             SearchError::Contract { .. } => ErrorKind::Internal,
+            SearchError::Guide { source } => source.kind(),
+            SearchError::GuideContract(_) => ErrorKind::Internal,
             SearchError::Cancelled => ErrorKind::Cancelled,
         }
     }

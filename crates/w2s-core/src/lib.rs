@@ -7,7 +7,9 @@
 //! so far (and its end-of-sequence token once it has ended).
 //!
 //! This crate has no I/O: models plug in through two small traits, [`Proposer`] (samples
-//! continuations) and [`Scorer`] (scores text). Chunk-level beam search, Best-of-N and
+//! continuations) and [`Scorer`] (scores text). The guide is a third, [`Guide`], whose
+//! default is the pair's log-ratio ([`LogRatio`]); [`search_guided`] takes any other
+//! (a reward model, a process reward model, a function of the text). Chunk-level beam search, Best-of-N and
 //! plain sampling are all [`Method`]s of one [`search`]; the same inputs and seed give the
 //! same output.
 //!
@@ -63,6 +65,7 @@ mod backend;
 mod config;
 mod error;
 mod gold;
+mod guide;
 mod interrupt;
 pub mod rng;
 pub mod sampling;
@@ -74,9 +77,11 @@ pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRe
 pub use config::{defaults, shown_f32, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
 pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
+pub use guide::{Guide, GuideScore, LogRatio, ValueFn};
 pub use interrupt::Interrupt;
 pub use rng::RowRng;
 pub use search::{
-    rank, search, search_with_progress, Beam, Models, Progress, SearchOutput, SearchStats,
+    rank, search, search_guided, search_with_progress, Beam, Models, Progress, SearchOutput,
+    SearchStats,
 };
 pub use template::{ChatRole, ChatTurn, FilledPrompt, PromptTemplate};

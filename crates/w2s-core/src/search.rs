@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::backend::{ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
 use crate::config::SearchConfig;
 use crate::error::{Role, SearchError};
+use crate::guide::{backend, timed, Guide, LogRatio};
 use crate::rng::RowRng;
 
 /// One finished candidate, with its guide value.
@@ -15,11 +16,13 @@ use crate::rng::RowRng;
 pub struct Beam {
     /// The response text (prompt excluded).
     pub text: String,
-    /// Guide value: beta * (tuned_logprob - untuned_logprob).
+    /// Guide value: beta * (tuned_logprob - untuned_logprob), or another [`Guide`]'s value.
     pub score: f64,
-    /// log pi_tuned(response | prompt), EOS included when the row ended.
+    /// log pi_tuned(response | prompt), EOS included when the row ended (NaN when the
+    /// guide is not the tuned / untuned pair).
     pub tuned_logprob: f64,
-    /// log pi_untuned(response | prompt), EOS included when the row ended.
+    /// log pi_untuned(response | prompt), EOS included when the row ended (NaN when the
+    /// guide is not the tuned / untuned pair).
     pub untuned_logprob: f64,
     /// Why it ended.
     pub finish: Finish,
@@ -47,6 +50,9 @@ pub struct SearchStats {
     /// Time in the untuned model.
     #[serde(serialize_with = "secs")]
     pub untuned_time: Duration,
+    /// Time in a guide other than the tuned / untuned pair (see [`Guide`]).
+    #[serde(serialize_with = "secs", skip_serializing_if = "Duration::is_zero")]
+    pub guide_time: Duration,
     /// Wall time of the whole search.
     #[serde(serialize_with = "secs")]
     pub total_time: Duration,
@@ -137,14 +143,27 @@ pub fn search_with_progress(
     models: Models<'_>,
     progress: &mut dyn FnMut(&Progress<'_>) -> bool,
 ) -> Result<SearchOutput, SearchError> {
-    if prompt.trim().is_empty() {
-        return Err(crate::error::ConfigError::EmptyPrompt.into());
-    }
     let Models {
         strong,
         tuned,
         untuned,
     } = models;
+    let mut guide = LogRatio::new(tuned, untuned, config.beta());
+    search_guided(config, prompt, strong, &mut guide, progress)
+}
+
+/// Runs the search with any [`Guide`] in place of the tuned / untuned pair (the pair is
+/// [`LogRatio`]; the config's `beta` is then not used).
+pub fn search_guided(
+    config: &SearchConfig,
+    prompt: &str,
+    strong: &mut dyn Proposer,
+    guide: &mut dyn Guide,
+    progress: &mut dyn FnMut(&Progress<'_>) -> bool,
+) -> Result<SearchOutput, SearchError> {
+    if prompt.trim().is_empty() {
+        return Err(crate::error::ConfigError::EmptyPrompt.into());
+    }
     let started = Instant::now();
     let method = config.method();
     let (width, successors) = (method.width(), method.successors());
@@ -163,14 +182,7 @@ pub fn search_with_progress(
         })
         .map_err(backend(Role::Strong))?;
     stats.strong_time += t.elapsed();
-    timed(&mut stats.tuned_time, || {
-        tuned.begin(prompt, n_rows, max_new)
-    })
-    .map_err(backend(Role::Tuned))?;
-    timed(&mut stats.untuned_time, || {
-        untuned.begin(prompt, n_rows, max_new)
-    })
-    .map_err(backend(Role::Untuned))?;
+    guide.begin(prompt, n_rows, max_new, &mut stats)?;
 
     let mut rows: Vec<Row> = (0..n_rows as u64)
         .map(|i| Row::new(RowRng::new(config.seed(), i)))
@@ -225,7 +237,7 @@ pub fn search_with_progress(
         if method.chunk_len().is_none() && !all_ended {
             continue;
         }
-        score_rows(&mut rows, config.beta(), tuned, untuned, &mut stats)?;
+        score_rows(&mut rows, guide, &mut stats)?;
 
         // 3. Keep the top W of the pool (ended rows compete with their final score).
         let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
@@ -255,8 +267,7 @@ pub fn search_with_progress(
                     })
                 })
                 .collect();
-            stats.tuned_tokens_evaluated = tuned.tokens_evaluated();
-            stats.untuned_tokens_evaluated = untuned.tokens_evaluated();
+            guide.finish(&mut stats);
             stats.total_time = started.elapsed();
             return Ok(SearchOutput { beams, stats });
         }
@@ -278,18 +289,14 @@ pub fn search_with_progress(
         }
         timed(&mut stats.strong_time, || strong.reorder(&parents))
             .map_err(backend(Role::Strong))?;
-        timed(&mut stats.tuned_time, || tuned.reorder(&parents)).map_err(backend(Role::Tuned))?;
-        timed(&mut stats.untuned_time, || untuned.reorder(&parents))
-            .map_err(backend(Role::Untuned))?;
+        guide.reorder(&parents, &mut stats)?;
         rows = next;
     }
 }
 
 fn score_rows(
     rows: &mut [Row],
-    beta: f64,
-    tuned: &mut dyn Scorer,
-    untuned: &mut dyn Scorer,
+    guide: &mut dyn Guide,
     stats: &mut SearchStats,
 ) -> Result<(), SearchError> {
     let requests: Vec<ScoreRequest<'_>> = rows
@@ -305,38 +312,23 @@ fn score_rows(
     if requests.is_empty() {
         return Ok(());
     }
-    let t =
-        timed(&mut stats.tuned_time, || tuned.score(&requests)).map_err(backend(Role::Tuned))?;
-    let u = timed(&mut stats.untuned_time, || untuned.score(&requests))
-        .map_err(backend(Role::Untuned))?;
-    for (role, got) in [(Role::Tuned, t.len()), (Role::Untuned, u.len())] {
-        if got != requests.len() {
-            return Err(contract(
-                role,
-                format!("{got} scores for {} rows", requests.len()),
-            ));
-        }
+    let scores = guide.score(&requests, stats)?;
+    if scores.len() != requests.len() {
+        return Err(SearchError::GuideContract(format!(
+            "{} values for {} rows",
+            scores.len(),
+            requests.len()
+        )));
     }
     let idx: Vec<usize> = requests.iter().map(|r| r.row).collect();
-    for ((i, t), u) in idx.into_iter().zip(t).zip(u) {
+    for (i, g) in idx.into_iter().zip(scores) {
         let row = &mut rows[i];
-        row.tuned = t;
-        row.untuned = u;
-        row.score = beta * (t - u);
+        row.tuned = g.tuned;
+        row.untuned = g.untuned;
+        row.score = g.value;
         row.dirty = false;
     }
     Ok(())
-}
-
-fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    *acc += t.elapsed();
-    out
-}
-
-fn backend(role: Role) -> impl Fn(crate::error::BackendError) -> SearchError {
-    move |source| SearchError::Backend { role, source }
 }
 
 fn contract(role: Role, message: String) -> SearchError {

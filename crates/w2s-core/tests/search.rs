@@ -388,3 +388,99 @@ fn empty_prompt_is_rejected_before_model_work() {
     assert!(matches!(err, SearchError::Config(ConfigError::EmptyPrompt)));
     assert_eq!(log.borrow().extend_calls, 0);
 }
+
+/// A guide of its own (the count of "c"), through search_guided, ranks as the log-ratio
+/// pair with the same values would, and reports no log-probabilities.
+#[test]
+fn a_custom_guide_replaces_the_pair_with_the_same_search() {
+    let count_c = |_: &str, texts: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> {
+        Ok(texts
+            .iter()
+            .map(|t| t.matches('c').count() as f64)
+            .collect())
+    };
+    let cfg = config(Method::Cbs { w: 2, k: 3, l: 2 }, 12, 5);
+    let mut strong = Letters::default();
+    let mut guide = ValueFn::new(count_c);
+    let custom = search_guided(&cfg, "prompt", &mut strong, &mut guide, &mut |_| true).unwrap();
+    // The same values as a pair: tuned = +1 per "c", untuned = 0.
+    struct CountC(f64);
+    impl Scorer for CountC {
+        fn begin(&mut self, _: &str, _: usize, _: usize) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn score(&mut self, reqs: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
+            Ok(reqs
+                .iter()
+                .map(|r| self.0 * r.text.matches('c').count() as f64)
+                .collect())
+        }
+        fn reorder(&mut self, _: &[usize]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn tokens_evaluated(&self) -> u64 {
+            0
+        }
+    }
+    let (mut strong, mut tuned, mut untuned) = (Letters::default(), CountC(1.0), CountC(0.0));
+    let pair = search(
+        &cfg,
+        "prompt",
+        Models {
+            strong: &mut strong,
+            tuned: &mut tuned,
+            untuned: &mut untuned,
+        },
+    )
+    .unwrap();
+    let texts = |o: &SearchOutput| o.beams.iter().map(|b| b.text.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&custom), texts(&pair));
+    let best = custom.best();
+    assert_eq!(best.score, best.text.matches('c').count() as f64);
+    assert!(best.tuned_logprob.is_nan() && best.untuned_logprob.is_nan());
+    assert_eq!(
+        custom.stats.strong_tokens_sampled,
+        pair.stats.strong_tokens_sampled
+    );
+}
+
+#[test]
+fn a_guide_that_breaks_its_contract_is_an_error() {
+    let cfg = config(Method::Bon { n: 3 }, 4, 1);
+    let short =
+        |_: &str, _: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> { Ok(vec![1.0]) };
+    let e = search_guided(
+        &cfg,
+        "p",
+        &mut Letters::default(),
+        &mut ValueFn::new(short),
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("1 values for 3"), "{e}");
+    let nan = |_: &str, t: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> {
+        Ok(vec![f64::NAN; t.len()])
+    };
+    let e = search_guided(
+        &cfg,
+        "p",
+        &mut Letters::default(),
+        &mut ValueFn::new(nan),
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let failing = |_: &str, _: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> {
+        Err(BackendError::new(ErrorKind::Remote, "reward model down"))
+    };
+    let e = search_guided(
+        &cfg,
+        "p",
+        &mut Letters::default(),
+        &mut ValueFn::new(failing),
+        &mut |_| true,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Remote);
+    assert_eq!(e.to_string(), "guide: reward model down");
+}

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
 
 use w2s_core::{
-    search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Interrupt, Models,
-    Progress, PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest, Scorer, SearchConfig,
-    SearchOutput,
+    search_guided, search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Guide,
+    Interrupt, Models, Progress, PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest,
+    Scorer, SearchConfig, SearchOutput,
 };
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
@@ -24,13 +24,19 @@ pub enum Strong {
     Remote(RemoteProposer),
 }
 
-/// A small guide model: llama.cpp in this process, or a remote engine.
-pub enum Guide {
+/// A small guide model: llama.cpp in this process, a remote engine, or a scorer the
+/// caller supplies.
+pub enum SmallModel {
     /// A GGUF model on llama.cpp.
     Local(LlamaScorer),
     /// An OpenAI-compatible engine that echoes log-probabilities.
     Remote(RemoteScorer),
+    /// Any [`Scorer`] (e.g. a Python object), given to [`Engine::build_with`].
+    Custom(Box<dyn Scorer + Send>),
 }
+
+/// Supplies the scorer of a [`RoleSource::Custom`] role when an engine is built.
+pub type CustomScorers<'a> = &'a mut dyn FnMut(Role) -> Option<Box<dyn Scorer + Send>>;
 
 impl Proposer for Strong {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
@@ -53,44 +59,48 @@ impl Proposer for Strong {
     }
 }
 
-impl Scorer for Guide {
+impl Scorer for SmallModel {
     fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
         match self {
-            Guide::Local(s) => s.begin(prompt, rows, max_new),
-            Guide::Remote(s) => s.begin(prompt, rows, max_new),
+            SmallModel::Local(s) => s.begin(prompt, rows, max_new),
+            SmallModel::Remote(s) => s.begin(prompt, rows, max_new),
+            SmallModel::Custom(s) => s.begin(prompt, rows, max_new),
         }
     }
     fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
         match self {
-            Guide::Local(s) => s.score(requests),
-            Guide::Remote(s) => s.score(requests),
+            SmallModel::Local(s) => s.score(requests),
+            SmallModel::Remote(s) => s.score(requests),
+            SmallModel::Custom(s) => s.score(requests),
         }
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
         match self {
-            Guide::Local(s) => s.reorder(parents),
-            Guide::Remote(s) => s.reorder(parents),
+            SmallModel::Local(s) => s.reorder(parents),
+            SmallModel::Remote(s) => s.reorder(parents),
+            SmallModel::Custom(s) => s.reorder(parents),
         }
     }
     fn tokens_evaluated(&self) -> u64 {
         match self {
-            Guide::Local(s) => s.tokens_evaluated(),
-            Guide::Remote(s) => s.tokens_evaluated(),
+            SmallModel::Local(s) => s.tokens_evaluated(),
+            SmallModel::Remote(s) => s.tokens_evaluated(),
+            SmallModel::Custom(s) => s.tokens_evaluated(),
         }
     }
 }
 
-impl Guide {
+impl SmallModel {
     fn local_model(&self) -> Option<&Arc<Model>> {
         match self {
-            Guide::Local(s) => Some(s.model()),
-            Guide::Remote(_) => None,
+            SmallModel::Local(s) => Some(s.model()),
+            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
         }
     }
     fn requests_sent(&self) -> u64 {
         match self {
-            Guide::Local(_) => 0,
-            Guide::Remote(s) => s.requests_sent(),
+            SmallModel::Local(_) | SmallModel::Custom(_) => 0,
+            SmallModel::Remote(s) => s.requests_sent(),
         }
     }
 }
@@ -109,9 +119,10 @@ pub struct Engine {
     /// The strong model.
     pub strong: Strong,
     /// The small tuned model.
-    pub tuned: Guide,
+    pub tuned: SmallModel,
     /// The small untuned model.
-    pub untuned: Guide,
+    pub untuned: SmallModel,
+    guide: Option<Box<dyn Guide + Send>>,
     spec: EngineSpec,
     gate: Arc<OrderedGate>,
     rank: u64,
@@ -120,12 +131,18 @@ pub struct Engine {
 impl Engine {
     /// Loads the local models and sets up the remote ones (no request is sent yet).
     pub fn build(spec: &EngineSpec) -> Result<Engine, EngineError> {
+        Engine::build_with(spec, &mut |_| None)
+    }
+
+    /// [`Engine::build`] where `custom` supplies the scorer of each
+    /// [`RoleSource::Custom`] role (an input error if it supplies none).
+    pub fn build_with(spec: &EngineSpec, custom: CustomScorers<'_>) -> Result<Engine, EngineError> {
         let load = |role: Role, r: &RoleSpec| -> Result<Option<Arc<Model>>, EngineError> {
             match &r.source {
                 RoleSource::Local(path) => Model::load(path, spec.load)
                     .map(Some)
                     .map_err(|source| EngineError::Local { role, source }),
-                RoleSource::Remote { .. } => Ok(None),
+                RoleSource::Remote { .. } | RoleSource::Custom(_) => Ok(None),
             }
         };
         let strong = match (&spec.strong.source, load(Role::Strong, &spec.strong)?) {
@@ -142,15 +159,27 @@ impl Engine {
                     },
                 )?,
             ),
+            (RoleSource::Custom(label), None) => {
+                return Err(EngineError::input(format!(
+                    "the strong model must be a GGUF file or URL#MODEL, not {label}"
+                )))
+            }
             (RoleSource::Local(_), None) => unreachable!("a local role loads a model"),
         };
-        let guide = |role: Role, r: &RoleSpec| -> Result<Guide, EngineError> {
+        let mut guide = |role: Role, r: &RoleSpec| -> Result<SmallModel, EngineError> {
             Ok(match (&r.source, load(role, r)?) {
-                (_, Some(m)) => Guide::Local(LlamaScorer::new(m, r.template.clone(), spec.threads)),
-                (RoleSource::Remote { endpoint, .. }, None) => Guide::Remote(
+                (_, Some(m)) => {
+                    SmallModel::Local(LlamaScorer::new(m, r.template.clone(), spec.threads))
+                }
+                (RoleSource::Remote { endpoint, .. }, None) => SmallModel::Remote(
                     RemoteScorer::new((**endpoint).clone(), r.template.clone())
                         .map_err(|source| EngineError::Remote { role, source })?,
                 ),
+                (RoleSource::Custom(label), None) => {
+                    SmallModel::Custom(custom(role).ok_or_else(|| {
+                        EngineError::input(format!("the {role} model {label} was not supplied"))
+                    })?)
+                }
                 (RoleSource::Local(_), None) => unreachable!("a local role loads a model"),
             })
         };
@@ -158,6 +187,7 @@ impl Engine {
             tuned: guide(Role::Tuned, &spec.tuned)?,
             untuned: guide(Role::Untuned, &spec.untuned)?,
             strong,
+            guide: None,
             spec: spec.clone(),
             gate: Arc::default(),
             rank: 0,
@@ -167,7 +197,14 @@ impl Engine {
     /// Another engine on the same loaded models and the same compute gate, with contexts
     /// and remote clients of its own: a search on it may run on another thread while this
     /// one searches.
+    /// An input error where a role or the guide is a caller's object, which cannot be
+    /// copied.
     pub fn replica(&self) -> Result<Engine, EngineError> {
+        if self.guide.is_some() {
+            return Err(EngineError::input(
+                "an engine with a custom guide cannot be replicated",
+            ));
+        }
         let threads = self.spec.threads;
         let strong = match &self.strong {
             Strong::Local(p) => Strong::Local(LlamaProposer::new(
@@ -182,23 +219,30 @@ impl Engine {
                 })?)
             }
         };
-        let guide = |role: Role, g: &Guide| -> Result<Guide, EngineError> {
+        let guide = |role: Role, g: &SmallModel| -> Result<SmallModel, EngineError> {
             Ok(match g {
-                Guide::Local(s) => Guide::Local(LlamaScorer::new(
+                SmallModel::Local(s) => SmallModel::Local(LlamaScorer::new(
                     s.model().clone(),
                     self.spec.role(role).template.clone(),
                     threads,
                 )),
-                Guide::Remote(s) => Guide::Remote(
+                SmallModel::Remote(s) => SmallModel::Remote(
                     s.replica()
                         .map_err(|source| EngineError::Remote { role, source })?,
                 ),
+                SmallModel::Custom(_) => {
+                    return Err(EngineError::input(format!(
+                        "an engine whose {role} model is {} cannot be replicated",
+                        self.spec.role(role).describe()
+                    )))
+                }
             })
         };
         Ok(Engine {
             tuned: guide(Role::Tuned, &self.tuned)?,
             untuned: guide(Role::Untuned, &self.untuned)?,
             strong,
+            guide: None,
             spec: self.spec.clone(),
             gate: self.gate.clone(),
             rank: 0,
@@ -223,8 +267,9 @@ impl Engine {
         }
         for (g, template) in [(&mut self.tuned, tuned), (&mut self.untuned, untuned)] {
             match g {
-                Guide::Local(s) => s.set_template(template),
-                Guide::Remote(s) => s.set_template(template),
+                SmallModel::Local(s) => s.set_template(template),
+                SmallModel::Remote(s) => s.set_template(template),
+                SmallModel::Custom(_) => {}
             }
         }
         Ok(())
@@ -309,6 +354,17 @@ impl Engine {
         &self.spec
     }
 
+    /// Has the next searches rank rows by `guide` instead of the tuned / untuned pair
+    /// (`None`: the pair again). The pair's models stay loaded but are not used.
+    pub fn set_guide(&mut self, guide: Option<Box<dyn Guide + Send>>) {
+        self.guide = guide;
+    }
+
+    /// Whether a guide of [`Engine::set_guide`] replaces the pair.
+    pub fn has_custom_guide(&self) -> bool {
+        self.guide.is_some()
+    }
+
     /// The models as the search takes them.
     pub fn models(&mut self) -> Models<'_> {
         Models {
@@ -336,6 +392,14 @@ impl Engine {
         progress: &mut dyn FnMut(&Progress<'_>) -> bool,
     ) -> Result<SearchOutput, EngineError> {
         let (gate, rank) = (&*self.gate, self.rank);
+        if let Some(guide) = self.guide.as_deref_mut() {
+            let strong = &mut GatedStrong {
+                inner: &mut self.strong,
+                gate,
+                rank,
+            };
+            return Ok(search_guided(config, prompt, strong, guide, progress)?);
+        }
         let models = Models {
             strong: &mut GatedStrong {
                 inner: &mut self.strong,
@@ -401,7 +465,7 @@ impl Engine {
             p.set_interrupt(interrupt.clone());
         }
         for g in [&mut self.tuned, &mut self.untuned] {
-            if let Guide::Local(s) = g {
+            if let SmallModel::Local(s) = g {
                 s.set_interrupt(interrupt.clone());
             }
         }
@@ -420,7 +484,7 @@ impl Engine {
             }
         }
         for g in [&mut self.tuned, &mut self.untuned] {
-            if let Guide::Local(s) = g {
+            if let SmallModel::Local(s) = g {
                 if s.context_tokens() > max_tokens {
                     s.release_context();
                     freed = true;
@@ -436,7 +500,7 @@ impl Engine {
             p.release_context();
         }
         for g in [&mut self.tuned, &mut self.untuned] {
-            if let Guide::Local(s) = g {
+            if let SmallModel::Local(s) = g {
                 s.release_context();
             }
         }
@@ -464,7 +528,7 @@ impl Engine {
         let wrap = |source: BackendError| {
             EngineError::Search(w2s_core::SearchError::Backend { role, source })
         };
-        let Guide::Local(s) = guide else {
+        let SmallModel::Local(s) = guide else {
             return Err(EngineError::input(format!(
                 "scoring a whole text in one pass needs the {role} model local"
             )));
@@ -541,4 +605,94 @@ pub struct PromptTokens {
     pub local_total: usize,
     /// The longest of them.
     pub largest: usize,
+}
+
+/// The scorer of a role that a custom guide ([`Engine::set_guide`]) makes unused: every
+/// call is an internal error, so a search that reached it would say so.
+pub struct UnusedScorer(pub Role);
+
+impl Scorer for UnusedScorer {
+    fn begin(&mut self, _: &str, _: usize, _: usize) -> Result<(), BackendError> {
+        Err(self.error())
+    }
+    fn score(&mut self, _: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
+        Err(self.error())
+    }
+    fn reorder(&mut self, _: &[usize]) -> Result<(), BackendError> {
+        Err(self.error())
+    }
+    fn tokens_evaluated(&self) -> u64 {
+        0
+    }
+}
+
+impl UnusedScorer {
+    fn error(&self) -> BackendError {
+        BackendError::internal(format!(
+            "the {} model is not used: a custom guide ranks the rows",
+            self.0
+        ))
+    }
+}
+
+/// Parts of an engine that a library caller supplies (e.g. Python objects): scorers for
+/// the tuned or untuned role, or a guide that replaces the pair.
+#[derive(Default)]
+pub struct CustomParts {
+    /// A scorer for a small-model role, with the label that names it in reports.
+    pub scorers: Vec<(Role, String, Box<dyn Scorer + Send>)>,
+    /// A guide that replaces the tuned / untuned pair, with its label.
+    pub guide: Option<(String, Box<dyn Guide + Send>)>,
+}
+
+impl CustomParts {
+    /// Names the custom roles in `run` (see [`crate::RunSettings::custom`]): an input
+    /// error if a role is also given a model, or if a guide comes with a tuned or untuned
+    /// model (it replaces them).
+    pub fn name_in(&self, run: &mut crate::RunSettings) -> Result<(), EngineError> {
+        if let Some((label, _)) = &self.guide {
+            if run.tuned.is_some() || run.untuned.is_some() || !self.scorers.is_empty() {
+                return Err(EngineError::input(format!(
+                    "the guide {label} replaces the tuned / untuned pair: give no tuned or untuned model with it"
+                )));
+            }
+            for role in [Role::Tuned, Role::Untuned] {
+                run.custom.push((role, format!("unused (guide {label})")));
+            }
+        }
+        for (role, label, _) in &self.scorers {
+            if *role == Role::Strong {
+                return Err(EngineError::input(format!(
+                    "{label} cannot play the strong model: it must be a GGUF file or URL#MODEL"
+                )));
+            }
+            if run.custom.iter().any(|(r, _)| r == role) {
+                return Err(EngineError::input(format!(
+                    "the {role} model is given twice"
+                )));
+            }
+            run.custom.push((*role, label.clone()));
+        }
+        Ok(())
+    }
+
+    /// Builds the engine of `spec` (checked from settings [`CustomParts::name_in`]
+    /// marked) with these parts.
+    pub fn build(self, spec: &EngineSpec) -> Result<Engine, EngineError> {
+        let CustomParts { scorers, guide } = self;
+        let mut scorers: Vec<_> = scorers.into_iter().map(Some).collect();
+        let with_guide = guide.is_some();
+        let mut engine = Engine::build_with(spec, &mut |role| {
+            if with_guide {
+                return Some(Box::new(UnusedScorer(role)));
+            }
+            scorers
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|(r, _, _)| *r == role))
+                .and_then(Option::take)
+                .map(|(_, _, s)| s)
+        })?;
+        engine.set_guide(guide.map(|(_, g)| g));
+        Ok(engine)
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, ScoreRequest, Scorer};
 
-use crate::engine::{Guide, Strong};
+use crate::engine::{SmallModel, Strong};
 
 /// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
 /// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave
@@ -89,22 +89,34 @@ impl Proposer for GatedStrong<'_> {
 
 /// A guide with the compute gate held around local calls.
 pub(crate) struct GatedGuide<'a> {
-    pub(crate) inner: &'a mut Guide,
+    pub(crate) inner: &'a mut SmallModel,
     pub(crate) gate: &'a OrderedGate,
     pub(crate) rank: u64,
 }
 
 impl Scorer for GatedGuide<'_> {
     fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(
+            self.gate,
+            self.rank,
+            matches!(self.inner, SmallModel::Local(_)),
+        );
         self.inner.begin(prompt, rows, max_new)
     }
     fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(
+            self.gate,
+            self.rank,
+            matches!(self.inner, SmallModel::Local(_)),
+        );
         self.inner.score(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Guide::Local(_)));
+        let _g = hold_if(
+            self.gate,
+            self.rank,
+            matches!(self.inner, SmallModel::Local(_)),
+        );
         self.inner.reorder(parents)
     }
     fn tokens_evaluated(&self) -> u64 {

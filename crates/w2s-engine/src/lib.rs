@@ -41,7 +41,9 @@ mod gate;
 mod settings;
 mod spec;
 
-pub use engine::{Engine, Guide, PromptCheck, PromptTokens, Strong};
+pub use engine::{
+    CustomParts, CustomScorers, Engine, PromptCheck, PromptTokens, SmallModel, Strong, UnusedScorer,
+};
 pub use error::EngineError;
 pub use gate::{ComputeGate, CpuTurn, OrderedGate};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};

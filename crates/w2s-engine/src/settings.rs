@@ -101,6 +101,12 @@ pub struct RunSettings {
     #[cfg_attr(feature = "clap", arg(skip))]
     #[serde(default)]
     pub models: Option<ModelTables>,
+
+    /// Roles whose scorer the caller supplies ([`crate::RoleSource::Custom`]), with the
+    /// label that names it (library callers only: e.g. a Python object).
+    #[cfg_attr(feature = "clap", arg(skip))]
+    #[serde(skip)]
+    pub custom: Vec<(Role, String)>,
 }
 
 /// Settings after merging and checking.
@@ -123,6 +129,7 @@ impl RunSettings {
             ($($f:ident),*) => { RunSettings { $($f: self.$f.or(file.$f),)*
                 stop: if self.stop.is_empty() { file.stop } else { self.stop },
                 models: self.models.or(file.models),
+                custom: self.custom,
                 config: self.config } };
         }
         Ok(pick!(
@@ -186,8 +193,20 @@ impl RunSettings {
     /// Which model plays which role (remote API keys are read now).
     pub fn engine_spec(&self) -> Result<EngineSpec, EngineError> {
         let tables = self.models.clone().unwrap_or_default();
-        let role = |r: Role, model: &Option<String>, template: &Option<String>| {
-            RoleSpec::parse(r, model.as_deref(), tables.get(r), template.as_deref())
+        let role = |r: Role, model: &Option<String>, template: &Option<String>| match self
+            .custom
+            .iter()
+            .find(|(c, _)| *c == r)
+        {
+            Some((_, label)) => {
+                if model.is_some() || tables.get(r).is_some() {
+                    return Err(EngineError::input(format!(
+                        "the {r} model is given twice: as {label} and as a model name; keep one"
+                    )));
+                }
+                RoleSpec::custom(r, label, template.as_deref())
+            }
+            None => RoleSpec::parse(r, model.as_deref(), tables.get(r), template.as_deref()),
         };
         let threads = match self.threads {
             Some(0) => return Err(EngineError::input("--threads must be at least 1")),

@@ -49,6 +49,9 @@ pub enum RoleSource {
         /// The checked endpoint (API key read from its variable).
         endpoint: Box<Endpoint>,
     },
+    /// A scorer the caller supplies when it builds the engine ([`crate::Engine::build_with`]),
+    /// e.g. an object of a Python program; the label names it in reports and result files.
+    Custom(String),
 }
 
 /// One role: its model and the template that gives it the prompt.
@@ -121,6 +124,20 @@ impl RoleSpec {
         }
     }
 
+    /// A scorer the caller supplies ([`RoleSource::Custom`]), named `label`; the template
+    /// (default `{prompt}`) is recorded but the scorer applies its own.
+    pub fn custom(role: Role, label: &str, template: Option<&str>) -> Result<Self, EngineError> {
+        let template = match template {
+            None => PromptTemplate::bare(),
+            Some(t) => PromptTemplate::new(t)
+                .map_err(|e| EngineError::input(format!("--{role}-template: {e}")))?,
+        };
+        Ok(RoleSpec {
+            source: RoleSource::Custom(label.to_string()),
+            template,
+        })
+    }
+
     /// Whether the model is remote.
     pub fn is_remote(&self) -> bool {
         matches!(self.source, RoleSource::Remote { .. })
@@ -131,6 +148,7 @@ impl RoleSpec {
         match &self.source {
             RoleSource::Local(path) => path.display().to_string(),
             RoleSource::Remote { spec, .. } => format!("{}#{}", spec.url, spec.model),
+            RoleSource::Custom(label) => label.clone(),
         }
     }
 
@@ -138,7 +156,7 @@ impl RoleSpec {
     pub fn local_path(&self) -> Option<&PathBuf> {
         match &self.source {
             RoleSource::Local(path) => Some(path),
-            RoleSource::Remote { .. } => None,
+            RoleSource::Remote { .. } | RoleSource::Custom(_) => None,
         }
     }
 }
@@ -187,17 +205,23 @@ impl EngineSpec {
             .collect()
     }
 
-    /// Refuses remote roles for `what`, which needs every model local (e.g. EFT needs
-    /// every token's logits).
+    /// Refuses remote and custom roles for `what`, which needs every model local (e.g.
+    /// EFT needs every token's logits).
     pub fn require_local(&self, what: &str) -> Result<(), EngineError> {
-        let remote: Vec<String> = self.remote_roles().iter().map(Role::to_string).collect();
-        if remote.is_empty() {
+        let not_local: Vec<String> = ROLES
+            .into_iter()
+            .filter_map(|r| match &self.role(r).source {
+                RoleSource::Local(_) => None,
+                RoleSource::Remote { .. } => Some(format!("the {r} model is remote")),
+                RoleSource::Custom(label) => Some(format!("the {r} model is {label}")),
+            })
+            .collect();
+        if not_local.is_empty() {
             return Ok(());
         }
         Err(EngineError::input(format!(
-            "{what} needs every model local (GGUF files), but the {} model{} remote",
-            remote.join(" and "),
-            if remote.len() == 1 { " is" } else { "s are" }
+            "{what} needs every model local (GGUF files), but {}",
+            not_local.join(" and ")
         )))
     }
 }

@@ -3,10 +3,12 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use w2s_core::{GoldReward, Role};
-use w2s_engine::{shown_f32, Checked, Engine, RunSettings};
+use w2s_engine::{shown_f32, Checked, CustomParts, RunSettings};
 use w2s_llama::{Judge, Model, ProxyTuner, Rubric};
 
 use crate::error::{usage, EvalError};
@@ -75,6 +77,20 @@ pub struct EvalSpec {
     pub command: String,
 }
 
+/// What a library caller adds to an evaluation (e.g. Python objects): custom model parts
+/// and gold rewards of its own, which come before the spec's (the first gold reward is
+/// the report's primary one).
+#[derive(Default)]
+pub struct Plugins {
+    /// Scorers for the tuned / untuned roles, or a guide replacing the pair.
+    pub parts: CustomParts,
+    /// Gold rewards, each with a unique [`GoldReward::name`].
+    pub golds: Vec<Box<dyn GoldReward + Send>>,
+    /// Set to stop the run: the line in progress stops within a token of the local
+    /// models (or at its next chunk) and is redone on resume; every finished line is kept.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
 /// Merges flags and config, with the task's default templates.
 fn settings(run: RunSettings, task: Task) -> Result<Checked, EvalError> {
     if run.method.is_some() || run.w.is_some() || run.k.is_some() || run.l.is_some() {
@@ -107,6 +123,7 @@ fn fingerprint(
     c: &Checked,
     task: Task,
     golds: &[GoldKind],
+    custom_golds: &[String],
     judge: &str,
     prompts: &[PromptItem],
 ) -> serde_json::Value {
@@ -133,7 +150,7 @@ fn fingerprint(
         "top_k": cfg.sampling().top_k(),
         "top_p": shown_f32(cfg.sampling().top_p()),
         "stop": cfg.stop(),
-        "gold": golds.iter().map(|g| format!("{g:?}").to_lowercase()).collect::<Vec<_>>(),
+        "gold": custom_golds.iter().cloned().chain(golds.iter().map(|g| format!("{g:?}").to_lowercase())).collect::<Vec<_>>(),
         "judge": golds.contains(&GoldKind::Judge).then(|| w2s_llama::resolve_model(judge).display().to_string()),
         "prompts": prompts.len(),
         "prompts_fnv1a": crate::outdir::fnv1a(&prompt_bytes),
@@ -144,6 +161,11 @@ fn fingerprint(
 /// returns its summary. Everything is checked and every model loaded before the output
 /// directory is touched.
 pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
+    evaluate_with(spec, Plugins::default())
+}
+
+/// [`evaluate`] with a caller's own model parts and gold rewards.
+pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalError> {
     let EvalSpec {
         task,
         run,
@@ -157,11 +179,30 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
         force,
         command,
     } = spec;
-    if methods.is_empty() || seeds.is_empty() || golds.is_empty() {
+    let Plugins {
+        parts,
+        golds: custom_golds,
+        cancel,
+    } = plugins;
+    let cancelled = || cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
+    if methods.is_empty() || seeds.is_empty() || golds.len() + custom_golds.len() == 0 {
         return Err(usage(
             "an evaluation needs at least one method, one seed and one gold reward",
         ));
     }
+    let custom_names: Vec<String> = custom_golds.iter().map(|g| g.name().to_string()).collect();
+    for (i, name) in custom_names.iter().enumerate() {
+        let builtin = golds
+            .iter()
+            .any(|g| format!("{g:?}").eq_ignore_ascii_case(name));
+        if name.is_empty() || builtin || custom_names[..i].contains(name) {
+            return Err(usage(format!(
+                "gold reward name '{name}' is empty or used twice; give each gold reward its own name"
+            )));
+        }
+    }
+    let mut run = run;
+    parts.name_in(&mut run)?;
     let c = settings(run, task)?;
     let config = |m: w2s_core::Method, seed: u64| {
         w2s_core::SearchConfig::new(
@@ -193,11 +234,18 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
         c.engine
             .require_local("EFT (eft:BETA), which mixes every token's logits,")?;
     }
-    let settings = fingerprint(&c, task, &golds, &judge, &prompts);
+    let settings = fingerprint(&c, task, &golds, &custom_names, &judge, &prompts);
     outdir::check(&out, &settings, force)?;
 
     // Load everything (and refuse what cannot run) before touching the directory.
-    let mut engine = Engine::build(&c.engine)?;
+    let mut engine = parts.build(&c.engine)?;
+    if let Some(flag) = &cancel {
+        let interrupt = w2s_core::Interrupt::new();
+        let far = Duration::from_secs(100 * 365 * 86_400);
+        let deadline = Instant::now().checked_add(far).unwrap_or_else(Instant::now);
+        interrupt.arm(flag.clone(), deadline);
+        engine.set_interrupt(Some(interrupt));
+    }
     let mut eft = None;
     if has_eft {
         let part =
@@ -214,7 +262,7 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
             c.engine.threads,
         )?);
     }
-    let mut gold: Vec<Box<dyn GoldReward>> = Vec::new();
+    let mut gold: Vec<Box<dyn GoldReward + Send>> = custom_golds;
     for g in &golds {
         gold.push(match g {
             GoldKind::Vader => Box::new(Vader::new()),
@@ -263,11 +311,19 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
     );
     let mut progress = Progress::new(todo.len());
     for (seed, method, item) in todo {
+        if cancelled() {
+            return Err(EvalError::Engine(w2s_engine::EngineError::Search(
+                w2s_core::SearchError::Cancelled,
+            )));
+        }
         let started = Instant::now();
         let requests_before: u64 = engine.requests_sent().iter().sum();
         let mut rec = match method {
             EvalMethod::Search(m) => {
-                let out = engine.search(&config(m, seed)?, &item.prompt)?;
+                let out =
+                    engine.search_with_progress(&config(m, seed)?, &item.prompt, &mut |_| {
+                        !cancelled()
+                    })?;
                 let (b, s) = (out.best(), &out.stats);
                 record(
                     item,
@@ -289,6 +345,7 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
                         untuned_s: s.untuned_time.as_secs_f64(),
                         method_s: s.total_time.as_secs_f64(),
                         gold_s: 0.0,
+                        guide_s: s.guide_time.as_secs_f64(),
                     },
                 )
             }
@@ -323,6 +380,7 @@ pub fn evaluate(spec: EvalSpec) -> Result<Summary, EvalError> {
                         untuned_s: o.untuned_time.as_secs_f64(),
                         method_s: o.total_time.as_secs_f64(),
                         gold_s: 0.0,
+                        guide_s: 0.0,
                     },
                 )
             }

@@ -31,6 +31,13 @@ pub struct Timings {
     /// The whole method (search or EFT), guide scoring included, gold excluded.
     pub method_s: f64,
     pub gold_s: f64,
+    /// In a custom guide (see [`w2s_core::Guide`]), where one replaced the pair.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guide_s: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// One line of `results.jsonl`.
@@ -45,7 +52,11 @@ pub struct Record {
     pub finish: Finish,
     /// Guide value beta * (tuned - untuned) of the response.
     pub guide: f64,
+    /// NaN (written as null) when a custom guide replaced the pair.
+    #[serde(deserialize_with = "nan_if_null")]
     pub tuned_logprob: f64,
+    /// NaN (written as null) when a custom guide replaced the pair.
+    #[serde(deserialize_with = "nan_if_null")]
     pub untuned_logprob: f64,
     /// Gold rewards, the run's primary one first.
     pub gold: Vec<GoldScore>,
@@ -59,6 +70,11 @@ pub struct Record {
     #[serde(default)]
     pub http_requests: u64,
     pub timings: Timings,
+}
+
+/// JSON has no NaN: serde_json writes it as null, read back here as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What identifies a line.
@@ -260,6 +276,17 @@ pub(crate) mod tests {
         let good = zeroed.len();
         zeroed.extend_from_slice(b"\0\0\0\0\n");
         assert_eq!(parse(&zeroed).unwrap(), (vec![a], good, true));
+    }
+
+    #[test]
+    fn a_custom_guide_line_without_log_probabilities_reads_back() {
+        let mut r = record("cbs:2x2x5", 1, "p1", 0.4);
+        (r.tuned_logprob, r.untuned_logprob) = (f64::NAN, f64::NAN);
+        let text = line(&r);
+        assert!(String::from_utf8_lossy(&text).contains("\"tuned_logprob\":null"));
+        let (back, _, torn) = parse(&text).unwrap();
+        assert!(!torn && back[0].tuned_logprob.is_nan() && back[0].untuned_logprob.is_nan());
+        assert_eq!(back[0].guide, r.guide);
     }
 
     #[test]

@@ -98,8 +98,8 @@ impl LlamaProposer {
         self.template = template;
     }
 
-    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt), so
-    /// that a cancelled job stops within one piece.
+    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt, each
+    /// sampling step), so that a cancelled job stops within one piece.
     pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
         self.interrupt = interrupt;
     }
@@ -194,6 +194,8 @@ impl LlamaProposer {
         }
         let steps = requests.iter().map(|r| r.max_tokens).max().unwrap_or(0);
         for _ in 0..steps {
+            // A cancelled search stops within one token of every row.
+            crate::seqs::check(self.interrupt.as_deref())?;
             let active: Vec<bool> = requests
                 .iter()
                 .enumerate()

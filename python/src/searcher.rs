@@ -1,0 +1,337 @@
+//! The classes and functions of `w2s._w2s`. Each takes settings as the CLI does and hands
+//! them to the library; results go back as JSON text that the Python layer turns into
+//! typed objects.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use w2s_core::{BackendError, Role, ScoreRequest, Scorer, SearchOutput, ValueFn};
+use w2s_engine::{CustomParts, Engine, EngineError, RunSettings};
+
+use crate::errors::{to_py, value_error, Slot};
+use crate::objects::{values, PyGold, PyScorer};
+use crate::run::cancellable;
+
+/// Model and search settings, as keyword arguments of `Searcher` and `evaluate`.
+#[derive(FromPyObject, Default)]
+#[pyo3(from_item_all)]
+pub struct Settings {
+    config: Option<PathBuf>,
+    strong: Option<String>,
+    tuned: Option<String>,
+    untuned: Option<String>,
+    strong_template: Option<String>,
+    tuned_template: Option<String>,
+    untuned_template: Option<String>,
+    threads: Option<usize>,
+    gpu_layers: Option<u32>,
+    max_new_tokens: Option<usize>,
+    beta: Option<f64>,
+    temperature: Option<f32>,
+    top_k: Option<u32>,
+    top_p: Option<f32>,
+    stop: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn run_settings(self) -> RunSettings {
+        RunSettings {
+            config: self.config,
+            strong: self.strong,
+            tuned: self.tuned,
+            untuned: self.untuned,
+            strong_template: self.strong_template,
+            tuned_template: self.tuned_template,
+            untuned_template: self.untuned_template,
+            threads: self.threads,
+            gpu_layers: self.gpu_layers,
+            max_new_tokens: self.max_new_tokens,
+            beta: self.beta,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            stop: self.stop.unwrap_or_default(),
+            ..RunSettings::default()
+        }
+    }
+}
+
+/// Python objects for the roles: `(role name, label, f)` scorers and `(label, f)` guide,
+/// each `f(prompt, texts, ended) -> list[float]`.
+type PyParts = (
+    Vec<(String, String, Py<PyAny>)>,
+    Option<(String, Py<PyAny>)>,
+);
+
+fn custom_parts(parts: PyParts, slot: &Slot) -> PyResult<CustomParts> {
+    let (scorers, guide) = parts;
+    let mut out = CustomParts::default();
+    for (role, label, f) in scorers {
+        let role = match role.as_str() {
+            "tuned" => Role::Tuned,
+            "untuned" => Role::Untuned,
+            other => return Err(value_error(format!("no role '{other}' takes a scorer"))),
+        };
+        let scorer = PyScorer::new(f, format!("the {role} scorer {label}"), slot.clone());
+        out.scorers.push((role, label, Box::new(scorer)));
+    }
+    if let Some((label, f)) = guide {
+        let (slot, what) = (slot.clone(), format!("the guide {label}"));
+        let guide = ValueFn::new(move |prompt: &str, texts: &[&str], ended: &[bool]| {
+            values(&f, &slot, &what, prompt, texts, ended)
+        });
+        out.guide = Some((label, Box::new(guide)));
+    }
+    Ok(out)
+}
+
+fn engine_err(slot: &Slot, e: EngineError) -> PyErr {
+    to_py(slot, e.kind(), e.to_string())
+}
+
+/// The three models of a weak-to-strong search, loaded once, ready to search any prompt.
+#[pyclass(module = "w2s._w2s")]
+pub struct Searcher {
+    engine: Mutex<Engine>,
+    run: RunSettings,
+    slot: Slot,
+    describe: String,
+}
+
+#[pymethods]
+impl Searcher {
+    #[new]
+    #[pyo3(signature = (settings, parts))]
+    fn new(py: Python<'_>, settings: Settings, parts: PyParts) -> PyResult<Self> {
+        let slot = Slot::default();
+        let parts = custom_parts(parts, &slot)?;
+        let mut run = settings.run_settings();
+        parts.name_in(&mut run).map_err(|e| engine_err(&slot, e))?;
+        let run = run.merged().map_err(|e| engine_err(&slot, e))?;
+        let checked = run.clone().check().map_err(|e| engine_err(&slot, e))?;
+        let spec = checked.engine;
+        let describe = format!(
+            "strong={} tuned={} untuned={}",
+            spec.strong.describe(),
+            spec.tuned.describe(),
+            spec.untuned.describe()
+        );
+        let engine = py
+            .detach(|| parts.build(&spec))
+            .map_err(|e| engine_err(&slot, e))?;
+        Ok(Searcher {
+            engine: Mutex::new(engine),
+            run,
+            slot,
+            describe,
+        })
+    }
+
+    /// Runs one search; returns the output as JSON text.
+    #[pyo3(signature = (prompt, method, seed))]
+    fn generate(&self, py: Python<'_>, prompt: &str, method: &str, seed: u64) -> PyResult<String> {
+        let mut run = self.run.clone();
+        run.method = Some(method.to_string());
+        let config = run
+            .method()
+            .and_then(|m| run.search_config(m, seed))
+            .map_err(|e| engine_err(&self.slot, e))?;
+        let interrupt = w2s_core::Interrupt::new();
+        let result = cancellable(py, |cancel| {
+            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            interrupt.arm(cancel.clone(), far_deadline());
+            engine.set_interrupt(Some(interrupt.clone()));
+            let out = engine
+                .search_with_progress(&config, prompt, &mut |_| !cancel.load(Ordering::SeqCst));
+            engine.set_interrupt(None);
+            out
+        })?;
+        let out = result.map_err(|e| engine_err(&self.slot, e))?;
+        Ok(output_json(&out))
+    }
+
+    /// Which model plays which role.
+    fn __repr__(&self) -> String {
+        format!("Searcher({})", self.describe)
+    }
+}
+
+/// Far enough to never pass: a Python search has no deadline.
+fn far_deadline() -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400))
+        .unwrap_or(now)
+}
+
+fn output_json(out: &SearchOutput) -> String {
+    serde_json::to_string(out).unwrap_or_else(|_| "{}".into())
+}
+
+/// A small model on llama.cpp that scores responses: `score(prompt, texts, ended)` gives
+/// log p(text | prompt through the template), the end token's term included where
+/// `ended`, exactly as the search's local scorer computes it.
+#[pyclass(module = "w2s._w2s")]
+pub struct LocalScorer {
+    scorer: Mutex<w2s_llama::LlamaScorer>,
+    slot: Slot,
+}
+
+#[pymethods]
+impl LocalScorer {
+    #[new]
+    #[pyo3(signature = (model, template=None, threads=None, gpu_layers=0))]
+    fn new(
+        py: Python<'_>,
+        model: &str,
+        template: Option<&str>,
+        threads: Option<usize>,
+        gpu_layers: u32,
+    ) -> PyResult<Self> {
+        let slot = Slot::default();
+        let template = match template {
+            None => w2s_core::PromptTemplate::bare(),
+            Some(t) => w2s_core::PromptTemplate::new(t)
+                .map_err(|e| value_error(format!("template: {e}")))?,
+        };
+        if threads == Some(0) {
+            return Err(value_error("threads must be at least 1"));
+        }
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let path = w2s_llama::resolve_model(model);
+        let loaded = py
+            .detach(|| w2s_llama::Model::load(&path, w2s_llama::LoadOptions { gpu_layers }))
+            .map_err(|e| {
+                let e = BackendError::from(e);
+                to_py(&slot, e.kind(), e.to_string())
+            })?;
+        Ok(LocalScorer {
+            scorer: Mutex::new(w2s_llama::LlamaScorer::new(loaded, template, threads)),
+            slot,
+        })
+    }
+
+    /// Log-probabilities of each text as a response to `prompt`.
+    fn score(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        texts: Vec<String>,
+        ended: Vec<bool>,
+    ) -> PyResult<Vec<f64>> {
+        if texts.len() != ended.len() {
+            return Err(value_error(format!(
+                "{} texts but {} ended flags",
+                texts.len(),
+                ended.len()
+            )));
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let got = py.detach(|| {
+            let mut s = self.scorer.lock().unwrap_or_else(|p| p.into_inner());
+            let longest = texts
+                .iter()
+                .map(|t| s.model().tokenize_response(t).len())
+                .max()
+                .unwrap_or(0);
+            s.begin(prompt, texts.len(), longest + 1)?;
+            let requests: Vec<ScoreRequest<'_>> = texts
+                .iter()
+                .zip(&ended)
+                .enumerate()
+                .map(|(row, (text, &ended))| ScoreRequest { row, text, ended })
+                .collect();
+            s.score(&requests)
+        });
+        got.map_err(|e| to_py(&self.slot, e.kind(), e.to_string()))
+    }
+}
+
+/// Runs an evaluation (see `w2s.evaluate`); returns the summary as JSON text.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, out, force, command))]
+pub fn evaluate(
+    py: Python<'_>,
+    settings: Settings,
+    parts: PyParts,
+    golds: Vec<(String, Py<PyAny>)>,
+    prompts: Vec<(String, String)>,
+    prompts_source: String,
+    methods: &str,
+    seeds: Vec<u64>,
+    task: &str,
+    builtin_golds: Option<&str>,
+    judge: Option<String>,
+    out: PathBuf,
+    force: bool,
+    command: String,
+) -> PyResult<String> {
+    let slot = Slot::default();
+    let eval_err = |slot: &Slot, e: w2s_eval::EvalError| to_py(slot, e.kind(), e.to_string());
+    let task = match task {
+        "sentiment" => w2s_eval::Task::Sentiment,
+        "instruct" => w2s_eval::Task::Instruct,
+        other => {
+            return Err(value_error(format!(
+                "task must be 'sentiment' or 'instruct', not '{other}'"
+            )))
+        }
+    };
+    let methods = w2s_eval::parse_methods(methods).map_err(|e| eval_err(&slot, e))?;
+    let builtin = match builtin_golds {
+        Some(g) => w2s_eval::parse_golds(g).map_err(|e| eval_err(&slot, e))?,
+        None if golds.is_empty() => task.default_golds(),
+        None => Vec::new(),
+    };
+    let prompts = prompts
+        .into_iter()
+        .map(|(id, prompt)| w2s_eval::PromptItem { id, prompt })
+        .collect();
+    let plugins = w2s_eval::Plugins {
+        parts: custom_parts(parts, &slot)?,
+        golds: golds
+            .into_iter()
+            .map(|(name, f)| {
+                Box::new(PyGold::new(f, name, slot.clone())) as Box<dyn w2s_core::GoldReward + Send>
+            })
+            .collect(),
+        cancel: None,
+    };
+    let spec = w2s_eval::EvalSpec {
+        task,
+        run: settings.run_settings(),
+        prompts,
+        prompts_source,
+        methods,
+        seeds,
+        golds: builtin,
+        judge: judge.unwrap_or_else(|| "qwen2.5-coder-1.5b-instruct".into()),
+        out,
+        force,
+        command,
+    };
+    let result = cancellable(py, move |cancel| {
+        let plugins = w2s_eval::Plugins {
+            cancel: Some(cancel),
+            ..plugins
+        };
+        w2s_eval::evaluate_with(spec, plugins)
+    })?;
+    let summary = result.map_err(|e| eval_err(&slot, e))?;
+    Ok(w2s_eval::to_json(&summary).to_string())
+}
+
+/// Redraws the report of an evaluation directory from its results; the summary as JSON.
+#[pyfunction]
+pub fn report(py: Python<'_>, out: PathBuf) -> PyResult<String> {
+    let slot = Slot::default();
+    let summary = py
+        .detach(|| w2s_eval::report(&out))
+        .map_err(|e| to_py(&slot, e.kind(), e.to_string()))?;
+    Ok(w2s_eval::to_json(&summary).to_string())
+}

@@ -1,0 +1,76 @@
+"""The evaluation harness from Python: the same resumable results and report as w2s eval."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import w2s
+
+from conftest import REPO, STRONG_TEMPLATE, TUNED_TEMPLATE
+
+
+def test_evaluate_writes_resumable_results_with_a_python_gold(strong, small, tmp_path):
+    calls = []
+
+    def exclaims(prompt, response):
+        calls.append(response)
+        return float(response.count("!")) - 0.01 * len(response)
+
+    prompts = [{"id": "a", "prompt": "The film opens on a quiet street, and"},
+               {"id": "b", "prompt": "I rented this movie last weekend and"}]
+    kwargs = dict(
+        prompts=prompts, methods=["sample", "bon:2"], seeds=[1], out=tmp_path / "run",
+        strong=strong, tuned=small, untuned=small, strong_template=STRONG_TEMPLATE,
+        tuned_template=TUNED_TEMPLATE, threads=2, max_new_tokens=12,
+        gold=[exclaims, "vader"],
+    )
+    summary = w2s.evaluate(**kwargs)
+    assert summary["gold"] == "exclaims"
+    assert summary["method_order"] == ["sample", "bon:2"]
+    assert summary["methods"]["bon:2"]["strong_tokens_per_prompt"] > 0
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and len(calls) == 4
+    rec = json.loads(lines[0])
+    assert [g["name"] for g in rec["gold"]] == ["exclaims", "vader"]
+    assert (tmp_path / "run" / "report.md").exists()
+    # A rerun with the same settings finds every line done: no search, no gold call.
+    again = w2s.evaluate(**kwargs)
+    assert len(calls) == 4 and again == summary
+    assert w2s.report(tmp_path / "run") == summary
+    # Other settings are refused unless forced.
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        w2s.evaluate(**{**kwargs, "max_new_tokens": 13})
+
+
+def test_evaluate_with_a_python_guide_and_bad_input(strong, tmp_path):
+    summary = w2s.evaluate(
+        ["I rented this movie last weekend and"], methods="sample,cbs:2x2x5", seeds=[1, 2],
+        out=tmp_path / "g", strong=strong, guide=lambda p, t, e: -abs(len(t) - 40),
+        strong_template=STRONG_TEMPLATE, threads=2, max_new_tokens=10,
+    )
+    assert summary["prompts"] == 1 and summary["seeds"] == [1, 2]
+    rec = json.loads((tmp_path / "g" / "results.jsonl").read_text().splitlines()[-1])
+    assert rec["tuned_logprob"] is None and rec["method"] == "cbs:2x2x5"
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        w2s.evaluate(["x"], methods=["nope"], out=tmp_path / "bad", strong=strong,
+                     guide=lambda p, t, e: 0.0)
+    with pytest.raises(ValueError, match="no file"):
+        w2s.evaluate("missing.jsonl", out=tmp_path / "bad", strong=strong,
+                     guide=lambda p, t, e: 0.0)
+    with pytest.raises(ValueError, match="twice"):
+        w2s.evaluate(["x"], methods=["sample"], out=tmp_path / "bad", strong=strong,
+                     guide=lambda p, t, e: 0.0, gold={"vader": lambda p, r: 0.0, "builtin": "vader"})
+
+
+def test_the_example_script_runs(strong, small, tmp_path):
+    env = {**os.environ, "W2S_EXAMPLE_OUT": str(tmp_path)}
+    got = subprocess.run(
+        [sys.executable, str(REPO / "python" / "examples" / "compare.py"), "--prompts", "2",
+         "--max-new-tokens", "10", "--strong", strong, "--small", small],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert got.returncode == 0, got.stderr
+    assert "cbs:2x2x5" in got.stdout and "sample" in got.stdout
+    assert (tmp_path / "results.jsonl").exists()

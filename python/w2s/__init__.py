@@ -1,0 +1,425 @@
+"""Weak-to-strong search from Python.
+
+A large ("strong") model proposes chunks of text; a beam search keeps the chunks that a
+small tuned model likes more than its small untuned twin (or that any guide you pass
+values more). The search runs in Rust on llama.cpp or on any OpenAI-compatible engine;
+this package only translates.
+
+    import w2s
+    s = w2s.Searcher(strong="gemma-3-270m", tuned="smollm2-135m-instruct",
+                     untuned="smollm2-135m-instruct",
+                     strong_template="Here is a movie review from imdb: {prompt}",
+                     tuned_template="chat:Write a very positive movie review.||{prompt}",
+                     untuned_template="chat:Write a very negative movie review.||{prompt}")
+    out = s.generate("I rented this movie last weekend and", method="cbs:4x4x5", seed=1)
+    print(out.text, out.beams[0].score, out.stats.strong_tokens_sampled)
+
+Every model may be a GGUF file, a name fetched by the repository's scripts/fetch-models,
+or a remote engine as "URL#MODEL". The tuned and untuned models may also be Python
+scorers, and `guide=` replaces the pair with any Python function (see `Scorer`,
+`GuideFn`). Bad settings raise ValueError, backend failures `W2sError`, Ctrl-C
+cancels a running search and raises KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    Union,
+    runtime_checkable,
+)
+
+from . import _w2s
+from ._w2s import LocalScorer, W2sError
+
+__version__ = _w2s.__version__
+
+__all__ = [
+    "Searcher",
+    "Output",
+    "Beam",
+    "Stats",
+    "LocalScorer",
+    "W2sError",
+    "Scorer",
+    "GuideFn",
+    "evaluate",
+    "report",
+    "to_records",
+    "to_dataframe",
+]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A model in the tuned or untuned role, or a whole guide: one value per text.
+
+    `prompt` is the prompt as the user wrote it (apply your own template), `texts` the
+    whole responses so far, `ended[i]` whether response i has ended (a model then adds
+    its end-of-sequence term). A scorer returns log-probabilities; a guide returns any
+    value, higher is better.
+    """
+
+    def score(self, prompt: str, texts: List[str], ended: List[bool]) -> Sequence[float]: ...
+
+
+#: A guide or scorer given as a function of one response: f(prompt, text, ended) -> float.
+GuideFn = Callable[[str, str, bool], float]
+
+ScorerLike = Union[str, Scorer, GuideFn]
+GoldLike = Union[str, Callable[[str, str], float]]
+
+
+@dataclass(frozen=True)
+class Beam:
+    """One finished candidate."""
+
+    text: str
+    #: The guide's value (beta * (tuned - untuned) for the pair).
+    score: float
+    #: log p_tuned(text | prompt); None when a custom guide replaced the pair.
+    tuned_logprob: Optional[float]
+    untuned_logprob: Optional[float]
+    #: "eos", "stop" or "length".
+    finish: str
+    strong_tokens: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters and timings (seconds) of one search."""
+
+    strong_tokens_sampled: int
+    chunks: int
+    tuned_tokens_evaluated: int
+    untuned_tokens_evaluated: int
+    strong_time: float
+    tuned_time: float
+    untuned_time: float
+    total_time: float
+    #: Time in a custom guide (0 with the tuned / untuned pair).
+    guide_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Output:
+    """The result of one search: every finished row, best first."""
+
+    prompt: str
+    method: str
+    seed: int
+    beams: List[Beam]
+    stats: Stats
+
+    @property
+    def text(self) -> str:
+        """The best response."""
+        return self.beams[0].text
+
+    @property
+    def score(self) -> float:
+        """The best response's guide value."""
+        return self.beams[0].score
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict (JSON-ready)."""
+        return asdict(self)
+
+    @staticmethod
+    def _from_json(prompt: str, method: str, seed: int, text: str) -> "Output":
+        d = json.loads(text)
+        beams = [Beam(**b) for b in d["beams"]]
+        return Output(prompt=prompt, method=method, seed=seed, beams=beams, stats=Stats(**d["stats"]))
+
+
+def _label(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return f"python:{module}.{name}"
+
+
+def _batched(obj: Any, what: str) -> Callable[[str, List[str], List[bool]], List[float]]:
+    """One callable f(prompt, texts, ended) -> list[float] for a scorer or guide."""
+    if hasattr(obj, "score") and callable(obj.score):
+        method = obj.score
+
+        def call(prompt: str, texts: List[str], ended: List[bool]) -> List[float]:
+            return [float(v) for v in method(prompt, texts, ended)]
+
+        return call
+    if callable(obj):
+
+        def each(prompt: str, texts: List[str], ended: List[bool]) -> List[float]:
+            return [float(obj(prompt, t, e)) for t, e in zip(texts, ended)]
+
+        return each
+    raise TypeError(
+        f"{what} must be a model name, a GGUF path, 'URL#MODEL', an object with "
+        f"score(prompt, texts, ended), or a function f(prompt, text, ended); got {type(obj).__name__}"
+    )
+
+
+def _settings(
+    strong: Optional[str],
+    tuned: Optional[ScorerLike],
+    untuned: Optional[ScorerLike],
+    guide: Optional[Union[Scorer, GuideFn]],
+    options: Mapping[str, Any],
+) -> Tuple[Dict[str, Any], Tuple[list, Optional[tuple]]]:
+    known = {
+        "config", "strong_template", "tuned_template", "untuned_template", "threads",
+        "gpu_layers", "max_new_tokens", "beta", "temperature", "top_k", "top_p", "stop",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    settings: Dict[str, Any] = {k: options.get(k) for k in known}
+    if settings["config"] is not None:
+        settings["config"] = os.fspath(settings["config"])
+    if isinstance(settings["stop"], str):
+        settings["stop"] = [settings["stop"]]
+    if strong is not None and not isinstance(strong, str):
+        raise TypeError("strong must be a model name, a GGUF path or 'URL#MODEL' (a str)")
+    settings["strong"] = os.fspath(strong) if strong is not None else None
+    scorers = []
+    for role, model in (("tuned", tuned), ("untuned", untuned)):
+        if model is None or isinstance(model, (str, os.PathLike)):
+            settings[role] = os.fspath(model) if model is not None else None
+            continue
+        if settings[f"{role}_template"] is not None:
+            raise ValueError(
+                f"{role}_template is for a model w2s runs; the Python {role} scorer applies its own template"
+            )
+        settings[role] = None
+        scorers.append((role, _label(model), _batched(model, role)))
+    guide_part = None
+    if guide is not None:
+        guide_part = (_label(guide), _batched(guide, "guide"))
+    return settings, (scorers, guide_part)
+
+
+class Searcher:
+    """The three models of a weak-to-strong search, loaded once.
+
+    Args:
+        strong: the strong model (GGUF file, fetched name, or "URL#MODEL").
+        tuned, untuned: the small pair; each a model like `strong`, a `Scorer`
+            object, or a function f(prompt, text, ended) -> log-probability.
+        guide: instead of the pair, any `Scorer` / function valuing a response so far.
+        config: a TOML file with any of these settings (as `w2s --config`).
+        strong_template, tuned_template, untuned_template: how each model is given
+            the prompt: "... {prompt} ..." or "chat:USER||ASSISTANT-PREFIX".
+        threads, gpu_layers, max_new_tokens, beta, temperature, top_k, top_p, stop:
+            as the CLI's flags of the same names.
+
+    Searches on one Searcher run one at a time; two Searchers in two threads run at once
+    (they share loaded model files).
+    """
+
+    def __init__(
+        self,
+        strong: Optional[str] = None,
+        tuned: Optional[ScorerLike] = None,
+        untuned: Optional[ScorerLike] = None,
+        *,
+        guide: Optional[Union[Scorer, GuideFn]] = None,
+        **settings: Any,
+    ) -> None:
+        s, parts = _settings(strong, tuned, untuned, guide, settings)
+        self._native = _w2s.Searcher(s, parts)
+
+    def generate(self, prompt: str, method: str = "cbs", seed: int = 1) -> Output:
+        """Searches for a response to `prompt`.
+
+        `method`: "cbs" (the settings' W, K, L; 4x4x5 by default), "cbs:WxKxL",
+        "bon:N" (Best-of-N), or "sample".
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        text = self._native.generate(prompt, method, seed)
+        return Output._from_json(prompt, method, seed, text)
+
+    def generate_batch(
+        self,
+        prompts: Iterable[str],
+        method: str = "cbs",
+        seed: int = 1,
+        progress: bool = False,
+    ) -> List[Output]:
+        """`generate` for each prompt, in order; `progress=True` shows a bar (tqdm if
+        installed, else a line on stderr)."""
+        prompts = list(prompts)
+        bar = _progress(len(prompts), method) if progress else None
+        outs = []
+        try:
+            for p in prompts:
+                outs.append(self.generate(p, method=method, seed=seed))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return outs
+
+    def __repr__(self) -> str:
+        return repr(self._native)
+
+
+class _LineBar:
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n, self.t0 = total, desc, 0, time.monotonic()
+
+    def update(self, k: int) -> None:
+        self.n += k
+        rate = self.n / max(time.monotonic() - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.desc}: {self.n}/{self.total} ({rate:.2f}/s)")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def _progress(total: int, desc: str) -> Any:
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-not-found]
+
+        return tqdm(total=total, desc=desc)
+    except ImportError:
+        return _LineBar(total, desc)
+
+
+def _golds(gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike]]):
+    """Built-in gold names ("vader", "judge") and Python gold rewards (name, f)."""
+    if gold is None:
+        return None, []
+    items: List[Tuple[Optional[str], GoldLike]]
+    if isinstance(gold, Mapping):
+        items = list(gold.items())
+    elif isinstance(gold, (str, bytes)) or callable(gold):
+        items = [(None, gold)]
+    else:
+        items = [(None, g) for g in gold]
+    builtin: List[str] = []
+    custom: List[Tuple[str, Callable[[str, str], float]]] = []
+    for name, g in items:
+        if isinstance(g, str):
+            builtin.extend(x.strip() for x in g.split(","))
+        elif callable(g):
+            label = name or getattr(g, "__name__", None) or type(g).__name__
+            custom.append((label, lambda p, r, g=g: float(g(p, r))))
+        else:
+            raise TypeError(f"a gold reward is 'vader', 'judge' or a function f(prompt, response) -> float, not {g!r}")
+    return (",".join(builtin) if builtin else None), custom
+
+
+def _prompts(prompts: Union[str, os.PathLike, Sequence[Any]]) -> Tuple[List[Tuple[str, str]], str]:
+    """(id, prompt) pairs from a JSONL file, a list of str, or a list of {"id", "prompt"}."""
+    if isinstance(prompts, (str, os.PathLike)) and os.path.exists(prompts):
+        path = os.fspath(prompts)
+        items = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        d = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path} line {n}: not JSON ({e})") from None
+                    if not isinstance(d, dict) or not isinstance(d.get("prompt"), str):
+                        raise ValueError(f'{path} line {n}: expected {{"id": ..., "prompt": "..."}}')
+                    items.append((str(d.get("id", n)), d["prompt"]))
+        return items, path
+    if isinstance(prompts, str):
+        raise ValueError(f"prompts: no file {prompts!r} (give a JSONL path or a list of prompts)")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            out.append((str(i), p))
+        elif isinstance(p, Mapping) and isinstance(p.get("prompt"), str):
+            out.append((str(p.get("id", i)), p["prompt"]))
+        else:
+            raise ValueError(f'prompts[{i}] must be a str or {{"id": ..., "prompt": "..."}}, got {p!r}')
+    return out, "python"
+
+
+def evaluate(
+    prompts: Union[str, os.PathLike, Sequence[Any]],
+    methods: Union[str, Sequence[str]] = ("sample", "bon:16", "cbs:4x4x5"),
+    seeds: Sequence[int] = (1,),
+    out: Union[str, os.PathLike] = "runs/python",
+    *,
+    strong: Optional[str] = None,
+    tuned: Optional[ScorerLike] = None,
+    untuned: Optional[ScorerLike] = None,
+    guide: Optional[Union[Scorer, GuideFn]] = None,
+    task: str = "sentiment",
+    gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike]] = None,
+    judge: Optional[str] = None,
+    force: bool = False,
+    **settings: Any,
+) -> Dict[str, Any]:
+    """Compares methods on prompts, as `w2s eval` does, and returns the summary.
+
+    One line per (method, seed, prompt) is appended to OUT/results.jsonl as soon as it
+    is done, so an interrupted run (Ctrl-C included) resumes where it stopped when called
+    again with the same settings; OUT/report.md, summary.json and plots are written at
+    the end. `gold`: "vader", "judge", a function f(prompt, response) -> float (named by
+    its __name__), a list of these, or a dict {name: function}; the first is the report's
+    primary gold reward. Default: the task's (VADER for sentiment, the judge for instruct).
+    Model settings are those of `Searcher`.
+    """
+    s, parts = _settings(strong, tuned, untuned, guide, settings)
+    builtin, custom = _golds(gold)
+    items, source = _prompts(prompts)
+    if isinstance(methods, str):
+        methods = [methods]
+    seeds = list(seeds)
+    if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in seeds):
+        raise ValueError(f"seeds must be integers >= 0, got {seeds!r}")
+    command = f"w2s.evaluate(methods={list(methods)!r}, seeds={seeds!r}, out={os.fspath(out)!r})"
+    text = _w2s.evaluate(
+        s, parts, custom, items, source, ",".join(methods), seeds, task, builtin, judge,
+        os.fspath(out), force, command,
+    )
+    return json.loads(text)
+
+
+def report(out: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Redraws OUT's report from its results.jsonl and returns the summary."""
+    return json.loads(_w2s.report(os.fspath(out)))
+
+
+def to_records(outputs: Iterable[Output]) -> List[Dict[str, Any]]:
+    """One flat dict per output: prompt, method, seed, the best beam, the counters."""
+    rows = []
+    for o in outputs:
+        best = o.beams[0]
+        row: Dict[str, Any] = {"prompt": o.prompt, "method": o.method, "seed": o.seed}
+        row.update({k: v for k, v in asdict(best).items()})
+        row.update(asdict(o.stats))
+        rows.append(row)
+    return rows
+
+
+def to_dataframe(outputs: Iterable[Output]) -> Any:
+    """`to_records` as a pandas DataFrame (pandas must be installed)."""
+    try:
+        import pandas as pd  # type: ignore[import-not-found]
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install pandas (or use to_records)") from None
+    return pd.DataFrame(to_records(outputs))

@@ -1,0 +1,44 @@
+"""Types of the native module (used through the `w2s` package)."""
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+__version__: str
+
+class W2sError(RuntimeError):
+    """A model backend (local or remote) or w2s itself failed."""
+
+_Batched = Callable[[str, List[str], List[bool]], List[float]]
+_Parts = Tuple[List[Tuple[str, str, _Batched]], Optional[Tuple[str, _Batched]]]
+
+class Searcher:
+    def __init__(self, settings: Dict[str, Any], parts: _Parts) -> None: ...
+    def generate(self, prompt: str, method: str, seed: int) -> str: ...
+
+class LocalScorer:
+    """A small GGUF model on llama.cpp that scores responses exactly as the search does."""
+
+    def __init__(
+        self,
+        model: str,
+        template: Optional[str] = None,
+        threads: Optional[int] = None,
+        gpu_layers: int = 0,
+    ) -> None: ...
+    def score(self, prompt: str, texts: List[str], ended: List[bool]) -> List[float]: ...
+
+def evaluate(
+    settings: Dict[str, Any],
+    parts: _Parts,
+    golds: List[Tuple[str, Callable[[str, str], float]]],
+    prompts: List[Tuple[str, str]],
+    prompts_source: str,
+    methods: str,
+    seeds: Sequence[int],
+    task: str,
+    builtin_golds: Optional[str],
+    judge: Optional[str],
+    out: str,
+    force: bool,
+    command: str,
+) -> str: ...
+def report(out: str) -> str: ...
