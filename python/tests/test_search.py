@@ -48,6 +48,17 @@ def test_an_output_has_beams_stats_and_plain_forms(searcher):
     assert rows[0]["text"] == out.text and rows[0]["method"] == "bon:4"
 
 
+def test_a_batch_with_a_progress_bar_becomes_a_dataframe(searcher, capfd):
+    pd = pytest.importorskip("pandas")  # scripts/install-python installs it
+    outs = searcher.generate_batch([PROMPT, "The film opens on a quiet street, and"],
+                                   method="sample", seed=2, progress=True)
+    assert "2/2" in capfd.readouterr().err  # tqdm's bar (or the plain line) on stderr
+    df = w2s.to_dataframe(outs)
+    assert isinstance(df, pd.DataFrame) and len(df) == 2
+    assert list(df["text"]) == [o.text for o in outs]
+    assert {"score", "strong_tokens_sampled", "total_time", "finish"} <= set(df.columns)
+
+
 def test_a_python_scorer_with_the_local_numbers_reproduces_the_local_search(strong, small):
     local = w2s.Searcher(
         strong=strong, tuned=small, untuned=small, strong_template=STRONG_TEMPLATE,
@@ -162,6 +173,7 @@ def test_ctrl_c_stops_a_long_search_within_a_second(searcher):
         searcher.generate(PROMPT * 20, method="bon:64", seed=1)
     took = time.monotonic() - started
     timer.join()
+    print(f"stopped {took - 1.0:.3f} s after SIGINT")
     assert took < 2.0, f"the search stopped {took - 1.0:.2f} s after Ctrl-C"
     # The searcher still works afterwards.
     assert searcher.generate(PROMPT, method="sample", seed=1).text
