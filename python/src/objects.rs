@@ -22,15 +22,9 @@ pub fn values(
             .and_then(|v| v.extract::<Vec<f64>>(py))
             .map_err(|e| keep(slot, e))
     });
+    // The search checks the number of values; a NaN would rank silently last.
     let values =
         got.map_err(|e| BackendError::new(ErrorKind::Internal, format!("{what} raised {e}")))?;
-    if values.len() != texts.len() {
-        return Err(BackendError::internal(format!(
-            "{what} returned {} values for {} texts",
-            values.len(),
-            texts.len()
-        )));
-    }
     if let Some(i) = values.iter().position(|v| v.is_nan()) {
         return Err(BackendError::internal(format!(
             "{what} returned NaN for text {i}"

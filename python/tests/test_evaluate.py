@@ -74,3 +74,31 @@ def test_the_example_script_runs(strong, small, tmp_path):
     assert got.returncode == 0, got.stderr
     assert "cbs:2x2x5" in got.stdout and "sample" in got.stdout
     assert (tmp_path / "results.jsonl").exists()
+
+
+def test_ctrl_c_stops_an_evaluation_and_a_rerun_resumes(strong, small, tmp_path, sentiment_prompts):
+    import signal
+    import threading
+    import time
+
+    kwargs = dict(
+        prompts=sentiment_prompts[:6], methods=["sample", "bon:4"], seeds=[1],
+        out=tmp_path / "run", strong=strong, tuned=small, untuned=small,
+        strong_template=STRONG_TEMPLATE, tuned_template=TUNED_TEMPLATE, threads=2,
+        max_new_tokens=40,
+    )
+    timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        w2s.evaluate(**kwargs)
+    took = time.monotonic() - started
+    timer.join()
+    assert took < 5.0, f"the evaluation stopped {took - 4.0:.2f} s after Ctrl-C"
+    results = tmp_path / "run" / "results.jsonl"
+    done = results.read_text().splitlines()
+    assert 1 <= len(done) < 12
+    summary = w2s.evaluate(**kwargs)
+    lines = results.read_text().splitlines()
+    assert len(lines) == 12 and lines[: len(done)] == done
+    assert summary["methods"]["bon:4"]["n"] == 6

@@ -126,16 +126,36 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
 
     let mut samples: BTreeMap<String, Vec<(SearchOutput, f64, u64)>> = BTreeMap::new();
     let mut raw: BTreeMap<usize, Vec<(f64, u64)>> = BTreeMap::new();
+    // Warm-up, untimed: the raw loop and every method once on the first prompt, so that
+    // the page cache, the CPU's clocks and llama.cpp's buffers are warm before anything
+    // is timed (a cold first run would flatter whichever is measured second).
+    for &m in &methods {
+        measure_raw(&mut models, &settings, &items[0].prompt, m.rows(), t)?;
+        measured(
+            &mut models,
+            &with_method(&settings.search, m, t)?,
+            &items[0].prompt,
+        )?;
+    }
+    eprintln!("warm-up done");
     for rep in 0..args.repeats {
-        for item in &items {
+        for (idx, item) in items.iter().enumerate() {
+            // The raw loop runs before its method on one run and after it on the next,
+            // so the order cannot bias the ratio.
+            let raw_after = (rep * items.len() + idx) % 2 == 1;
             for &m in &methods {
                 let rows = m.rows();
-                if raw.get(&rows).map_or(0, Vec::len) <= rep * items.len() {
+                let need_raw = raw.get(&rows).map_or(0, Vec::len) <= rep * items.len() + idx;
+                if need_raw && !raw_after {
                     let wall = measure_raw(&mut models, &settings, &item.prompt, rows, t)?;
                     raw.entry(rows).or_default().push(wall);
                 }
                 let config = with_method(&settings.search, m, t)?;
                 let (out, rss, requests) = measured(&mut models, &config, &item.prompt)?;
+                if need_raw && raw_after {
+                    let wall = measure_raw(&mut models, &settings, &item.prompt, rows, t)?;
+                    raw.entry(rows).or_default().push(wall);
+                }
                 eprintln!(
                     "rep {} {} {}: {:.2} s, {} strong tokens",
                     rep + 1,

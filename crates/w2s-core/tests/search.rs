@@ -446,41 +446,20 @@ fn a_custom_guide_replaces_the_pair_with_the_same_search() {
 
 #[test]
 fn a_guide_that_breaks_its_contract_is_an_error() {
-    let cfg = config(Method::Bon { n: 3 }, 4, 1);
-    let short =
-        |_: &str, _: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> { Ok(vec![1.0]) };
-    let e = search_guided(
-        &cfg,
-        "p",
-        &mut Letters::default(),
-        &mut ValueFn::new(short),
-        &mut |_| true,
-    )
-    .unwrap_err();
+    type Values = Result<Vec<f64>, BackendError>;
+    let run = |f: &dyn Fn(&[&str]) -> Values| {
+        let cfg = config(Method::Bon { n: 3 }, 4, 1);
+        let mut guide = ValueFn::new(|_: &str, t: &[&str], _: &[bool]| f(t));
+        search_guided(&cfg, "p", &mut Letters::default(), &mut guide, &mut |_| {
+            true
+        })
+        .unwrap_err()
+    };
+    let e = run(&|_| Ok(vec![1.0]));
     assert!(e.to_string().contains("1 values for 3"), "{e}");
-    let nan = |_: &str, t: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> {
-        Ok(vec![f64::NAN; t.len()])
-    };
-    let e = search_guided(
-        &cfg,
-        "p",
-        &mut Letters::default(),
-        &mut ValueFn::new(nan),
-        &mut |_| true,
-    )
-    .unwrap_err();
+    let e = run(&|t| Ok(vec![f64::NAN; t.len()]));
     assert!(e.to_string().contains("NaN"), "{e}");
-    let failing = |_: &str, _: &[&str], _: &[bool]| -> Result<Vec<f64>, BackendError> {
-        Err(BackendError::new(ErrorKind::Remote, "reward model down"))
-    };
-    let e = search_guided(
-        &cfg,
-        "p",
-        &mut Letters::default(),
-        &mut ValueFn::new(failing),
-        &mut |_| true,
-    )
-    .unwrap_err();
+    let e = run(&|_| Err(BackendError::new(ErrorKind::Remote, "reward model down")));
     assert_eq!(e.kind(), ErrorKind::Remote);
     assert_eq!(e.to_string(), "guide: reward model down");
 }

@@ -80,8 +80,8 @@ impl LlamaScorer {
         }
     }
 
-    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt), so
-    /// that a cancelled job stops within one piece.
+    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt or of
+    /// the responses scored), so that a cancelled job stops within one piece.
     pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
         self.interrupt = interrupt;
     }
@@ -301,6 +301,8 @@ impl LlamaScorer {
         // llama.cpp caps a context's batch at its size; never hand it more.
         let per_decode = SCORE_BATCH.min(engine.ctx.n_batch().max(1) as usize);
         for piece in feeds.chunks(per_decode) {
+            // A cancelled search stops within one piece (the rows are begun afresh next).
+            crate::seqs::check(self.interrupt.as_deref())?;
             st.batch.clear();
             for f in piece {
                 st.batch
