@@ -292,16 +292,11 @@ pub fn evaluate(
         .into_iter()
         .map(|(id, prompt)| w2s_eval::PromptItem { id, prompt })
         .collect();
-    let plugins = w2s_eval::Plugins {
-        parts: custom_parts(parts, &slot)?,
-        golds: golds
-            .into_iter()
-            .map(|(name, f)| {
-                Box::new(PyGold::new(f, name, slot.clone())) as Box<dyn w2s_core::GoldReward + Send>
-            })
-            .collect(),
-        cancel: None,
-    };
+    let parts = custom_parts(parts, &slot)?;
+    let golds: Vec<Box<dyn w2s_core::GoldReward + Send>> = golds
+        .into_iter()
+        .map(|(name, f)| Box::new(PyGold::new(f, name, slot.clone())) as _)
+        .collect();
     let spec = w2s_eval::EvalSpec {
         task,
         run: settings.run_settings(),
@@ -317,8 +312,9 @@ pub fn evaluate(
     };
     let result = cancellable(py, move |cancel| {
         let plugins = w2s_eval::Plugins {
+            parts,
+            golds,
             cancel: Some(cancel),
-            ..plugins
         };
         w2s_eval::evaluate_with(spec, plugins)
     })?;

@@ -13,7 +13,9 @@ use w2s_core::{
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
 
+use crate::custom::CustomScorers;
 use crate::error::EngineError;
+use crate::prompt_check::PromptCheck;
 use crate::spec::{EngineSpec, RoleSource, RoleSpec, ROLES};
 
 /// The strong model: llama.cpp in this process, or a remote engine.
@@ -34,9 +36,6 @@ pub enum SmallModel {
     /// Any [`Scorer`] (e.g. a Python object), given to [`Engine::build_with`].
     Custom(Box<dyn Scorer + Send>),
 }
-
-/// Supplies the scorer of a [`RoleSource::Custom`] role when an engine is built.
-pub type CustomScorers<'a> = &'a mut dyn FnMut(Role) -> Option<Box<dyn Scorer + Send>>;
 
 impl Proposer for Strong {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
@@ -546,153 +545,5 @@ impl Engine {
                 .map(|r| (r, self.local_model(r).cloned(), self.template(r).clone()))
                 .collect(),
         }
-    }
-}
-
-/// Checks that a prompt plus the new tokens fit each local model's context. Remote
-/// models are checked by their engine, which refuses a request too long for it (a
-/// [`w2s_remote::RemoteError::TooLong`], an input error).
-#[derive(Clone)]
-pub struct PromptCheck {
-    roles: Vec<(Role, Option<Arc<Model>>, PromptTemplate)>,
-}
-
-impl PromptCheck {
-    /// The strong model's prompt tokens where it is local; an error if any local model's
-    /// context is too small. CPU work (tokenisation): call it from a blocking thread.
-    pub fn check(&self, prompt: &str, max_new: usize) -> Result<Option<usize>, EngineError> {
-        Ok(self.check_chat(&[], prompt, max_new)?.strong)
-    }
-
-    /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
-    /// [`Engine::set_history`]).
-    pub fn check_chat(
-        &self,
-        history: &[ChatTurn],
-        prompt: &str,
-        max_new: usize,
-    ) -> Result<PromptTokens, EngineError> {
-        let mut tokens = PromptTokens::default();
-        for (role, model, template) in &self.roles {
-            let template = template
-                .with_history(history)
-                .map_err(|e| EngineError::input(format!("the {role} model's {e}")))?;
-            let Some(model) = model else { continue };
-            let local = |source| EngineError::Local {
-                role: *role,
-                source,
-            };
-            let filled = template.fill(prompt)?;
-            let text = model.render(&filled).map_err(local)?;
-            let n = model.tokenize_prompt(&text).len();
-            model.check_fits(n, max_new).map_err(local)?;
-            if *role == Role::Strong {
-                tokens.strong = Some(n);
-            }
-            tokens.local_total += n;
-            tokens.largest = tokens.largest.max(n);
-        }
-        Ok(tokens)
-    }
-}
-
-/// Prompt lengths of one request in the local models' tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PromptTokens {
-    /// The strong model's, where it is local.
-    pub strong: Option<usize>,
-    /// Summed over the local models (the prompt work a search does here).
-    pub local_total: usize,
-    /// The longest of them.
-    pub largest: usize,
-}
-
-/// The scorer of a role that a custom guide ([`Engine::set_guide`]) makes unused: every
-/// call is an internal error, so a search that reached it would say so.
-pub struct UnusedScorer(pub Role);
-
-impl Scorer for UnusedScorer {
-    fn begin(&mut self, _: &str, _: usize, _: usize) -> Result<(), BackendError> {
-        Err(self.error())
-    }
-    fn score(&mut self, _: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        Err(self.error())
-    }
-    fn reorder(&mut self, _: &[usize]) -> Result<(), BackendError> {
-        Err(self.error())
-    }
-    fn tokens_evaluated(&self) -> u64 {
-        0
-    }
-}
-
-impl UnusedScorer {
-    fn error(&self) -> BackendError {
-        BackendError::internal(format!(
-            "the {} model is not used: a custom guide ranks the rows",
-            self.0
-        ))
-    }
-}
-
-/// Parts of an engine that a library caller supplies (e.g. Python objects): scorers for
-/// the tuned or untuned role, or a guide that replaces the pair.
-#[derive(Default)]
-pub struct CustomParts {
-    /// A scorer for a small-model role, with the label that names it in reports.
-    pub scorers: Vec<(Role, String, Box<dyn Scorer + Send>)>,
-    /// A guide that replaces the tuned / untuned pair, with its label.
-    pub guide: Option<(String, Box<dyn Guide + Send>)>,
-}
-
-impl CustomParts {
-    /// Names the custom roles in `run` (see [`crate::RunSettings::custom`]): an input
-    /// error if a role is also given a model, or if a guide comes with a tuned or untuned
-    /// model (it replaces them).
-    pub fn name_in(&self, run: &mut crate::RunSettings) -> Result<(), EngineError> {
-        if let Some((label, _)) = &self.guide {
-            if run.tuned.is_some() || run.untuned.is_some() || !self.scorers.is_empty() {
-                return Err(EngineError::input(format!(
-                    "the guide {label} replaces the tuned / untuned pair: give no tuned or untuned model with it"
-                )));
-            }
-            for role in [Role::Tuned, Role::Untuned] {
-                run.custom.push((role, format!("unused (guide {label})")));
-            }
-        }
-        for (role, label, _) in &self.scorers {
-            if *role == Role::Strong {
-                return Err(EngineError::input(format!(
-                    "{label} cannot play the strong model: it must be a GGUF file or URL#MODEL"
-                )));
-            }
-            if run.custom.iter().any(|(r, _)| r == role) {
-                return Err(EngineError::input(format!(
-                    "the {role} model is given twice"
-                )));
-            }
-            run.custom.push((*role, label.clone()));
-        }
-        Ok(())
-    }
-
-    /// Builds the engine of `spec` (checked from settings [`CustomParts::name_in`]
-    /// marked) with these parts.
-    pub fn build(self, spec: &EngineSpec) -> Result<Engine, EngineError> {
-        let CustomParts { scorers, guide } = self;
-        let mut scorers: Vec<_> = scorers.into_iter().map(Some).collect();
-        let with_guide = guide.is_some();
-        let mut engine = Engine::build_with(spec, &mut |role| {
-            if with_guide {
-                return Some(Box::new(UnusedScorer(role)));
-            }
-            scorers
-                .iter_mut()
-                .find(|s| s.as_ref().is_some_and(|(r, _, _)| *r == role))
-                .and_then(Option::take)
-                .map(|(_, _, s)| s)
-        })?;
-        engine.set_guide(guide.map(|(_, g)| g));
-        Ok(engine)
     }
 }

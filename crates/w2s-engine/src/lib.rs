@@ -35,16 +35,18 @@
 //! ```
 #![deny(missing_docs)]
 
+mod custom;
 mod engine;
 mod error;
 mod gate;
+mod prompt_check;
 mod settings;
 mod spec;
 
-pub use engine::{
-    CustomParts, CustomScorers, Engine, PromptCheck, PromptTokens, SmallModel, Strong, UnusedScorer,
-};
+pub use custom::{CustomParts, CustomScorers, UnusedScorer};
+pub use engine::{Engine, SmallModel, Strong};
 pub use error::EngineError;
 pub use gate::{ComputeGate, CpuTurn, OrderedGate};
+pub use prompt_check::{PromptCheck, PromptTokens};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};
