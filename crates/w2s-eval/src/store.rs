@@ -290,6 +290,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_number_reads_back_bit_for_bit() {
+        // A resumed run summarizes the lines it reads back; the first run summarized the
+        // values it wrote. The two must agree to the last bit, so parsing must round-trip.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut r = record("sample", 1, "p1", 0.1);
+            r.timings.method_s = (x >> 11) as f64 / (1u64 << 53) as f64 * 3.0;
+            r.guide = -((x >> 20) as f64) / 1e9;
+            let (back, _, _) = parse(&line(&r)).unwrap();
+            assert_eq!(
+                back[0].timings.method_s.to_bits(),
+                r.timings.method_s.to_bits()
+            );
+            assert_eq!(back[0].guide.to_bits(), r.guide.to_bits());
+        }
+    }
+
+    #[test]
     fn a_bad_line_before_the_last_is_an_error_with_its_number() {
         let mut text = line(&record("sample", 1, "p1", 0.1));
         text.extend_from_slice(b"{\"not\": \"a record\"}\n");
