@@ -9,9 +9,9 @@ use serde::Serialize;
 use w2s_core::{
     ExtendRequest, Method, ProposalSetup, Proposer, Role, RowRng, SearchConfig, SearchOutput,
 };
-use w2s_engine::{Checked, Engine, RunSettings, Strong, ROLES};
+use w2s_engine::{Checked, Engine, RunSettings, SmallModel, Strong, ROLES};
 use w2s_eval::{read_jsonl, PromptItem};
-use w2s_llama::{raw_batch_sample, RawBatch};
+use w2s_llama::{raw_batch_sample, RawBatch, ScorerProfile};
 
 use crate::fail::{usage, Fail};
 
@@ -73,6 +73,22 @@ struct MethodReport {
     http_requests: f64,
     /// HTTP requests of the raw baseline per run (remote strong model).
     raw_http_requests: f64,
+    /// Where each local small model's time went, per search (tuned, untuned).
+    small_split: Vec<SmallSplit>,
+}
+
+/// One local small model's time per search, split by step (means over runs).
+#[derive(Debug, Default, Clone, Serialize)]
+struct SmallSplit {
+    role: &'static str,
+    setup_s: f64,
+    tokenize_s: f64,
+    decode_s: f64,
+    log_softmax_s: f64,
+    copies_s: f64,
+    cache_s: f64,
+    decodes: f64,
+    tokens_per_decode: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,13 +140,12 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
     let mut models = Engine::build(&settings.engine)?;
     let t = settings.search.max_new_tokens();
 
-    let mut samples: BTreeMap<String, Vec<(SearchOutput, f64, u64)>> = BTreeMap::new();
-    let mut raw: BTreeMap<usize, Vec<(f64, u64)>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     // Warm-up, untimed: the raw loop and every method once on the first prompt, so that
     // the page cache, the CPU's clocks and llama.cpp's buffers are warm before anything
     // is timed (a cold first run would flatter whichever is measured second).
     for &m in &methods {
-        measure_raw(&mut models, &settings, &items[0].prompt, m.rows(), t)?;
+        measure_raw(&mut models, &settings, &items[0].prompt, m, t)?;
         measured(
             &mut models,
             &with_method(&settings.search, m, t)?,
@@ -139,48 +154,36 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
     }
     eprintln!("warm-up done");
     for rep in 0..args.repeats {
-        for (idx, item) in items.iter().enumerate() {
-            // The raw loop runs before its method on one run and after it on the next,
-            // so the order cannot bias the ratio.
-            let raw_after = (rep * items.len() + idx) % 2 == 1;
+        for item in &items {
             for &m in &methods {
-                let rows = m.rows();
-                let need_raw = raw.get(&rows).map_or(0, Vec::len) <= rep * items.len() + idx;
-                if need_raw && !raw_after {
-                    let wall = measure_raw(&mut models, &settings, &item.prompt, rows, t)?;
-                    raw.entry(rows).or_default().push(wall);
-                }
+                // The raw loop runs just before and just after each search, and the
+                // search is compared with their mean: neither order nor a drift of the
+                // machine's speed between runs can bias one side (a shared machine's
+                // speed moves by 10% from one run to the next).
+                let before = measure_raw(&mut models, &settings, &item.prompt, m, t)?;
                 let config = with_method(&settings.search, m, t)?;
-                let (out, rss, requests) = measured(&mut models, &config, &item.prompt)?;
-                if need_raw && raw_after {
-                    let wall = measure_raw(&mut models, &settings, &item.prompt, rows, t)?;
-                    raw.entry(rows).or_default().push(wall);
-                }
+                let mut run = measured(&mut models, &config, &item.prompt)?;
+                let after = measure_raw(&mut models, &settings, &item.prompt, m, t)?;
+                run.raw = [before, after];
                 eprintln!(
-                    "rep {} {} {}: {:.2} s, {} strong tokens",
+                    "rep {} {} {}: {:.2} s, {} strong tokens; raw {:.2} s / {:.2} s",
                     rep + 1,
                     item.id,
                     m,
-                    out.stats.total_time.as_secs_f64(),
-                    out.stats.strong_tokens_sampled
+                    run.out.stats.total_time.as_secs_f64(),
+                    run.out.stats.strong_tokens_sampled,
+                    before.0,
+                    after.0
                 );
-                samples
-                    .entry(m.to_string())
-                    .or_default()
-                    .push((out, rss, requests));
+                samples.entry(m.to_string()).or_default().push(run);
             }
         }
     }
 
-    let mut reports = Vec::new();
-    for &m in &methods {
-        let runs = &samples[&m.to_string()];
-        let raw_runs = &raw[&m.rows()];
-        let raw_walls: Vec<f64> = raw_runs.iter().map(|r| r.0).collect();
-        let raw_requests =
-            raw_runs.iter().map(|r| r.1 as f64).sum::<f64>() / raw_runs.len().max(1) as f64;
-        reports.push(report(m, runs, median(&raw_walls), raw_requests, t));
-    }
+    let reports: Vec<MethodReport> = methods
+        .iter()
+        .map(|&m| report(m, &samples[&m.to_string()], t))
+        .collect();
     let scales = if args.scales {
         run_scales(&mut models, &settings, &items[0].prompt, t)?
     } else {
@@ -189,7 +192,9 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
     let report = BenchReport {
         strong: settings.engine.strong.describe(),
         raw_baseline: match models.strong {
-            Strong::Local(_) => "llama.cpp batched sampling loop (no search, no scoring)",
+            Strong::Local(_) => {
+                "llama.cpp batched sampling loop (no search, no scoring; for CBS, W rows kept and copied K times every L tokens, as the search's cache holds them)"
+            }
             Strong::Remote(_) => "the engine's own n-sample requests for the same rows and tokens",
         },
         threads: settings.engine.threads,
@@ -229,10 +234,11 @@ fn measure_raw(
     models: &mut Engine,
     settings: &Checked,
     prompt: &str,
-    rows: usize,
+    method: Method,
     t: usize,
 ) -> Result<(f64, u64), Fail> {
     models.release_contexts();
+    let rows = method.rows();
     let seed = settings.search.seed();
     match &mut models.strong {
         Strong::Local(p) => {
@@ -246,6 +252,7 @@ fn measure_raw(
                     sampling: *settings.search.sampling(),
                     seed,
                     threads: settings.engine.threads,
+                    beams: method.chunk_len().map(|l| (method.successors(), l)),
                 },
             )?;
             Ok((run.wall.as_secs_f64(), 0))
@@ -285,33 +292,104 @@ fn measure_raw(
     }
 }
 
+/// One measured search.
+struct Run {
+    out: SearchOutput,
+    /// Peak resident memory (MB).
+    rss: f64,
+    /// HTTP requests sent.
+    requests: u64,
+    /// The local small models' profiles (tuned, untuned).
+    small: [Option<ScorerProfile>; 2],
+    /// The raw loop just before and just after the search: (wall s, HTTP requests).
+    raw: [(f64, u64); 2],
+}
+
+impl Run {
+    /// The raw loop's mean wall time around this search.
+    fn raw_s(&self) -> f64 {
+        (self.raw[0].0 + self.raw[1].0) / 2.0
+    }
+}
+
 /// One search with fresh contexts and the peak resident memory it reached (MB).
-fn measured(
-    models: &mut Engine,
-    config: &SearchConfig,
-    prompt: &str,
-) -> Result<(SearchOutput, f64, u64), Fail> {
+fn measured(models: &mut Engine, config: &SearchConfig, prompt: &str) -> Result<Run, Fail> {
     models.release_contexts();
     let before: u64 = models.requests_sent().iter().sum();
     reset_peak_rss();
     let out = models.search(config, prompt)?;
     let requests = models.requests_sent().iter().sum::<u64>() - before;
-    Ok((out, peak_rss_mb(), requests))
+    let profile = |m: &SmallModel| match m {
+        SmallModel::Local(s) => Some(s.profile()),
+        _ => None,
+    };
+    Ok(Run {
+        out,
+        rss: peak_rss_mb(),
+        requests,
+        small: [profile(&models.tuned), profile(&models.untuned)],
+        raw: [(f64::NAN, 0); 2],
+    })
 }
 
-fn report(
-    m: Method,
-    runs: &[(SearchOutput, f64, u64)],
-    raw_median: f64,
-    raw_requests: f64,
-    t: usize,
-) -> MethodReport {
+/// The mean split of each local small model over `runs`.
+fn small_splits(runs: &[Run]) -> Vec<SmallSplit> {
+    ["tuned", "untuned"]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &role)| {
+            let ps: Vec<ScorerProfile> = runs.iter().filter_map(|r| r.small[i]).collect();
+            if ps.is_empty() {
+                return None;
+            }
+            let n = ps.len() as f64;
+            let mean = |f: &dyn Fn(&ScorerProfile) -> f64| ps.iter().map(f).sum::<f64>() / n;
+            let tokens = runs
+                .iter()
+                .map(|r| {
+                    let s = &r.out.stats;
+                    [s.tuned_tokens_evaluated, s.untuned_tokens_evaluated][i] as f64
+                })
+                .sum::<f64>()
+                / runs.len() as f64;
+            let decodes = mean(&|p| p.decodes as f64);
+            Some(SmallSplit {
+                role,
+                setup_s: mean(&|p| p.setup.as_secs_f64()),
+                tokenize_s: mean(&|p| p.tokenize.as_secs_f64()),
+                decode_s: mean(&|p| p.decode.as_secs_f64()),
+                log_softmax_s: mean(&|p| p.log_softmax.as_secs_f64()),
+                copies_s: mean(&|p| p.copies.as_secs_f64()),
+                cache_s: mean(&|p| p.cache.as_secs_f64()),
+                decodes,
+                tokens_per_decode: tokens / decodes.max(1.0),
+            })
+        })
+        .collect()
+}
+
+fn report(m: Method, runs: &[Run], t: usize) -> MethodReport {
+    let raw_walls: Vec<f64> = runs.iter().flat_map(|r| r.raw.map(|x| x.0)).collect();
+    let raw_requests = runs
+        .iter()
+        .flat_map(|r| r.raw.map(|x| x.1 as f64))
+        .sum::<f64>()
+        / raw_walls.len().max(1) as f64;
+    // Each search against the raw runs around it; the median of those ratios.
+    let ratio = |f: &dyn Fn(&SearchOutput) -> f64| {
+        median(
+            &runs
+                .iter()
+                .map(|r| f(&r.out) / r.raw_s())
+                .collect::<Vec<_>>(),
+        )
+    };
     let walls: Vec<f64> = runs
         .iter()
-        .map(|(o, _, _)| o.stats.total_time.as_secs_f64())
+        .map(|r| r.out.stats.total_time.as_secs_f64())
         .collect();
     let mean = |f: &dyn Fn(&SearchOutput) -> f64| -> f64 {
-        runs.iter().map(|(o, _, _)| f(o)).sum::<f64>() / runs.len() as f64
+        runs.iter().map(|r| f(&r.out)).sum::<f64>() / runs.len() as f64
     };
     let secs = |d: Duration| d.as_secs_f64();
     let wall = median(&walls);
@@ -335,9 +413,9 @@ fn report(
         wall_s_median: wall,
         wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         wall_s_max: walls.iter().copied().fold(0.0, f64::max),
-        raw_s_median: raw_median,
-        ratio_to_raw: wall / raw_median,
-        strong_ratio_to_raw: strong_s / raw_median,
+        raw_s_median: median(&raw_walls),
+        ratio_to_raw: ratio(&|o| secs(o.stats.total_time)),
+        strong_ratio_to_raw: ratio(&|o| secs(o.stats.strong_time)),
         strong_tokens,
         strong_tokens_per_s: strong_tokens / strong_s.max(1e-9),
         guide_tokens_evaluated: tuned_tok + untuned_tok,
@@ -348,9 +426,10 @@ fn report(
         tuned_s,
         untuned_s,
         bookkeeping_s: (total - strong_s - tuned_s - untuned_s).max(0.0),
-        peak_rss_mb: runs.iter().map(|(_, r, _)| *r).fold(0.0, f64::max),
-        http_requests: runs.iter().map(|(_, _, n)| *n as f64).sum::<f64>() / runs.len() as f64,
+        peak_rss_mb: runs.iter().map(|r| r.rss).fold(0.0, f64::max),
+        http_requests: runs.iter().map(|r| r.requests as f64).sum::<f64>() / runs.len() as f64,
         raw_http_requests: raw_requests,
+        small_split: small_splits(runs),
     }
 }
 
@@ -373,7 +452,7 @@ fn run_scales(
     let mut rows = Vec::new();
     for (m, tokens) in plan {
         let config = with_method(&settings.search, m, tokens)?;
-        let (out, rss, _) = measured(models, &config, prompt)?;
+        let Run { out, rss, .. } = measured(models, &config, prompt)?;
         let s = &out.stats;
         eprintln!("scale {m} T={tokens}: {:.2} s", s.total_time.as_secs_f64());
         rows.push(ScaleRow {
@@ -483,6 +562,28 @@ fn print_tables(r: &BenchReport) {
             m.reencode_tokens_estimate,
             r.kv_budget_mb.get(&m.method).copied().unwrap_or(0.0)
         );
+    }
+    if r.methods.iter().any(|m| !m.small_split.is_empty()) {
+        println!();
+        println!("| method | small model | setup s | tokenize s | decode s | log-softmax s | copies s | cache s | decodes | tokens per decode |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for m in &r.methods {
+            for s in &m.small_split {
+                println!(
+                    "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} |",
+                    m.method,
+                    s.role,
+                    s.setup_s,
+                    s.tokenize_s,
+                    s.decode_s,
+                    s.log_softmax_s,
+                    s.copies_s,
+                    s.cache_s,
+                    s.decodes,
+                    s.tokens_per_decode
+                );
+            }
+        }
     }
     if r.methods.iter().any(|m| m.http_requests > 0.0) {
         println!();

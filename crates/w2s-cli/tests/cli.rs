@@ -350,4 +350,86 @@ fn bench_reports_every_method_against_raw_sampling() {
     }
     assert_eq!(methods[1]["method"], "cbs:2x2x3");
     assert!(v["models_mb"].as_f64().unwrap() > 300.0);
+    // Where each local small model's time went: the forward pass is measured, and the
+    // split adds up to no more than the model's share of the search.
+    for m in methods {
+        let split = m["small_split"].as_array().unwrap();
+        assert_eq!(split.len(), 2, "{m}");
+        for s in split {
+            assert!(s["decode_s"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(s["decodes"].as_f64().unwrap() >= 1.0, "{s}");
+        }
+        let parts: f64 = [
+            "setup_s",
+            "tokenize_s",
+            "decode_s",
+            "log_softmax_s",
+            "copies_s",
+            "cache_s",
+        ]
+        .iter()
+        .map(|k| split[0][*k].as_f64().unwrap())
+        .sum();
+        assert!(parts <= m["tuned_s"].as_f64().unwrap() * 1.01 + 1e-3, "{m}");
+    }
+}
+
+#[test]
+fn quantize_writes_a_loadable_q8_0_copy_and_refuses_bad_input() {
+    let models = std::env::var("W2S_MODELS").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/w2s/models"),
+        PathBuf::from,
+    );
+    let input = models.join("smollm2-135m-instruct.gguf");
+    let out_path = scratch("smollm2-q8_0.gguf");
+    let _ = std::fs::remove_file(&out_path);
+    let (inp, outp) = (input.to_str().unwrap(), out_path.to_str().unwrap());
+    let done = w2s(&["quantize", inp, outp]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(!scratch("smollm2-q8_0.gguf.partial").exists());
+    // The copy is a model the search runs on.
+    let cfg = config_path();
+    let gen = w2s(&[
+        "generate",
+        "--config",
+        &cfg,
+        "--tuned",
+        outp,
+        "--untuned",
+        outp,
+        "--method",
+        "cbs:2x2x3",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--prompt",
+        "The film",
+    ]);
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    for (args, needle) in [
+        (vec!["quantize", inp, outp], "already exists"),
+        (
+            vec!["quantize", "/nonexistent.gguf", "/tmp/never.gguf"],
+            "does not exist",
+        ),
+        (vec!["quantize", &cfg, "/tmp/never.gguf"], "not a GGUF"),
+        (
+            vec!["quantize", inp, "/tmp/never.gguf", "--type", "q3"],
+            "unknown weight type",
+        ),
+    ] {
+        let o = w2s(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_file(&out_path);
 }

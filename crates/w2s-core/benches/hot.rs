@@ -1,9 +1,9 @@
 //! The pure-Rust hot paths of a search step: sampling from a large vocabulary, top-W
 //! selection, text hand-over at chunk edges, template filling.
-//! Run: `cargo bench --release -p w2s-core` (figures printed; no timed assertions).
+//! Run: `cargo bench -p w2s-core` (figures printed; no timed assertions).
 
 use divan::{black_box, Bencher};
-use w2s_core::sampling::sample_token;
+use w2s_core::sampling::{log_sum_exp, sample_token};
 use w2s_core::text::{find_stop, stop_prefix_len, stop_search_start, Utf8Accumulator};
 use w2s_core::{rank, PromptTemplate, RowRng, SamplingParams};
 
@@ -26,6 +26,24 @@ fn sample_top_k(bencher: Bencher, vocab: usize) {
     let p = SamplingParams::default();
     let mut rng = RowRng::new(2, 0);
     bencher.bench_local(|| sample_token(black_box(&l), &p, &mut rng));
+}
+
+/// The normaliser of one scored token's log-probability (vectorised), against the plain
+/// f64 loop it replaced.
+#[divan::bench(args = [49_152, 151_936])]
+fn normaliser(bencher: Bencher, vocab: usize) {
+    let l = logits(vocab);
+    bencher.bench_local(|| log_sum_exp(black_box(&l)));
+}
+
+#[divan::bench(args = [49_152, 151_936])]
+fn normaliser_f64_loop(bencher: Bencher, vocab: usize) {
+    let l = logits(vocab);
+    bencher.bench_local(|| {
+        let l = black_box(&l);
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+    });
 }
 
 /// Nucleus sampling over the whole vocabulary (top-k off, top-p 0.9): the slow path.

@@ -122,14 +122,81 @@ fn top_k_indices(logits: &[f32], k: usize) -> Vec<u32> {
     heap.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Lanes of the vectorised loops below (two AVX2 registers of f32).
+const LANES: usize = 16;
+
 /// log-sum-exp of `logits` (natural log), stable for large values.
+///
+/// Vectorised: the maximum and the sum of `exp(v - max)` run over 16 f32 lanes with a
+/// polynomial exponential (within 2 ulp of `f32::exp`), and blocks of 1024 values are
+/// added in f64, so a 262k-entry vocabulary's normaliser is as exact as the f64 loop's
+/// to about 1e-7 relative, several times faster.
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let max = max_f32(logits);
     if !max.is_finite() {
-        return max;
+        return max as f64;
     }
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    max + sum.ln()
+    let mut total = 0f64;
+    for block in logits.chunks(1024) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                acc[i] += exp_nonpositive(c[i] - max);
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for &v in chunks.remainder() {
+            sum += exp_nonpositive(v - max);
+        }
+        total += sum as f64;
+    }
+    max as f64 + total.ln()
+}
+
+/// The largest value (NaN ignored; -inf for an empty slice).
+fn max_f32(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            // A compare-and-select (NaN never wins), which vectorises, unlike `f32::max`.
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let tail = chunks.remainder().iter().copied();
+    acc.into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `exp(x)` for `x <= 0` (NaN stays NaN), branch-free so that loops over it vectorise:
+/// Cody-Waite reduction to `r` in [-ln2/2, ln2/2] and Cephes' expf polynomial. Inputs below -87.3 give about 1e-38 instead of a subnormal or 0, which no sum
+/// with a maximum term of 1 can tell apart.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    // Not `max`, which would turn a NaN into -87.3.
+    let x = if x < -87.3 { -87.3 } else { x };
+    // Round x*log2(e) to the nearest integer n by adding 1.5 * 2^23: the sum's low bits
+    // then hold n, so 2^n comes from integer lane operations (no float-to-int cast).
+    const SHIFT: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * z + r + 1.0;
+    // 2^n for n in [-126, 0] (a NaN input leaves `e` NaN whatever the scale).
+    let scale = f32::from_bits(
+        t.to_bits()
+            .wrapping_sub(SHIFT.to_bits())
+            .wrapping_add(127)
+            .wrapping_shl(23),
+    );
+    e * scale
 }
 
 #[cfg(test)]
@@ -206,6 +273,52 @@ mod tests {
     fn log_sum_exp_matches_direct_formula() {
         let v = [1.0f32, 2.0, 3.0];
         let direct = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
-        assert!((log_sum_exp(&v) - direct).abs() < 1e-9);
+        assert!((log_sum_exp(&v) - direct).abs() < 1e-6);
+    }
+
+    /// The f64 loop that the vectorised one replaces.
+    fn reference(logits: &[f32]) -> f64 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        if !max.is_finite() {
+            return max;
+        }
+        max + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+    }
+
+    #[test]
+    fn log_sum_exp_matches_the_f64_loop_on_vocabulary_sized_logits() {
+        let mut rng = RowRng::new(7, 0);
+        for (n, spread) in [(49_152, 8.0), (151_936, 20.0), (262_144, 40.0), (37, 3.0)] {
+            let mut v: Vec<f32> = (0..n)
+                .map(|_| ((rng.next_f64() - 0.5) * 2.0 * spread) as f32)
+                .collect();
+            v[n / 3] = f32::NEG_INFINITY; // a masked entry
+            let (got, want) = (log_sum_exp(&v), reference(&v));
+            assert!(
+                (got - want).abs() < 1e-6 * want.abs().max(1.0),
+                "n {n}: {got} vs {want}"
+            );
+        }
+        assert_eq!(log_sum_exp(&[]), f64::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 20]), f64::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[0.0, f32::INFINITY]), f64::INFINITY);
+        assert!(log_sum_exp(&[0.0, f32::NAN, 1.0]).is_nan());
+        // One dominant entry: the normaliser is that entry.
+        assert!((log_sum_exp(&[100.0, -100.0, -100.0]) - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_polynomial_exponential_is_within_two_ulp() {
+        let mut x = 0f32;
+        while x > -87.0 {
+            let (got, want) = (exp_nonpositive(x), x.exp());
+            let ulp = (want.to_bits() as i64 - got.to_bits() as i64).abs();
+            assert!(ulp <= 2, "exp({x}) = {got}, want {want} ({ulp} ulp)");
+            x -= 0.013_7;
+        }
     }
 }

@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         sampling,
                         seed: 1,
                         threads,
+                        beams: None,
                     },
                 )
             };

@@ -30,6 +30,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod boundary;
 mod chat;
 mod eft;
 mod error;
@@ -37,6 +38,7 @@ mod judge;
 mod local;
 mod model;
 mod plain;
+mod quantize;
 mod raw;
 mod scorer;
 mod seqs;
@@ -44,6 +46,7 @@ mod strong;
 
 use std::path::PathBuf;
 
+pub use boundary::split_response;
 pub use chat::{render_chat, Message};
 pub use eft::{same_vocabulary, EftOutput, ProxyTuner};
 pub use error::LlamaError;
@@ -51,8 +54,9 @@ pub use judge::{Judge, Rubric};
 pub use local::{LocalModels, LocalSpec};
 pub use model::{LoadOptions, Model};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
+pub use quantize::{requantize, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
-pub use scorer::{score_once, LlamaScorer};
+pub use scorer::{score_once, LlamaScorer, ScorerProfile};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
 
 /// Models that `scripts/fetch-models` provides, by name.

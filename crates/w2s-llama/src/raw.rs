@@ -2,6 +2,11 @@
 //! samples `rows` rows of `tokens` tokens in one batch from the strong model, with the
 //! same sampler and prompt sharing as the search, and nothing else (no text, no stop
 //! strings, no scoring, no selection). `w2s bench` compares every method against it.
+//!
+//! For CBS the loop also keeps the search's cache layout: every L tokens, W rows are kept
+//! and each is copied K times (by sequence copies, as the search does), so the rows share
+//! prefixes as beams do and attention runs over as many cells as in the search. Which rows
+//! are kept does not change the cost, so the first of every K is.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +42,9 @@ pub struct RawBatch {
     pub seed: u64,
     /// CPU threads.
     pub threads: usize,
+    /// CBS's layout: `(K, L)`: every L tokens the first row of every K is kept and
+    /// copied K times. `None`: independent rows (Best-of-N, sampling).
+    pub beams: Option<(usize, usize)>,
 }
 
 /// Samples `rows` x `tokens` tokens (end-of-generation tokens are sampled like any
@@ -53,13 +61,14 @@ pub fn raw_batch_sample(
         sampling,
         seed,
         threads,
+        beams,
     } = *spec;
     let sampling = &sampling;
     let started = Instant::now();
     let text = model.render(&template.fill(prompt)?)?;
     let prompt = model.tokenize_prompt(&text);
     model.check_fits(prompt.len(), tokens)?;
-    let banks = SeqBanks::new(rows);
+    let mut banks = SeqBanks::new(rows);
     let n_ctx = (prompt.len() + rows * tokens + 8) as u32;
     let n_batch = 512.max(rows);
     let mut engine = Engine::new(
@@ -77,7 +86,13 @@ pub fn raw_batch_sample(
         .iter_mut()
         .map(|rng| LlamaToken(sample_token(&first, sampling, rng) as i32))
         .collect();
+    let layout = vec![(); rows];
     for step in 1..tokens {
+        if let Some((k, _)) = beams.filter(|&(k, l)| k > 0 && l > 0 && step % l == 0) {
+            let parents: Vec<usize> = (0..rows).map(|i| (i / k) * k).collect();
+            banks.reorder(&mut engine.ctx, &layout, &parents)?;
+            last = parents.iter().map(|&p| last[p]).collect();
+        }
         batch.clear();
         for (r, &tok) in last.iter().enumerate() {
             let pos = (prompt.len() + step - 1) as i32;

@@ -6,10 +6,11 @@
 //! first token whose id changed (usually just the new tokens), so each token of a
 //! surviving beam is run through the model about once.
 //!
-//! The prompt and the response are tokenised separately and concatenated: the prompt's
-//! tokens never change, and "prompt excluded" is exact.
+//! The response's tokens are those of the joint tokenisation of prompt + response (see
+//! [`crate::split_response`]), so "prompt excluded" is exact on every vocabulary.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
@@ -17,13 +18,43 @@ use llama_cpp_2::DecodeError;
 use w2s_core::sampling::log_sum_exp;
 use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
+use crate::boundary::{anchor_of, Anchor};
 use crate::error::LlamaError;
 use crate::model::{Engine, Model};
 use crate::seqs::{decode_prompt, SeqBanks};
 use crate::strong::MAX_SEQUENCES;
 
-/// Tokens per scoring decode at most: bounds the logits buffer (tokens x vocabulary).
+/// Tokens per scoring decode at most (and the context's batch): bounds the output and
+/// compute buffers, each tokens x vocabulary logits.
 const SCORE_BATCH: usize = 128;
+
+/// Where a scorer's time went in the current search (since its last `begin`), measured
+/// on the calling thread around each step. `decode` is llama.cpp's forward pass; the rest
+/// is work around it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScorerProfile {
+    /// Context creation (or reuse) and the prompt's encoding.
+    pub setup: Duration,
+    /// Tokenising responses.
+    pub tokenize: Duration,
+    /// `llama_decode` on response tokens.
+    pub decode: Duration,
+    /// Log-softmax over the vocabulary for each scored token.
+    pub log_softmax: Duration,
+    /// Keeping each row's last logits and building batches.
+    pub copies: Duration,
+    /// KV-cache removals and the beam reorders' sequence copies.
+    pub cache: Duration,
+    /// `llama_decode` calls on response tokens.
+    pub decodes: u64,
+}
+
+impl ScorerProfile {
+    /// Everything measured.
+    pub fn total(&self) -> Duration {
+        self.setup + self.tokenize + self.decode + self.log_softmax + self.copies + self.cache
+    }
+}
 
 /// A small model that scores responses (the tuned or the untuned one of a guide pair).
 pub struct LlamaScorer {
@@ -34,12 +65,15 @@ pub struct LlamaScorer {
     state: Option<State>,
     evaluated: u64,
     interrupt: Option<Arc<Interrupt>>,
+    // Boxed: it is counters, and the scorer is held by value in enums.
+    profile: Box<ScorerProfile>,
 }
 
 struct State {
     rows: Vec<Row>,
     banks: SeqBanks,
     prompt: Vec<LlamaToken>,
+    anchor: Option<Anchor>,
     prompt_logits: Arc<Vec<f32>>,
     eos: LlamaToken,
     batch: LlamaBatch<'static>,
@@ -47,6 +81,9 @@ struct State {
 
 #[derive(Clone, Default)]
 struct Row {
+    /// Prompt tokens this row's sequence drops because the response's first token merged
+    /// them (0 almost always): the response starts at position `prompt.len() - cut`.
+    cut: usize,
     /// Response token ids scored so far (EOS last once ended).
     ids: Vec<LlamaToken>,
     /// log p of each id given everything before it.
@@ -60,10 +97,21 @@ struct Row {
 /// One token to run through the model.
 struct Feed {
     req: usize,
-    /// Index in the request's new ids.
-    j: usize,
+    token: LlamaToken,
     seq: i32,
     pos: i32,
+    /// What its logits are for.
+    out: Out,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    /// A prompt token re-fed before a merged response: no logits needed.
+    Nothing,
+    /// The log-probability of the request's new id `j`.
+    Next(usize),
+    /// The row's last fed token: keep its logits; `fed` becomes `j + 1`.
+    Tail(usize),
 }
 
 impl LlamaScorer {
@@ -77,6 +125,7 @@ impl LlamaScorer {
             state: None,
             evaluated: 0,
             interrupt: None,
+            profile: Box::default(),
         }
     }
 
@@ -94,6 +143,11 @@ impl LlamaScorer {
     /// The model.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// Where this scorer's time went in the current search.
+    pub fn profile(&self) -> ScorerProfile {
+        *self.profile
     }
 
     /// Frees the llama.cpp context (KV cache and buffers); the next search makes a new one.
@@ -148,6 +202,13 @@ impl LlamaScorer {
         }
     }
 
+    fn response_tokens(&self, anchor: Option<&Anchor>, text: &str) -> (usize, Vec<LlamaToken>) {
+        match anchor {
+            Some(a) => a.split(&self.model, text),
+            None => (0, self.model.tokenize_response(text)),
+        }
+    }
+
     fn begin_inner(
         &mut self,
         prompt: &str,
@@ -161,17 +222,22 @@ impl LlamaScorer {
             }
             .into());
         }
-        let tokens = self.prompt_tokens(prompt)?;
+        let text = self.model.render(&self.template.fill(prompt)?)?;
+        let tokens = self.model.tokenize_prompt(&text);
         if tokens.is_empty() {
             return Err(w2s_core::ConfigError::EmptyPrompt.into());
         }
         self.model.check_fits(tokens.len(), max_new)?;
+        *self.profile = ScorerProfile::default();
+        let started = Instant::now();
+        let anchor = anchor_of(&self.model, &text, &tokens);
         // Response tokens per row: the small tokenizer may need more tokens than the
         // strong one for the same text; a row that outgrows this makes the context grow.
         let per_row = max_new + max_new / 2 + 16;
         let n_ctx = tokens.len() + rows * per_row;
-        self.open(tokens, rows, n_ctx)?;
+        self.open(tokens, anchor, rows, n_ctx)?;
         self.evaluated = 0;
+        self.profile.setup += started.elapsed();
         Ok(())
     }
 
@@ -179,6 +245,7 @@ impl LlamaScorer {
     fn open(
         &mut self,
         prompt: Vec<LlamaToken>,
+        anchor: Option<Anchor>,
         rows: usize,
         n_ctx: usize,
     ) -> Result<(), LlamaError> {
@@ -189,14 +256,14 @@ impl LlamaScorer {
             &self.model,
             n_ctx,
             banks.n_seq(),
-            512,
+            SCORE_BATCH as u32,
             self.threads,
         )?;
         let engine = self
             .engine
             .as_mut()
             .ok_or(LlamaError::Usage("no context"))?;
-        let mut batch = LlamaBatch::new(512.max(SCORE_BATCH), 1);
+        let mut batch = LlamaBatch::new(SCORE_BATCH, 1);
         let prompt_logits = decode_prompt(
             &mut engine.ctx,
             &mut batch,
@@ -208,6 +275,7 @@ impl LlamaScorer {
         self.state = Some(State {
             rows: vec![Row::default(); rows],
             banks,
+            anchor,
             prompt,
             prompt_logits: Arc::new(prompt_logits),
             eos: self.end_token(),
@@ -221,24 +289,21 @@ impl LlamaScorer {
             Err(LlamaError::Decode(msg)) if msg == DecodeError::NoKvCacheSlot.to_string() => {
                 // A row's text needed more small-model tokens than planned: grow the
                 // context, start every row afresh and score again.
-                let (prompt, rows, n_ctx) = {
-                    let st = self
-                        .state
-                        .as_ref()
-                        .ok_or(LlamaError::Usage("score before begin"))?;
-                    let n_ctx = self.engine.as_ref().map_or(0, |e| e.n_ctx as usize);
-                    (st.prompt.clone(), st.rows.len(), n_ctx)
-                };
+                let st = self
+                    .state
+                    .take()
+                    .ok_or(LlamaError::Usage("score before begin"))?;
+                let n_ctx = self.engine.as_ref().map_or(0, |e| e.n_ctx as usize);
                 // Every row starts afresh, so the requests alone say what is needed.
-                let needed: usize = prompt.len()
+                let needed: usize = st.prompt.len()
                     + requests
                         .iter()
-                        .map(|r| self.model.tokenize_response(r.text).len() + 1)
+                        .map(|r| self.response_tokens(st.anchor.as_ref(), r.text).1.len() + 1)
                         .sum::<usize>();
                 let n_ctx = (2 * n_ctx).max(needed + needed / 4 + 16);
                 tracing::debug!(n_ctx, "scorer context full; growing it");
                 self.engine = None;
-                self.open(prompt, rows, n_ctx)?;
+                self.open(st.prompt, st.anchor, st.rows.len(), n_ctx)?;
                 self.try_score(requests)
             }
             other => other,
@@ -246,9 +311,19 @@ impl LlamaScorer {
     }
 
     fn try_score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, LlamaError> {
-        let (Some(engine), Some(st)) = (self.engine.as_mut(), self.state.as_mut()) else {
+        let Some(mut st) = self.state.take() else {
             return Err(LlamaError::Usage("score before begin"));
         };
+        let result = self.score_rows(&mut st, requests);
+        self.state = Some(st);
+        result
+    }
+
+    fn score_rows(
+        &mut self,
+        st: &mut State,
+        requests: &[ScoreRequest<'_>],
+    ) -> Result<Vec<f64>, LlamaError> {
         let p = st.prompt.len();
         let mut news: Vec<Vec<LlamaToken>> = Vec::with_capacity(requests.len());
         let mut feeds: Vec<Feed> = Vec::new();
@@ -256,74 +331,132 @@ impl LlamaScorer {
             if req.row >= st.rows.len() {
                 return Err(LlamaError::Usage("score of a missing row"));
             }
-            let mut new = self.model.tokenize_response(req.text);
+            let t = Instant::now();
+            let (cut, mut new) = self.response_tokens(st.anchor.as_ref(), req.text);
+            self.profile.tokenize += t.elapsed();
             if req.ended {
                 new.push(st.eos);
             }
             let row = &mut st.rows[req.row];
-            let d = row.ids.iter().zip(&new).take_while(|(a, b)| a == b).count();
-            // Logits predicting new[d]: the prompt's, the stored tail's, or re-feed new[d-1].
-            let start = if d == 0 || (d == row.fed && row.tail.is_some()) {
-                d
+            let seq = st.banks.seq(req.row);
+            let base = p - cut;
+            // The prompt tokens to run again before the response (a merge changed where
+            // the response starts), and the first new id to feed.
+            let (refeed, d, start) = if cut == row.cut {
+                let d = row.ids.iter().zip(&new).take_while(|(a, b)| a == b).count();
+                // Logits predicting new[d]: the prompt's, the stored tail's, or re-feed
+                // new[d-1] (or, for a merged start, the prompt token before it).
+                if d == 0 && cut > 0 {
+                    (base - 1..base, 0, 0)
+                } else if d == 0 || (d == row.fed && row.tail.is_some()) {
+                    (base..base, d, d)
+                } else {
+                    (base..base, d, d - 1)
+                }
             } else {
-                d - 1
+                // Rare: the merge changed; this row starts again from the last prompt
+                // token both sequences share.
+                let lo = base.min(p - row.cut).max(1) - 1;
+                (lo..base, 0, 0)
             };
-            if row.fed > start {
-                let from = Some((p + start) as u32);
-                engine
+            let first_pos = if refeed.is_empty() {
+                base + start
+            } else {
+                refeed.start
+            };
+            if p - row.cut + row.fed > first_pos || !refeed.is_empty() {
+                let t = Instant::now();
+                engine_of(&mut self.engine)?
                     .ctx
-                    .kv_cache_seq_rm(st.banks.seq(req.row), from, None)
+                    .kv_cache_seq_rm(seq, Some(first_pos as u32), None)
                     .map_err(|e| LlamaError::Cache(e.to_string()))?;
+                self.profile.cache += t.elapsed();
             }
             row.lps.truncate(d);
             row.lps.resize(new.len(), 0.0);
-            if start == d && d < new.len() {
+            if refeed.is_empty() && start == d && d < new.len() {
+                let t = Instant::now();
                 let logits = if d == 0 {
                     &st.prompt_logits
                 } else {
                     row.tail.as_ref().unwrap_or(&st.prompt_logits)
                 };
                 row.lps[d] = log_prob(logits, new[d]);
+                self.profile.log_softmax += t.elapsed();
             }
             let feed_end = new.len() - usize::from(req.ended);
+            row.cut = cut;
             row.fed = start.min(feed_end);
             row.tail = None;
+            for i in refeed.clone() {
+                feeds.push(Feed {
+                    req: r,
+                    token: st.prompt[i],
+                    seq,
+                    pos: i as i32,
+                    out: if i + 1 == base && !new.is_empty() {
+                        Out::Next(0)
+                    } else {
+                        Out::Nothing
+                    },
+                });
+            }
             for j in start..feed_end {
                 feeds.push(Feed {
                     req: r,
-                    j,
-                    seq: st.banks.seq(req.row),
-                    pos: (p + j) as i32,
+                    token: new[j],
+                    seq,
+                    pos: (base + j) as i32,
+                    out: if j + 1 < new.len() {
+                        Out::Next(j + 1)
+                    } else {
+                        Out::Tail(j)
+                    },
                 });
             }
             news.push(new);
         }
+        let engine = engine_of(&mut self.engine)?;
+        let prof = &mut self.profile;
         // llama.cpp caps a context's batch at its size; never hand it more.
         let per_decode = SCORE_BATCH.min(engine.ctx.n_batch().max(1) as usize);
         for piece in feeds.chunks(per_decode) {
             // A cancelled search stops within one piece (the rows are begun afresh next).
             crate::seqs::check(self.interrupt.as_deref())?;
+            let t = Instant::now();
             st.batch.clear();
             for f in piece {
                 st.batch
-                    .add(news[f.req][f.j], f.pos, &[f.seq], true)
+                    .add(f.token, f.pos, &[f.seq], f.out != Out::Nothing)
                     .map_err(|e| LlamaError::Decode(e.to_string()))?;
             }
+            let t = lap(&mut prof.copies, t);
             engine
                 .ctx
                 .decode(&mut st.batch)
                 .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            let mut t = lap(&mut prof.decode, t);
+            prof.decodes += 1;
             self.evaluated += piece.len() as u64;
             for (k, f) in piece.iter().enumerate() {
-                let new = &news[f.req];
                 let row = &mut st.rows[requests[f.req].row];
-                let logits = engine.ctx.get_logits_ith(k as i32);
-                if f.j + 1 < new.len() {
-                    row.lps[f.j + 1] = log_prob(logits, new[f.j + 1]);
-                } else {
-                    row.tail = Some(Arc::new(logits.to_vec()));
+                match f.out {
+                    Out::Nothing => {}
+                    Out::Next(j) => {
+                        let logits = engine.ctx.get_logits_ith(k as i32);
+                        row.lps[j] = log_prob(logits, news[f.req][j]);
+                        if j > 0 {
+                            row.fed = j;
+                        }
+                        t = lap(&mut prof.log_softmax, t);
+                    }
+                    Out::Tail(j) => {
+                        let logits = engine.ctx.get_logits_ith(k as i32);
+                        row.tail = Some(Arc::new(logits.to_vec()));
+                        row.fed = j + 1;
+                        t = lap(&mut prof.copies, t);
+                    }
                 }
-                row.fed = f.j + 1;
             }
         }
 
@@ -335,6 +468,19 @@ impl LlamaScorer {
         }
         Ok(out)
     }
+}
+
+fn engine_of(engine: &mut Option<Engine>) -> Result<&mut Engine, LlamaError> {
+    engine
+        .as_mut()
+        .ok_or(LlamaError::Usage("score before begin"))
+}
+
+/// Adds the time since `since` to `into`; returns now.
+fn lap(into: &mut Duration, since: Instant) -> Instant {
+    let now = Instant::now();
+    *into += now - since;
+    now
 }
 
 fn log_prob(logits: &[f32], token: LlamaToken) -> f64 {
@@ -382,7 +528,9 @@ impl Scorer for LlamaScorer {
         let (Some(engine), Some(st)) = (self.engine.as_mut(), self.state.as_mut()) else {
             return Err(LlamaError::Usage("reorder before begin").into());
         };
+        let t = Instant::now();
         st.rows = st.banks.reorder(&mut engine.ctx, &st.rows, parents)?;
+        self.profile.cache += t.elapsed();
         Ok(())
     }
 

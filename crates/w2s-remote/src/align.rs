@@ -4,10 +4,10 @@
 //! The response is matched from the end by the echoed token strings, which must spell it
 //! exactly: this works whatever the engine's offsets count (llama-cpp-python's
 //! `text_offset` skips special tokens' text, so it does not index the prompt string once
-//! the prompt has chat markup). When the prompt's last token and the response's first
-//! characters were merged into one token (the strings then overlap the boundary), that
-//! token belongs to the prompt and is not summed: the local backend tokenises prompt and
-//! response separately and never has such a token, so the two can differ there.
+//! the prompt has chat markup). When the prompt's last characters and the response's
+//! first ones were merged into one token (the strings then overlap the boundary), that
+//! token belongs to the response and is summed, as the local backend does (it tokenises
+//! the response jointly with the prompt's end and drops the merged prompt tokens).
 
 /// The echoed prompt tokens (completion tokens already cut off).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,9 +92,6 @@ pub(crate) fn response_span(
             tail_chars(text, 40)
         ));
     }
-    if have > need {
-        start += 1; // merged with the prompt's end: the prompt's token
-    }
     Ok(start..span_end)
 }
 
@@ -161,14 +158,14 @@ mod tests {
     }
 
     #[test]
-    fn token_merged_across_the_boundary_is_the_prompts() {
+    fn token_merged_across_the_boundary_is_the_responses() {
         // prompt "abc", response "de": the engine merged "c"+"d".
         let e = echoed(&[("ab", None), ("cd", Some(-1.0)), ("e", Some(-2.0))]);
         assert_eq!(
             response_logprob(&e, "de", None).unwrap(),
             Summed {
-                logprob: -2.0,
-                tokens: 1
+                logprob: -3.0,
+                tokens: 2
             }
         );
     }
