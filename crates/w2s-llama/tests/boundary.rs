@@ -134,12 +134,15 @@ fn a_sentencepiece_model_scores_the_joint_tokens_chunk_by_chunk() {
     let prompt = "Here is a movie review from imdb: I rented this movie last weekend with my bro";
     let mut scorer = LlamaScorer::new(model.clone(), PromptTemplate::bare(), 2);
     // Row 0 starts with a space; row 1 continues the prompt's last word ("bro" + "ther").
-    let chunks: [&[&str]; 2] = [
+    // Row 2's merge changes between chunks ("bro" + "a" merges other pieces than "bro" +
+    // "ad"), so the row's sequence is rebuilt from the prompt token before the merge.
+    let chunks: [&[&str]; 3] = [
         &[" and", " it was", " a treat", " for", " us!"],
         &["ther", " and", " his friends", "; the film", " was long."],
+        &["a", "d", "way", " shows", " are fun."],
     ];
-    scorer.begin(prompt, 2, 64).unwrap();
-    let mut texts = [String::new(), String::new()];
+    scorer.begin(prompt, 3, 64).unwrap();
+    let mut texts = [String::new(), String::new(), String::new()];
     for step in 0..5 {
         let ended = step == 4;
         for (row, c) in chunks.iter().enumerate() {
@@ -158,6 +161,14 @@ fn a_sentencepiece_model_scores_the_joint_tokens_chunk_by_chunk() {
     }
     let mut plain = PlainModel::new(model.clone(), 2);
     let greedy = SamplingParams::new(0.0, 0, 1.0).unwrap();
+    let merges: Vec<usize> = ["a", "ad", "adway"]
+        .iter()
+        .map(|t| split_response(&model, prompt, t).1)
+        .collect();
+    assert!(
+        merges.windows(2).any(|w| w[0] != w[1]),
+        "row 2's merge never changes: {merges:?}"
+    );
     let mut merged_seen = false;
     for (row, text) in texts.iter().enumerate() {
         let ended = row == 0;
