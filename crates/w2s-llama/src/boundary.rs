@@ -63,11 +63,22 @@ pub fn split_response(
     response: &str,
 ) -> (Vec<LlamaToken>, usize, Vec<LlamaToken>) {
     let prompt = model.tokenize_prompt(prompt_text);
-    let (merged, tokens) = match anchor_of(model, prompt_text, &prompt) {
-        Some(a) => a.split(model, response),
-        None => (0, model.tokenize_response(response)),
-    };
+    let anchor = anchor_of(model, prompt_text, &prompt);
+    let (merged, tokens) = response_tokens(model, anchor.as_ref(), response);
     (prompt, merged, tokens)
+}
+
+/// The response's tokens after a prompt with `anchor` (see [`Anchor::split`]); without
+/// one (a prompt whose end does not tokenise as a plain stretch), tokenised on its own.
+pub(crate) fn response_tokens(
+    model: &Model,
+    anchor: Option<&Anchor>,
+    text: &str,
+) -> (usize, Vec<LlamaToken>) {
+    match anchor {
+        Some(a) => a.split(model, text),
+        None => (0, model.tokenize_response(text)),
+    }
 }
 
 /// The prompt's anchor (see the module): the rendered text after its last control token,

@@ -18,7 +18,7 @@ use llama_cpp_2::DecodeError;
 use w2s_core::sampling::log_sum_exp;
 use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
-use crate::boundary::{anchor_of, Anchor};
+use crate::boundary::{anchor_of, response_tokens, Anchor};
 use crate::error::LlamaError;
 use crate::model::{Engine, Model};
 use crate::seqs::{decode_prompt, SeqBanks};
@@ -47,13 +47,6 @@ pub struct ScorerProfile {
     pub cache: Duration,
     /// `llama_decode` calls on response tokens.
     pub decodes: u64,
-}
-
-impl ScorerProfile {
-    /// Everything measured.
-    pub fn total(&self) -> Duration {
-        self.setup + self.tokenize + self.decode + self.log_softmax + self.copies + self.cache
-    }
 }
 
 /// A small model that scores responses (the tuned or the untuned one of a guide pair).
@@ -202,13 +195,6 @@ impl LlamaScorer {
         }
     }
 
-    fn response_tokens(&self, anchor: Option<&Anchor>, text: &str) -> (usize, Vec<LlamaToken>) {
-        match anchor {
-            Some(a) => a.split(&self.model, text),
-            None => (0, self.model.tokenize_response(text)),
-        }
-    }
-
     fn begin_inner(
         &mut self,
         prompt: &str,
@@ -298,7 +284,12 @@ impl LlamaScorer {
                 let needed: usize = st.prompt.len()
                     + requests
                         .iter()
-                        .map(|r| self.response_tokens(st.anchor.as_ref(), r.text).1.len() + 1)
+                        .map(|r| {
+                            response_tokens(&self.model, st.anchor.as_ref(), r.text)
+                                .1
+                                .len()
+                                + 1
+                        })
                         .sum::<usize>();
                 let n_ctx = (2 * n_ctx).max(needed + needed / 4 + 16);
                 tracing::debug!(n_ctx, "scorer context full; growing it");
@@ -332,7 +323,7 @@ impl LlamaScorer {
                 return Err(LlamaError::Usage("score of a missing row"));
             }
             let t = Instant::now();
-            let (cut, mut new) = self.response_tokens(st.anchor.as_ref(), req.text);
+            let (cut, mut new) = response_tokens(&self.model, st.anchor.as_ref(), req.text);
             self.profile.tokenize += t.elapsed();
             if req.ended {
                 new.push(st.eos);
