@@ -5,18 +5,20 @@
 //! only where one waits on a remote engine. The async side never runs a forward pass or
 //! blocks on a remote engine.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use w2s_core::{ErrorKind, Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
-use w2s_engine::{Engine, EngineError, EngineSpec, PromptCheck, PromptTokens, ROLES};
-use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel, PlainSampling};
+use w2s_core::{Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
+use w2s_engine::{Engine, EngineSpec, PromptCheck, PromptTokens, ROLES};
+use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel};
 
 use crate::api::{CheckedRequest, PlainRequest};
 use crate::metrics::Metrics;
+
+mod run;
+use run::{run_plain, run_search};
 
 /// What the worker tells a request's handler.
 #[derive(Debug)]
@@ -462,121 +464,6 @@ fn give_back_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own arenas.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
-    let prompt_tokens = pm.model().tokenize_prompt(&req.prompt).len();
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        if req.echo {
-            pm.echo(&req.prompt, req.max_tokens, &req.sampling, req.seed)
-                .map(|(text, tokens)| Outcome::Echo {
-                    text,
-                    tokens,
-                    prompt_tokens,
-                })
-                .map_err(|e| (e.kind(), e.to_string()))
-        } else {
-            let s = PlainSampling {
-                n: req.n,
-                max_tokens: req.max_tokens,
-                sampling: req.sampling,
-                stop: req.stop.clone(),
-                seed: req.seed,
-                with_tokens: req.logprobs,
-            };
-            pm.sample(&req.prompt, &s)
-                .map(|choices| Outcome::Samples {
-                    choices,
-                    prompt_tokens,
-                })
-                .map_err(|e| (e.kind(), e.to_string()))
-        }
-    }));
-    match outcome {
-        Err(_) => Err(Failure::Panic),
-        Ok(Ok(o)) => Ok(o),
-        Ok(Err((ErrorKind::Input, m))) => Err(Failure::Input(m)),
-        Ok(Err((_, m))) => {
-            tracing::error!(%m, "plain request failed");
-            Err(Failure::Internal("the model failed".into()))
-        }
-    }
-}
-
-fn run_search(
-    models: &mut Engine,
-    work: &SearchWork,
-    job: &Job,
-    touch: &dyn Fn(),
-) -> Result<Finished, Failure> {
-    let req = &*work.req;
-    models
-        .set_history(&req.history)
-        .map_err(|e| Failure::Input(e.to_string()))?;
-    let mut sent = 0usize;
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        models.search_with_progress(&req.config, &req.prompts[work.index], &mut |p| {
-            touch();
-            if p.settled_text.len() > sent {
-                sent = p.settled_text.len();
-                let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
-            }
-            !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
-        })
-    }));
-    let output = match outcome {
-        Err(_) => return Err(Failure::Panic),
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => return Err(failure(e, job)),
-    };
-    let prompt_tokens = models.strong_prompt_tokens().unwrap_or(0);
-    let strong_logprobs = if req.logprobs {
-        let texts: Vec<&str> = output
-            .beams
-            .iter()
-            .take(req.n)
-            .map(|b| b.text.as_str())
-            .collect();
-        let got = catch_unwind(AssertUnwindSafe(|| {
-            models.strong_logprobs(&req.prompts[work.index], &texts)
-        }))
-        .map_err(|_| Failure::Panic)?;
-        Some(got.map_err(|e| {
-            tracing::warn!(%e, "no strong-model log-probabilities");
-            e.to_string()
-        }))
-    } else {
-        None
-    };
-    Ok(Finished {
-        output,
-        prompt_tokens,
-        strong_logprobs,
-    })
-}
-
-/// What a failed search tells its client, decided by the error's kind.
-fn failure(e: EngineError, job: &Job) -> Failure {
-    match e.kind() {
-        ErrorKind::Cancelled if job.cancel.load(Ordering::SeqCst) => Failure::Cancelled,
-        ErrorKind::Cancelled => Failure::Deadline,
-        ErrorKind::Input => Failure::Input(e.to_string()),
-        ErrorKind::Remote => {
-            tracing::warn!(%e, "a remote engine failed");
-            Failure::Upstream(e.to_string())
-        }
-        _ => {
-            tracing::error!(%e, "search failed");
-            let role = match &e {
-                EngineError::Search(w2s_core::SearchError::Backend { role, .. }) => Some(*role),
-                _ => None,
-            };
-            Failure::Internal(match role {
-                Some(r) => format!("{r} model failed"),
-                None => "the search failed".into(),
-            })
-        }
     }
 }
 
