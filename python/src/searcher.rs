@@ -254,7 +254,7 @@ impl LocalScorer {
 /// Runs an evaluation (see `w2s.evaluate`); returns the summary as JSON text.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, out, force, command))]
+#[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, reference, out, force, command))]
 pub fn evaluate(
     py: Python<'_>,
     settings: Settings,
@@ -267,6 +267,7 @@ pub fn evaluate(
     task: &str,
     builtin_golds: Option<&str>,
     judge: Option<String>,
+    reference: Option<String>,
     out: PathBuf,
     force: bool,
     command: String,
@@ -306,6 +307,7 @@ pub fn evaluate(
         seeds,
         golds: builtin,
         judge: judge.unwrap_or_else(|| "qwen2.5-coder-1.5b-instruct".into()),
+        reference,
         out,
         force,
         command,

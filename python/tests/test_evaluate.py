@@ -62,6 +62,12 @@ def test_evaluate_with_a_python_guide_and_bad_input(strong, tmp_path):
     with pytest.raises(ValueError, match="twice"):
         w2s.evaluate(["x"], methods=["sample"], out=tmp_path / "bad", strong=strong,
                      guide=lambda p, t, e: 0.0, gold={"vader": lambda p, r: 0.0, "builtin": "vader"})
+    with pytest.raises(ValueError, match="not one of the run's methods"):
+        w2s.evaluate(["x"], methods=["sample", "bon:2"], out=tmp_path / "bad", strong=strong,
+                     task="instruct", reference="bon:4")
+    with pytest.raises(ValueError, match="guide method samples from the tuned model"):
+        w2s.evaluate(["x"], methods=["sample", "guide"], out=tmp_path / "bad", strong=strong,
+                     guide=lambda p, t, e: 0.0, gold="vader")
 
 
 def test_the_example_script_runs(strong, small, tmp_path):

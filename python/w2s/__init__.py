@@ -305,7 +305,7 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def _golds(gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike]]):
-    """Built-in gold names ("vader", "judge") and Python gold rewards (name, f)."""
+    """Built-in gold names ("vader", "judge", "pairwise") and Python gold rewards (name, f)."""
     if gold is None:
         return None, []
     items: List[Tuple[Optional[str], GoldLike]]
@@ -324,7 +324,9 @@ def _golds(gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike
             label = name or getattr(g, "__name__", None) or type(g).__name__
             custom.append((label, lambda p, r, g=g: float(g(p, r))))
         else:
-            raise TypeError(f"a gold reward is 'vader', 'judge' or a function f(prompt, response) -> float, not {g!r}")
+            raise TypeError(
+                f"a gold reward is 'vader', 'judge', 'pairwise' or a function f(prompt, response) -> float, not {g!r}"
+            )
     return (",".join(builtin) if builtin else None), custom
 
 
@@ -370,6 +372,7 @@ def evaluate(
     task: str = "sentiment",
     gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike]] = None,
     judge: Optional[str] = None,
+    reference: Optional[str] = None,
     force: bool = False,
     **settings: Any,
 ) -> Dict[str, Any]:
@@ -378,10 +381,12 @@ def evaluate(
     One line per (method, seed, prompt) is appended to OUT/results.jsonl as soon as it
     is done, so an interrupted run (Ctrl-C included) resumes where it stopped when called
     again with the same settings; OUT/report.md, summary.json and plots are written at
-    the end. `gold`: "vader", "judge", a function f(prompt, response) -> float (named by
-    its __name__), a list of these, or a dict {name: function}; the first is the report's
-    primary gold reward. Default: the task's (VADER for sentiment, the judge for instruct).
-    Model settings are those of `Searcher`.
+    the end. `gold`: "vader", "judge" (a 1-9 rating), "pairwise" (the judge's probability
+    that a response beats the `reference` method's, "sample" by default, on the same seed
+    and prompt), a function f(prompt, response) -> float (named by its __name__), a list
+    of these, or a dict {name: function}; the first is the report's primary gold reward.
+    Default: the task's (VADER for sentiment, pairwise for instruct). `methods` may include
+    "guide", the tuned model sampled alone. Model settings are those of `Searcher`.
     """
     s, parts = _settings(strong, tuned, untuned, guide, settings)
     builtin, custom = _golds(gold)
@@ -394,7 +399,7 @@ def evaluate(
     command = f"w2s.evaluate(methods={list(methods)!r}, seeds={seeds!r}, out={os.fspath(out)!r})"
     text = _w2s.evaluate(
         s, parts, custom, items, source, ",".join(methods), seeds, task, builtin, judge,
-        os.fspath(out), force, command,
+        reference, os.fspath(out), force, command,
     )
     return json.loads(text)
 

@@ -37,6 +37,7 @@ def evaluate(
     task: str,
     builtin_golds: Optional[str],
     judge: Optional[str],
+    reference: Optional[str],
     out: str,
     force: bool,
     command: str,

@@ -23,7 +23,8 @@ pub struct EvalArgs {
     /// Only the first N prompts of the file.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Methods to compare: sample, bon:N, cbs:WxKxL, eft:BETA[,BETA...].
+    /// Methods to compare: sample, guide (the tuned small model alone), bon:N, cbs:WxKxL,
+    /// eft:BETA[,BETA...].
     #[arg(
         long,
         value_name = "M,M,...",
@@ -33,10 +34,15 @@ pub struct EvalArgs {
     /// Seeds; every method runs every prompt with each.
     #[arg(long, value_name = "S,S,...", default_value = "1")]
     pub seeds: String,
-    /// Gold rewards, the first is primary [default: vader for sentiment, judge for instruct].
-    #[arg(long, value_name = "vader,judge")]
+    /// Gold rewards, the first is primary: vader, judge (a 1-9 rating), pairwise (P(better
+    /// than --reference)) [default: vader for sentiment, pairwise for instruct].
+    #[arg(long, value_name = "G,G,...")]
     pub gold: Option<String>,
-    /// The judge model (GGUF file or name) for the `judge` gold reward.
+    /// The method the pairwise judge compares every response with, on the same (seed,
+    /// prompt); one of --methods [default: sample].
+    #[arg(long, value_name = "METHOD")]
+    pub reference: Option<String>,
+    /// The judge model (GGUF file or name) for the `judge` and `pairwise` gold rewards.
     #[arg(
         long,
         value_name = "FILE|NAME",
@@ -74,6 +80,7 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         seeds,
         golds,
         judge: args.judge,
+        reference: args.reference,
         out: args.out,
         force: args.force,
         command: std::env::args().collect::<Vec<_>>().join(" "),

@@ -300,27 +300,15 @@ fn bad_input_is_refused_with_exit_2_and_nothing_written_is_lost() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn instruct_task_renders_chat_templates_and_writes_alpacaeval_outputs() {
-    let dir = scratch("instruct");
-    let out = dir.join("run");
-    let prompts = dir.join("instructions.jsonl");
-    std::fs::write(
-        &prompts,
-        "{\"id\": \"i1\", \"prompt\": \"Write a short poem about autumn rain.\"}\n\
-         {\"id\": \"i2\", \"prompt\": \"What is the difference between weather and climate?\"}\n",
-    )
-    .unwrap();
-    let args: Vec<String> = [
+fn instruct_args(prompts: &Path, out: &Path, methods: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
         "eval",
         "--task",
         "instruct",
         "--prompts",
         prompts.to_str().unwrap(),
-        "--limit",
-        "2",
         "--methods",
-        "sample",
+        methods,
         "--strong",
         "smollm2-135m-instruct",
         "--tuned",
@@ -333,27 +321,150 @@ fn instruct_task_renders_chat_templates_and_writes_alpacaeval_outputs() {
         "smollm2-135m-instruct",
         "--max-new-tokens",
         "8",
+        "--threads",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let o = w2s(&args);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn instruct_task_judges_pairs_against_the_reference_and_writes_alpacaeval_outputs() {
+    let dir = scratch("instruct");
+    let out = dir.join("run");
+    let prompts = dir.join("instructions.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": \"i1\", \"prompt\": \"Write a short poem about autumn rain.\"}\n\
+         {\"id\": \"i2\", \"prompt\": \"What is the difference between weather and climate?\"}\n",
+    )
+    .unwrap();
+    let methods = "bon:2,guide,sample";
+    let o = w2s(&instruct_args(
+        &prompts,
+        &out,
+        methods,
+        &["--gold", "pairwise,judge"],
+    ));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let recs = lines(&out.join("results.jsonl"));
-    assert_eq!(recs.len(), 2);
+    assert_eq!(recs.len(), 6);
+    // The reference goes first on each prompt: the others are judged against it.
+    assert_eq!(recs[0]["method"], "sample");
     for r in &recs {
-        assert_eq!(r["gold"][0]["name"], "judge");
-        let j = r["gold"][0]["value"].as_f64().unwrap();
-        assert!((1.0..=9.0).contains(&j), "{j}");
+        assert_eq!(r["gold"][0]["name"], "pairwise");
+        assert_eq!(r["gold"][1]["name"], "judge");
+        let (win, rating) = (
+            r["gold"][0]["value"].as_f64().unwrap(),
+            r["gold"][1]["value"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&win) && (1.0..=9.0).contains(&rating));
+        let pair = &r["pair"];
+        assert_eq!(pair["reference"], "sample");
+        assert_eq!(pair["judge"], "smollm2-135m-instruct.gguf");
+        let identical = pair["identical"].as_bool().unwrap();
+        if r["method"] == "sample" {
+            assert!(identical && win == 0.5, "{r}");
+        }
+        if !identical {
+            let (a, b) = (
+                pair["first"].as_f64().unwrap(),
+                pair["second"].as_f64().unwrap(),
+            );
+            assert!((win - 0.5 * (a + b)).abs() < 1e-12);
+            assert!(pair["answer_mass"].as_f64().unwrap() > 0.0);
+        }
+        // The guide alone samples no strong-model token.
+        if r["method"] == "guide" {
+            assert_eq!(r["strong_tokens"], 0);
+            assert!(r["response_tokens"].as_u64().unwrap() > 0);
+        }
     }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Win rates against `sample`"), "{report}");
+    assert!(report.contains("| `guide` |"), "{report}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let w = &summary["methods"]["bon:2"]["win_rates"];
+    assert_eq!(w["n"], 2);
+    assert!(w["length_controlled"]["mean"].is_number(), "{w}");
+    assert_eq!(
+        summary["methods"]["sample"]["win_rates"]["raw"]["mean"],
+        0.5
+    );
+    // AlpacaEval's format: all lines, and one file per method and seed.
     let outputs: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("model_outputs.json")).unwrap())
             .unwrap();
-    let first = &outputs[0];
-    assert_eq!(first["instruction"], recs[0]["prompt"]);
-    assert_eq!(first["output"], recs[0]["response"]);
-    assert_eq!(first["generator"], "w2s/sample/seed1");
+    assert_eq!(outputs[0]["instruction"], recs[0]["prompt"]);
+    assert_eq!(outputs[0]["output"], recs[0]["response"]);
+    assert_eq!(outputs[0]["generator"], "w2s/sample/seed1");
+    assert_eq!(outputs[0]["dataset"], "instructions");
+    for m in ["sample", "guide", "bon-2"] {
+        let f = out.join("model_outputs").join(format!("{m}-seed1.json"));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2, "{}", f.display());
+    }
+
+    // Other gold rewards later: the lines are scored again, not generated again.
+    let o = w2s(&instruct_args(
+        &prompts,
+        &out,
+        methods,
+        &["--gold", "judge"],
+    ));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("6 of them to score again"), "{stderr}");
+    let all = lines(&out.join("results.jsonl"));
+    assert_eq!(all.len(), 12, "six lines appended, the first six kept");
+    let first: HashMap<_, _> = recs.iter().map(|r| (key(r), r)).collect();
+    for new in &all[6..] {
+        assert_eq!(first[&key(new)]["response"], new["response"]);
+        assert_eq!(new["gold"][0]["name"], "judge");
+        assert!(new.get("pair").is_none());
+    }
+    // And nothing to do on a third run with the same gold rewards.
+    let o = w2s(&instruct_args(
+        &prompts,
+        &out,
+        methods,
+        &["--gold", "judge"],
+    ));
+    assert!(o.status.success());
+    assert_eq!(lines(&out.join("results.jsonl")).len(), 12);
+
+    // Bad input: one line, exit 2.
+    let bad = dir.join("bad");
+    let with = |extra: &[&str]| instruct_args(&prompts, &bad, methods, extra);
+    expect_usage_error(
+        &with(&["--reference", "bon:4"]),
+        "not one of the run's methods",
+    );
+    expect_usage_error(
+        &with(&["--reference", "beam"]),
+        "not one of the run's methods",
+    );
+    expect_usage_error(&with(&["--gold", "vader"]), "an instruct run needs a judge");
+    expect_usage_error(
+        &with(&["--gold", "judge", "--reference", "sample"]),
+        "add pairwise to --gold",
+    );
+    let vocabs = std::env::var_os("W2S_VOCABS").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/w2s/vocabs"),
+        PathBuf::from,
+    );
+    let no_template = vocabs.join("random-tiny-llama-spm.gguf");
+    assert!(no_template.exists(), "run scripts/fetch-vocabs");
+    let mut args = with(&[]);
+    let at = args.iter().position(|a| a == "--judge").unwrap();
+    args[at + 1] = no_template.to_string_lossy().into_owned();
+    expect_usage_error(&args, "no chat template");
+    assert!(!bad.join("results.jsonl").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -60,20 +60,42 @@ impl GoldReward for JudgeGold {
 /// A gold reward named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoldKind {
+    /// VADER's compound sentiment score.
     Vader,
+    /// The judge's expected 1-9 rating of one response.
     Judge,
+    /// The judge's probability that the response beats the reference method's response
+    /// to the same (seed, prompt), both orders averaged (see [`w2s_llama::PairJudge`]).
+    Pairwise,
 }
 
-/// Parses `--gold vader,judge`.
+impl GoldKind {
+    /// The name in result files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            GoldKind::Vader => "vader",
+            GoldKind::Judge => "judge",
+            GoldKind::Pairwise => "pairwise",
+        }
+    }
+
+    /// Whether it needs the judge model.
+    pub fn uses_judge(self) -> bool {
+        matches!(self, GoldKind::Judge | GoldKind::Pairwise)
+    }
+}
+
+/// Parses `--gold vader,judge,pairwise`.
 pub fn parse_golds(spec: &str) -> Result<Vec<GoldKind>, EvalError> {
     let mut out = Vec::new();
     for name in spec.split(',').map(str::trim) {
         let kind = match name {
             "vader" => GoldKind::Vader,
             "judge" => GoldKind::Judge,
+            "pairwise" => GoldKind::Pairwise,
             other => {
                 return Err(usage(format!(
-                    "--gold: unknown gold reward '{other}': use vader and/or judge"
+                    "--gold: unknown gold reward '{other}': use vader, judge and/or pairwise"
                 )))
             }
         };
@@ -124,8 +146,8 @@ mod tests {
     #[test]
     fn parses_gold_names() {
         assert_eq!(
-            parse_golds("vader, judge").unwrap(),
-            vec![GoldKind::Vader, GoldKind::Judge]
+            parse_golds("vader, judge,pairwise,vader").unwrap(),
+            vec![GoldKind::Vader, GoldKind::Judge, GoldKind::Pairwise]
         );
         assert!(parse_golds("rm").unwrap_err().to_string().contains("'rm'"));
     }

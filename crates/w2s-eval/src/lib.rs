@@ -29,6 +29,7 @@
 //!     seeds: vec![1],
 //!     golds: vec![GoldKind::Vader],
 //!     judge: "qwen2.5-coder-1.5b-instruct".into(),
+//!     reference: None,
 //!     out: "runs/example".into(),
 //!     force: false,
 //!     command: "example".into(),
@@ -49,8 +50,10 @@ mod prompts;
 mod render;
 mod report;
 mod run;
+mod scoring;
 mod store;
 mod summary;
+mod winrate;
 
 pub use error::EvalError;
 pub use golds::{parse_golds, GoldKind, JudgeGold, Vader};
@@ -60,5 +63,6 @@ pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
 pub use render::{to_json, to_markdown};
 pub use report::report;
 pub use run::{evaluate, evaluate_with, EvalSpec, Plugins, Task};
-pub use store::{read_records, GoldScore, Record, Timings};
+pub use store::{read_records, GoldScore, PairScore, Record, Timings};
 pub use summary::{summarize, Interval, MethodSummary, Paired, Summary};
+pub use winrate::{logistic_fit, WinRates};

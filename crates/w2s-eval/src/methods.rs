@@ -11,6 +11,9 @@ pub enum EvalMethod {
     Search(Method),
     /// Emulated fine-tuning / proxy tuning with weight `beta`.
     Eft { beta: f64 },
+    /// The small tuned model alone: plain sampling from it, with its own template (the
+    /// weak baseline of weak-to-strong search).
+    Guide,
 }
 
 impl std::fmt::Display for EvalMethod {
@@ -18,12 +21,13 @@ impl std::fmt::Display for EvalMethod {
         match self {
             EvalMethod::Search(m) => write!(f, "{m}"),
             EvalMethod::Eft { beta } => write!(f, "eft:{beta}"),
+            EvalMethod::Guide => write!(f, "guide"),
         }
     }
 }
 
-/// Parses `sample,bon:16,cbs:4x4x5,eft:0.25,0.5,1`: comma-separated methods; bare numbers
-/// after an `eft:` entry are more EFT betas. Duplicates are refused.
+/// Parses `sample,guide,bon:16,cbs:4x4x5,eft:0.25,0.5,1`: comma-separated methods; bare
+/// numbers after an `eft:` entry are more EFT betas. Duplicates are refused.
 pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, EvalError> {
     let mut out: Vec<EvalMethod> = Vec::new();
     let mut in_eft = false;
@@ -39,6 +43,9 @@ pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, EvalError> {
         let method = if let Some(b) = item.strip_prefix("eft:") {
             in_eft = true;
             EvalMethod::Eft { beta: beta_of(b)? }
+        } else if item == "guide" {
+            in_eft = false;
+            EvalMethod::Guide
         } else if in_eft && item.parse::<f64>().is_ok() {
             EvalMethod::Eft {
                 beta: beta_of(item)?,
@@ -49,7 +56,7 @@ pub fn parse_methods(spec: &str) -> Result<Vec<EvalMethod>, EvalError> {
                 Ok(m) => EvalMethod::Search(m),
                 Err(ConfigError::MethodSyntax(_)) => {
                     return Err(usage(format!(
-                        "--methods: unknown method '{item}': use sample, bon:N (e.g. bon:16), cbs:WxKxL (e.g. cbs:4x4x5) or eft:BETA[,BETA...]"
+                        "--methods: unknown method '{item}': use sample, guide, bon:N (e.g. bon:16), cbs:WxKxL (e.g. cbs:4x4x5) or eft:BETA[,BETA...]"
                     )))
                 }
                 Err(e) => return Err(usage(format!("--methods: {e}"))),
@@ -86,7 +93,7 @@ mod tests {
 
     #[test]
     fn parses_search_methods_and_eft_beta_lists() {
-        let got = parse_methods("sample, bon:16,cbs:4x4x5,eft:0.25,0.5,1,cbs:2x8x5").unwrap();
+        let got = parse_methods("sample, bon:16,cbs:4x4x5,eft:0.25,0.5,1,cbs:2x8x5,guide").unwrap();
         let names: Vec<String> = got.iter().map(|m| m.to_string()).collect();
         assert_eq!(
             names,
@@ -97,9 +104,11 @@ mod tests {
                 "eft:0.25",
                 "eft:0.5",
                 "eft:1",
-                "cbs:2x8x5"
+                "cbs:2x8x5",
+                "guide"
             ]
         );
+        assert_eq!(got[7], EvalMethod::Guide);
         assert_eq!(got[3], EvalMethod::Eft { beta: 0.25 });
     }
 
@@ -112,6 +121,7 @@ mod tests {
             ("eft:inf", "inf"),
             ("sample,3", "'3'"),
             ("bon:4,bon:4", "twice"),
+            ("guide,guide", "twice"),
             ("eft:1,1", "twice"),
             ("", "unknown method"),
         ] {

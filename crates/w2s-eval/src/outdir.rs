@@ -10,8 +10,10 @@ use crate::error::{usage, EvalError};
 
 pub const RUN_FILE: &str = "run.json";
 pub const RESULTS_FILE: &str = "results.jsonl";
+/// The instruct task's AlpacaEval outputs, one file per method and seed.
+pub const OUTPUTS_DIR: &str = "model_outputs";
 /// Files a run writes (moved together by --force).
-const RUN_FILES: [&str; 7] = [
+const RUN_FILES: [&str; 8] = [
     RUN_FILE,
     RESULTS_FILE,
     "report.md",
@@ -19,6 +21,7 @@ const RUN_FILES: [&str; 7] = [
     "gold_by_method.svg",
     "gold_vs_tokens.svg",
     "model_outputs.json",
+    OUTPUTS_DIR,
 ];
 
 /// 64-bit FNV-1a, as hex: a fingerprint of the prompts.
@@ -61,7 +64,14 @@ fn read_settings(dir: &Path) -> Result<Option<Value>, EvalError> {
             path.display()
         ))
     })?;
-    Ok(Some(v.get("settings").cloned().unwrap_or(Value::Null)))
+    let mut settings = v.get("settings").cloned().unwrap_or(Value::Null);
+    // Runs written before scoring was recorded apart kept the gold rewards here; a
+    // change of gold rewards now scores lines again instead of refusing the directory.
+    if let Some(o) = settings.as_object_mut() {
+        o.remove("gold");
+        o.remove("judge");
+    }
+    Ok(Some(settings))
 }
 
 /// Refuses early (before models load) a directory holding another run, unless `force`.
@@ -196,6 +206,19 @@ mod tests {
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(d.contains(&"max_new_tokens: 50 -> 20".to_string()));
         assert!(d.iter().any(|x| x.starts_with("strong: \"g\" -> (none)")));
+    }
+
+    #[test]
+    fn gold_settings_of_older_runs_are_not_compared() {
+        let dir = std::env::temp_dir().join(format!("w2s-outdir-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = json!({"settings": {"beta": 1.0, "gold": ["vader"], "judge": null}, "info": {}});
+        std::fs::write(dir.join(RUN_FILE), old.to_string()).unwrap();
+        std::fs::write(dir.join(RESULTS_FILE), "").unwrap();
+        check(&dir, &json!({"beta": 1.0}), false).unwrap();
+        assert!(check(&dir, &json!({"beta": 2.0}), false).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

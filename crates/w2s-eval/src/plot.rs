@@ -95,13 +95,16 @@ fn family(method: &str) -> &'static str {
         "Best-of-N (sample = N 1)"
     } else if method.starts_with("cbs:") {
         "CBS"
+    } else if method == "guide" {
+        "guide alone"
     } else {
         "EFT"
     }
 }
 
 /// Mean gold reward against strong-model tokens per prompt: Best-of-N and CBS curves
-/// (CBS at W*K = N costs what BoN-N costs), EFT as points.
+/// (CBS at W*K = N costs what BoN-N costs), EFT and the guide alone (no strong token) as
+/// points.
 pub fn gold_vs_tokens(s: &Summary) -> Result<String, String> {
     let mut svg = String::new();
     {
@@ -127,7 +130,7 @@ pub fn gold_vs_tokens(s: &Summary) -> Result<String, String> {
             .label_style((FONT, 14))
             .draw()
             .map_err(|e| e.to_string())?;
-        for (fi, fam) in ["Best-of-N (sample = N 1)", "CBS", "EFT"]
+        for (fi, fam) in ["Best-of-N (sample = N 1)", "CBS", "EFT", "guide alone"]
             .iter()
             .enumerate()
         {
@@ -148,7 +151,8 @@ pub fn gold_vs_tokens(s: &Summary) -> Result<String, String> {
                 .iter()
                 .map(|m| (m.strong_tokens_per_prompt, m.mean_gold))
                 .collect();
-            if *fam != "EFT" {
+            let points_only = matches!(*fam, "EFT" | "guide alone");
+            if !points_only {
                 chart
                     .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))
                     .map_err(|e| e.to_string())?
@@ -160,7 +164,7 @@ pub fn gold_vs_tokens(s: &Summary) -> Result<String, String> {
             let series = chart
                 .draw_series(xy.iter().map(|&p| Circle::new(p, 5, color.filled())))
                 .map_err(|e| e.to_string())?;
-            if *fam == "EFT" {
+            if points_only {
                 series
                     .label(*fam)
                     .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));

@@ -3,6 +3,7 @@
 
 use crate::store::Record;
 use crate::summary::{Paired, Summary, BOOTSTRAP_SEED, RESAMPLES};
+use crate::winrate::WinRates;
 
 /// `summary.json`: per method `mean_gold`, `ci_low`, `ci_high`, `mean_guide`,
 /// `strong_tokens_per_prompt`, `wall_s_per_prompt`, `n` (and every gold's interval).
@@ -32,6 +33,11 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
                 })).collect::<Vec<_>>(),
                 "paired": m.paired.as_ref().map(paired_json),
                 "paired_bon": m.paired_bon.as_ref().map(paired_json),
+                "hit_limit": m.hit_limit,
+                "mean_response_chars": finite(m.mean_response_chars),
+                "mean_response_tokens": finite(m.mean_response_tokens),
+                "gold_s_per_prompt": finite(m.gold_s_per_prompt),
+                "win_rates": m.win_rates.as_ref().map(win_json),
             }),
         );
     }
@@ -43,6 +49,23 @@ pub fn to_json(s: &Summary) -> serde_json::Value {
         "method_order": s.methods.iter().map(|m| m.method.clone()).collect::<Vec<_>>(),
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "methods": methods,
+    })
+}
+
+fn win_json(w: &WinRates) -> serde_json::Value {
+    let interval = |i: &crate::summary::Interval| serde_json::json!({"mean": finite(i.mean), "ci_low": finite(i.ci_low), "ci_high": finite(i.ci_high)});
+    serde_json::json!({
+        "reference": w.reference,
+        "n": w.n,
+        "raw": interval(&w.raw),
+        "length_controlled": interval(&w.length_controlled),
+        "length_slope": finite(w.length_slope),
+        "judged": w.judged,
+        "orders_disagree": w.orders_disagree,
+        "answer_mass": finite(w.answer_mass),
+        "mean_chars": finite(w.mean_chars),
+        "reference_mean_chars": finite(w.reference_mean_chars),
+        "guide_judge_corr": finite(w.guide_judge_corr),
     })
 }
 
@@ -115,6 +138,7 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
         }
         md.push('\n');
     }
+    win_table(&mut md, s);
     let paired: Vec<(&String, &Paired)> = s
         .methods
         .iter()
@@ -167,6 +191,72 @@ pub fn to_markdown(s: &Summary, plots: &[(&str, &str)]) -> String {
     md
 }
 
+/// The pairwise judge's table: win rates against the reference, raw and length-controlled.
+fn win_table(md: &mut String, s: &Summary) {
+    let rows: Vec<_> = s
+        .methods
+        .iter()
+        .filter_map(|m| Some((m, m.win_rates.as_ref()?)))
+        .collect();
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    md.push_str(&format!(
+        "\nWin rates against `{}`, judged pairwise: the judge's probability that the response beats the \
+         reference's response to the same (seed, prompt), the two orders of showing them averaged. \
+         Length-controlled: the verdicts regressed on the length difference, `logit P = a + b tanh(Δchars / sd)`, \
+         read at zero difference. Intervals: 95% bootstrap over prompts, refitted on every draw. \
+         Orders disagree: judged pairs whose two orders prefer different responses. Guide-judge r: correlation of \
+         the guide's margin over the reference with the verdict, over judged pairs. Hit limit: responses cut at \
+         the token limit.\n\n",
+        first.reference
+    ));
+    md.push_str(
+        "| method | n | win rate [95% CI] | length-controlled [95% CI] | length slope | orders disagree | answer mass | guide-judge r | mean chars | mean tokens | hit limit | judge s / prompt |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (m, w) in rows {
+        let pct = |x: f64| 100.0 * x;
+        let disagree = if w.judged == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{}/{} ({:.0}%)",
+                w.orders_disagree,
+                w.judged,
+                pct(w.orders_disagree as f64 / w.judged as f64)
+            )
+        };
+        let corr = if w.guide_judge_corr.is_finite() {
+            format!("{:.2}", w.guide_judge_corr)
+        } else {
+            "-".into()
+        };
+        let mass = if w.answer_mass.is_finite() {
+            format!("{:.2}", w.answer_mass)
+        } else {
+            "-".into()
+        };
+        md.push_str(&format!(
+            "| `{}` | {} | {:.1}% [{:.1}, {:.1}] | {:.1}% [{:.1}, {:.1}] | {:+.2} | {disagree} | {mass} | {corr} | {:.0} | {:.0} | {}/{} | {:.2} |\n",
+            m.method,
+            w.n,
+            pct(w.raw.mean),
+            pct(w.raw.ci_low),
+            pct(w.raw.ci_high),
+            pct(w.length_controlled.mean),
+            pct(w.length_controlled.ci_low),
+            pct(w.length_controlled.ci_high),
+            if w.length_slope.is_finite() { w.length_slope } else { 0.0 },
+            m.mean_response_chars,
+            m.mean_response_tokens,
+            m.hit_limit,
+            m.n,
+            m.gold_s_per_prompt,
+        ));
+    }
+}
+
 /// A table of paired differences; `name_both` names each row `method - against`.
 fn paired_table(md: &mut String, rows: &[(&String, &Paired)], name_both: bool) {
     md.push_str(
@@ -186,17 +276,20 @@ fn paired_table(md: &mut String, rows: &[(&String, &Paired)], name_both: bool) {
 }
 
 /// `model_outputs.json` in AlpacaEval's format, one entry per record; `generator` names
-/// the method and seed (`w2s/cbs:4x4x5/seed1`).
-pub fn alpaca_outputs(records: &[Record]) -> serde_json::Value {
+/// the method and seed (`w2s/cbs:4x4x5/seed1`), `dataset` the prompt set.
+pub fn alpaca_outputs<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    dataset: &str,
+) -> serde_json::Value {
     serde_json::Value::Array(
         records
-            .iter()
+            .into_iter()
             .map(|r| {
                 serde_json::json!({
                     "instruction": r.prompt,
                     "output": r.response,
                     "generator": format!("w2s/{}/seed{}", r.method, r.seed),
-                    "dataset": "w2s",
+                    "dataset": dataset,
                 })
             })
             .collect(),

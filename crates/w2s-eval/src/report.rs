@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::{usage, EvalError};
-use crate::outdir::{recorded_command, recorded_run, recorded_settings, RESULTS_FILE};
+use crate::outdir::{recorded_command, recorded_run, recorded_settings, OUTPUTS_DIR, RESULTS_FILE};
 use crate::plot::{gold_by_method, gold_vs_tokens, PLOTS};
 use crate::render::{alpaca_outputs, to_json, to_markdown};
 use crate::store::{read_records, Record};
@@ -49,9 +49,39 @@ pub fn write(dir: &Path, records: &[Record]) -> Result<Summary, EvalError> {
     }
     put("report.md", md)?;
     if s.task == "instruct" {
-        let out = serde_json::to_string_pretty(&alpaca_outputs(records))
-            .map_err(|e| usage(e.to_string()))?;
-        put("model_outputs.json", out + "\n")?;
+        let run = recorded_run(dir);
+        let dataset = run
+            .as_ref()
+            .and_then(|r| r["info"]["prompts_file"].as_str())
+            .and_then(|f| Path::new(f).file_stem())
+            .map_or_else(|| "w2s".to_string(), |f| f.to_string_lossy().into_owned());
+        let json = |v: serde_json::Value| -> Result<String, EvalError> {
+            Ok(serde_json::to_string_pretty(&v).map_err(|e| usage(e.to_string()))? + "\n")
+        };
+        put(
+            "model_outputs.json",
+            json(alpaca_outputs(records, &dataset))?,
+        )?;
+        // One file per method and seed: what AlpacaEval takes as one model's outputs.
+        let each = dir.join(OUTPUTS_DIR);
+        std::fs::create_dir_all(&each)
+            .map_err(|e| usage(format!("cannot create {}: {e}", each.display())))?;
+        for m in &s.methods {
+            for &seed in &s.seeds {
+                let rs: Vec<&Record> = records
+                    .iter()
+                    .filter(|r| r.method == m.method && r.seed == seed)
+                    .collect();
+                if rs.is_empty() {
+                    continue;
+                }
+                let name = format!("{}-seed{seed}.json", m.method.replace(':', "-"));
+                put(
+                    &format!("{OUTPUTS_DIR}/{name}"),
+                    json(alpaca_outputs(rs, &dataset))?,
+                )?;
+            }
+        }
     }
     Ok(s)
 }

@@ -7,17 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use w2s_core::{GoldReward, Role};
-use w2s_engine::{shown_f32, Checked, CustomParts, RunSettings};
-use w2s_llama::{Judge, Model, ProxyTuner, Rubric};
+use w2s_core::{GoldReward, Method, Role};
+use w2s_engine::{shown_f32, Checked, CustomParts, Engine, EngineSpec, RoleSource, RunSettings};
+use w2s_llama::{Model, ProxyTuner, Rubric};
 
 use crate::error::{usage, EvalError};
-use crate::golds::{GoldKind, JudgeGold, Vader};
+use crate::golds::GoldKind;
 use crate::methods::EvalMethod;
 use crate::outdir;
 use crate::progress::Progress;
 use crate::prompts::PromptItem;
-use crate::store::{GoldScore, Record, Store, Timings};
+use crate::scoring::Scoring;
+use crate::store::{Record, Store, Timings};
 use crate::summary::Summary;
 
 /// What the prompts are, which sets the default templates and gold rewards.
@@ -26,7 +27,8 @@ use crate::summary::Summary;
 pub enum Task {
     /// Continue movie reviews positively; gold: VADER of prompt + response.
     Sentiment,
-    /// Follow instructions through each model's chat template; gold: the judge.
+    /// Follow instructions through each model's chat template; gold: the pairwise judge
+    /// against the reference method.
     Instruct,
 }
 
@@ -43,7 +45,7 @@ impl Task {
     pub fn default_golds(self) -> Vec<GoldKind> {
         match self {
             Task::Sentiment => vec![GoldKind::Vader],
-            Task::Instruct => vec![GoldKind::Judge],
+            Task::Instruct => vec![GoldKind::Pairwise],
         }
     }
 }
@@ -67,8 +69,12 @@ pub struct EvalSpec {
     pub seeds: Vec<u64>,
     /// Gold rewards, the primary one first.
     pub golds: Vec<GoldKind>,
-    /// The judge model (GGUF file or name) for [`GoldKind::Judge`].
+    /// The judge model (GGUF file or name) for [`GoldKind::Judge`] and
+    /// [`GoldKind::Pairwise`].
     pub judge: String,
+    /// The method whose response to each (seed, prompt) the pairwise judge compares the
+    /// others with (`sample` when `None`); it must be one of `methods`.
+    pub reference: Option<String>,
     /// The output directory.
     pub out: PathBuf,
     /// If `out` holds a run with other settings, move it to `out/previous-N`.
@@ -118,15 +124,24 @@ fn settings(run: RunSettings, task: Task) -> Result<Checked, EvalError> {
     Ok(s.check()?)
 }
 
-/// The settings every line depends on (compared on resume), as the user gave them.
-fn fingerprint(
-    c: &Checked,
-    task: Task,
+/// How the lines are scored (recorded in `run.json`, not compared on resume: a line
+/// scored otherwise is scored again, not generated again).
+fn scoring_settings(
     golds: &[GoldKind],
     custom_golds: &[String],
     judge: &str,
-    prompts: &[PromptItem],
+    reference: Option<&str>,
 ) -> serde_json::Value {
+    serde_json::json!({
+        "gold": custom_golds.iter().cloned().chain(golds.iter().map(|g| g.name().to_string())).collect::<Vec<_>>(),
+        "judge": golds.iter().any(|g| g.uses_judge()).then(|| w2s_llama::resolve_model(judge).display().to_string()),
+        "reference": reference,
+    })
+}
+
+/// The settings every line's response depends on (compared on resume), as the user gave
+/// them.
+fn fingerprint(c: &Checked, task: Task, prompts: &[PromptItem]) -> serde_json::Value {
     let cfg = &c.search;
     let prompt_bytes = serde_json::to_vec(
         &prompts
@@ -150,8 +165,6 @@ fn fingerprint(
         "top_k": cfg.sampling().top_k(),
         "top_p": shown_f32(cfg.sampling().top_p()),
         "stop": cfg.stop(),
-        "gold": custom_golds.iter().cloned().chain(golds.iter().map(|g| format!("{g:?}").to_lowercase())).collect::<Vec<_>>(),
-        "judge": golds.contains(&GoldKind::Judge).then(|| w2s_llama::resolve_model(judge).display().to_string()),
         "prompts": prompts.len(),
         "prompts_fnv1a": crate::outdir::fnv1a(&prompt_bytes),
     })
@@ -175,6 +188,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         seeds,
         golds,
         judge,
+        reference,
         out,
         force,
         command,
@@ -192,15 +206,43 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
     }
     let custom_names: Vec<String> = custom_golds.iter().map(|g| g.name().to_string()).collect();
     for (i, name) in custom_names.iter().enumerate() {
-        let builtin = golds
-            .iter()
-            .any(|g| format!("{g:?}").eq_ignore_ascii_case(name));
+        let builtin = golds.iter().any(|g| g.name().eq_ignore_ascii_case(name));
         if name.is_empty() || builtin || custom_names[..i].contains(name) {
             return Err(usage(format!(
                 "gold reward name '{name}' is empty or used twice; give each gold reward its own name"
             )));
         }
     }
+    let pairwise = golds.contains(&GoldKind::Pairwise);
+    if task == Task::Instruct && !golds.iter().any(|g| g.uses_judge()) && custom_golds.is_empty() {
+        return Err(usage(
+            "an instruct run needs a judge: use --gold pairwise (the default) or judge, with --judge MODEL",
+        ));
+    }
+    let reference = match (reference, pairwise) {
+        (Some(r), false) => {
+            return Err(usage(format!(
+                "--reference {r}: the reference is for the pairwise judge; add pairwise to --gold"
+            )))
+        }
+        (r, true) => {
+            let r = r.unwrap_or_else(|| "sample".into());
+            let named = crate::methods::parse_methods(&r).ok();
+            let found = named
+                .as_deref()
+                .and_then(|n| methods.iter().find(|m| n == [**m]))
+                .copied();
+            let Some(found) = found else {
+                let listed: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+                return Err(usage(format!(
+                    "--reference {r} is not one of the run's methods ({}); the pairwise judge compares every response with the reference's",
+                    listed.join(", ")
+                )));
+            };
+            Some(found)
+        }
+        (None, false) => None,
+    };
     let mut run = run;
     parts.name_in(&mut run)?;
     let c = settings(run, task)?;
@@ -229,12 +271,21 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
             p.id
         )));
     }
+    let has_guide = methods.contains(&EvalMethod::Guide);
+    let custom = |r: &w2s_engine::RoleSpec| matches!(r.source, RoleSource::Custom(_));
+    if has_guide && (custom(&c.engine.tuned) || custom(&c.engine.untuned)) {
+        return Err(usage(
+            "the guide method samples from the tuned model and scores with the pair, so both must be GGUF files or URL#MODEL, not a caller's objects",
+        ));
+    }
     let has_eft = methods.iter().any(|m| matches!(m, EvalMethod::Eft { .. }));
     if has_eft {
         c.engine
             .require_local("EFT (eft:BETA), which mixes every token's logits,")?;
     }
-    let settings = fingerprint(&c, task, &golds, &custom_names, &judge, &prompts);
+    let reference_name = reference.map(|r| r.to_string());
+    let settings = fingerprint(&c, task, &prompts);
+    let scoring_info = scoring_settings(&golds, &custom_names, &judge, reference_name.as_deref());
     outdir::check(&out, &settings, force)?;
 
     // Load everything (and refuse what cannot run) before touching the directory.
@@ -262,25 +313,34 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
             c.engine.threads,
         )?);
     }
-    let mut gold: Vec<Box<dyn GoldReward + Send>> = custom_golds;
-    for g in &golds {
-        gold.push(match g {
-            GoldKind::Vader => Box::new(Vader::new()),
-            GoldKind::Judge => {
-                let model = Model::load(&w2s_llama::resolve_model(&judge), c.engine.load)?;
-                let rubric = match task {
-                    Task::Sentiment => Rubric::Positivity,
-                    Task::Instruct => Rubric::Helpfulness,
-                };
-                Box::new(JudgeGold(Judge::new(model, rubric, c.engine.threads)?))
-            }
-        });
+    // The guide alone: the tuned model, with its template, as the sampled model.
+    let mut guide_engine = None;
+    if has_guide {
+        let spec = EngineSpec {
+            strong: c.engine.tuned.clone(),
+            ..c.engine.clone()
+        };
+        guide_engine = Some(Engine::build(&spec)?);
     }
+    let rubric = match task {
+        Task::Sentiment => Rubric::Positivity,
+        Task::Instruct => Rubric::Helpfulness,
+    };
+    let mut scoring = Scoring::build(
+        custom_golds,
+        &golds,
+        rubric,
+        &judge,
+        c.engine.load,
+        c.engine.threads,
+        reference_name.clone(),
+    )?;
     let info = serde_json::json!({
         "command": command,
         "prompts_file": prompts_source,
         "methods": methods.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
         "seeds": seeds,
+        "scoring": scoring_info,
     });
     let results = outdir::prepare(&out, &settings, &info, force)?;
     let mut store = Store::open(&results)?;
@@ -291,37 +351,84 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
             results.display()
         );
     }
-    let mut todo: Vec<(u64, EvalMethod, &PromptItem)> = Vec::new();
+    // The reference goes first on each (seed, prompt): the others are judged against it.
+    let mut order = methods.clone();
+    if let Some(r) = reference {
+        order.retain(|m| *m != r);
+        order.insert(0, r);
+    }
+    let mut todo: Vec<(u64, EvalMethod, &PromptItem, bool)> = Vec::new();
+    let mut rescore = 0;
     // Prompt-major: an interrupted run has compared every method on the same prompts.
     for &seed in &seeds {
         for p in &prompts {
-            for &m in &methods {
-                if !store.is_done(&(m.to_string(), seed, p.id.clone())) {
-                    todo.push((seed, m, p));
+            for &m in &order {
+                match store.get(&(m.to_string(), seed, p.id.clone())) {
+                    Some(r) if scoring.is_scored(r) => {}
+                    Some(_) => {
+                        rescore += 1;
+                        todo.push((seed, m, p, true));
+                    }
+                    None => todo.push((seed, m, p, false)),
                 }
             }
         }
     }
     let total = seeds.len() * methods.len() * prompts.len();
     eprintln!(
-        "{} of {total} lines to do ({} already in {})",
-        todo.len(),
-        total - todo.len(),
-        results.display()
+        "{} of {total} lines to do ({} already in {}{})",
+        todo.len() - rescore,
+        total - todo.len() + rescore,
+        results.display(),
+        if rescore > 0 {
+            format!("; {rescore} of them to score again with this run's gold rewards")
+        } else {
+            String::new()
+        }
     );
+    let reference_of = |store: &Store, seed: u64, id: &str| {
+        reference.and_then(|r| store.get(&(r.to_string(), seed, id.to_string())).cloned())
+    };
     let mut progress = Progress::new(todo.len());
-    for (seed, method, item) in todo {
+    for (seed, method, item, again) in todo {
         if cancelled() {
             return Err(EvalError::Engine(w2s_engine::EngineError::Search(
                 w2s_core::SearchError::Cancelled,
             )));
         }
         let started = Instant::now();
-        let requests_before: u64 = engine.requests_sent().iter().sum();
+        if again {
+            let key = (method.to_string(), seed, item.id.clone());
+            let mut rec = store
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| EvalError::Internal("a line to score again is gone".into()))?;
+            scoring.score(&mut rec, reference_of(&store, seed, &item.id).as_ref())?;
+            let shown = rec.gold.first().map_or(0.0, |g| g.value);
+            store.append(rec)?;
+            progress.tick(&format!(
+                "{method} seed {seed} prompt {} scored again ({:.1} s, gold {shown:.3})",
+                item.id,
+                started.elapsed().as_secs_f64()
+            ));
+            continue;
+        }
+        let sent = |e: &Engine, g: &Option<Engine>| -> u64 {
+            let g = g
+                .as_ref()
+                .map_or(0, |g| g.requests_sent().iter().sum::<u64>());
+            e.requests_sent().iter().sum::<u64>() + g
+        };
+        let requests_before = sent(&engine, &guide_engine);
         let mut rec = match method {
-            EvalMethod::Search(m) => {
+            EvalMethod::Search(_) | EvalMethod::Guide => {
+                let (searcher, m) = match (method, guide_engine.as_mut()) {
+                    (EvalMethod::Search(m), _) => (&mut engine, m),
+                    (_, Some(g)) => (g, Method::Sample),
+                    _ => return Err(EvalError::Internal("the guide was not set up".into())),
+                };
                 let out =
-                    engine.search_with_progress(&config(m, seed)?, &item.prompt, &mut |_| {
+                    searcher.search_with_progress(&config(m, seed)?, &item.prompt, &mut |_| {
                         !cancelled()
                     })?;
                 let (b, s) = (out.best(), &out.stats);
@@ -334,7 +441,12 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
                     b.finish,
                     (b.tuned_logprob, b.untuned_logprob, b.score),
                     (
-                        s.strong_tokens_sampled,
+                        // The guide alone samples no strong-model token.
+                        if method == EvalMethod::Guide {
+                            0
+                        } else {
+                            s.strong_tokens_sampled
+                        },
                         b.strong_tokens,
                         s.tuned_tokens_evaluated,
                         s.untuned_tokens_evaluated,
@@ -385,18 +497,8 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
                 )
             }
         };
-        rec.http_requests = engine.requests_sent().iter().sum::<u64>() - requests_before;
-        let t = Instant::now();
-        for g in gold.iter_mut() {
-            let value = g
-                .score(&item.prompt, &rec.response)
-                .map_err(|e| EvalError::Internal(format!("gold reward {}: {e}", g.name())))?;
-            rec.gold.push(GoldScore {
-                name: g.name().to_string(),
-                value,
-            });
-        }
-        rec.timings.gold_s = t.elapsed().as_secs_f64();
+        rec.http_requests = sent(&engine, &guide_engine) - requests_before;
+        scoring.score(&mut rec, reference_of(&store, seed, &item.id).as_ref())?;
         let shown = rec.gold.first().map_or(0.0, |g| g.value);
         store.append(rec)?;
         progress.tick(&format!(
@@ -434,6 +536,7 @@ fn record(
         tuned_logprob,
         untuned_logprob,
         gold: Vec::new(),
+        pair: None,
         strong_tokens,
         response_tokens,
         tuned_tokens,

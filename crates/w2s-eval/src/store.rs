@@ -1,9 +1,11 @@
 //! The result file, `results.jsonl`: one line per (method, seed, prompt), appended and
 //! flushed to disk as soon as it is done. Reopening it keeps every complete line, cuts a
 //! torn last line (a write interrupted by kill -9 or power loss) so that it is redone,
-//! and knows which lines are done, so a rerun never duplicates one.
+//! and knows which lines are done, so a rerun never duplicates one. A line whose gold
+//! rewards are scored again (the run's gold rewards changed) is appended anew; when a
+//! key appears more than once, the last line is the one that counts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,31 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+/// The pairwise judge's verdict on a response against the reference method's response
+/// to the same (seed, prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairScore {
+    /// The reference method.
+    pub reference: String,
+    /// The judge model's file name.
+    pub judge: String,
+    /// P(this response is better) when it is shown first.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub first: f64,
+    /// P(this response is better) when it is shown second.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub second: f64,
+    /// The judge's probability on the two answer letters, averaged over the orders (NaN,
+    /// written as null, when the judge was not asked).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub answer_mass: f64,
+    /// The response is the reference's text (the reference itself, or the same words):
+    /// 1/2 by construction, the judge not asked.
+    pub identical: bool,
+    /// Characters of the reference response (for length control).
+    pub reference_chars: usize,
+}
+
 /// One line of `results.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -60,6 +87,9 @@ pub struct Record {
     pub untuned_logprob: f64,
     /// Gold rewards, the run's primary one first.
     pub gold: Vec<GoldScore>,
+    /// The pairwise verdict, when `pairwise` is one of the gold rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairScore>,
     /// Strong-model tokens sampled over all rows (the method's cost).
     pub strong_tokens: usize,
     /// Strong-model tokens of the returned response.
@@ -90,10 +120,27 @@ impl Record {
 pub struct Store {
     path: PathBuf,
     file: File,
-    done: HashSet<Key>,
+    /// Where each key's record is in `records`.
+    at: HashMap<Key, usize>,
     records: Vec<Record>,
     /// Bytes of a torn last line that were cut on opening.
     pub torn_bytes: usize,
+}
+
+/// Keeps the last record of each key, at the place of its first.
+fn last_of_each(records: Vec<Record>) -> (Vec<Record>, HashMap<Key, usize>) {
+    let mut at: HashMap<Key, usize> = HashMap::new();
+    let mut out: Vec<Record> = Vec::new();
+    for r in records {
+        match at.get(&r.key()) {
+            Some(&i) => out[i] = r,
+            None => {
+                at.insert(r.key(), out.len());
+                out.push(r);
+            }
+        }
+    }
+    (out, at)
 }
 
 /// Parses the text of a result file: the complete records, the byte length they cover,
@@ -146,18 +193,7 @@ impl Store {
                 path.display()
             ))
         })?;
-        let mut done = HashSet::new();
-        for r in &records {
-            if !done.insert(r.key()) {
-                return Err(usage(format!(
-                    "{} holds ({}, seed {}, prompt {}) twice; move the file away",
-                    path.display(),
-                    r.method,
-                    r.seed,
-                    r.prompt_id
-                )));
-            }
-        }
+        let (records, at) = last_of_each(records);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -171,15 +207,15 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             file,
-            done,
+            at,
             records,
             torn_bytes,
         })
     }
 
-    /// Whether this line is already done.
-    pub fn is_done(&self, key: &Key) -> bool {
-        self.done.contains(key)
+    /// The record of this line, if it is in the file.
+    pub fn get(&self, key: &Key) -> Option<&Record> {
+        self.at.get(key).map(|&i| &self.records[i])
     }
 
     /// Every record, in file order.
@@ -187,7 +223,7 @@ impl Store {
         &self.records
     }
 
-    /// Appends one record and flushes it to disk.
+    /// Appends one record and flushes it to disk; it replaces an earlier record of its key.
     pub fn append(&mut self, record: Record) -> Result<(), EvalError> {
         let mut line = serde_json::to_vec(&record)
             .map_err(|e| EvalError::Internal(format!("cannot encode a result: {e}")))?;
@@ -198,8 +234,13 @@ impl Store {
         self.file.write_all(&line).map_err(io)?;
         self.file.flush().map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        self.done.insert(record.key());
-        self.records.push(record);
+        match self.at.get(&record.key()) {
+            Some(&i) => self.records[i] = record,
+            None => {
+                self.at.insert(record.key(), self.records.len());
+                self.records.push(record);
+            }
+        }
         Ok(())
     }
 }
@@ -214,7 +255,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, EvalError> {
             path.display()
         ))
     })?;
-    Ok(records)
+    Ok(last_of_each(records).0)
 }
 
 #[cfg(test)]
@@ -237,6 +278,7 @@ pub(crate) mod tests {
                 name: "vader".into(),
                 value: gold,
             }],
+            pair: None,
             strong_tokens: 16 * 50,
             response_tokens: 50,
             tuned_tokens: 100,
@@ -311,6 +353,53 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_line_scored_again_replaces_the_first_in_its_place() {
+        let dir = std::env::temp_dir().join(format!("w2s-rescore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("results.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut s = Store::open(&path).unwrap();
+        s.append(record("sample", 1, "a", 0.1)).unwrap();
+        s.append(record("sample", 1, "b", 0.2)).unwrap();
+        s.append(record("sample", 1, "a", 0.7)).unwrap();
+        assert_eq!(s.records().len(), 2);
+        assert_eq!(s.records()[0].gold[0].value, 0.7);
+        drop(s);
+        for records in [
+            Store::open(&path).unwrap().records().to_vec(),
+            read_records(&path).unwrap(),
+        ] {
+            let got: Vec<(String, f64)> = records
+                .iter()
+                .map(|r| (r.prompt_id.clone(), r.gold[0].value))
+                .collect();
+            assert_eq!(got, [("a".to_string(), 0.7), ("b".to_string(), 0.2)]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pairwise_verdict_reads_back_with_its_missing_mass() {
+        let mut r = record("sample", 1, "p1", 0.5);
+        r.pair = Some(PairScore {
+            reference: "sample".into(),
+            judge: "judge.gguf".into(),
+            first: 0.5,
+            second: 0.5,
+            answer_mass: f64::NAN,
+            identical: true,
+            reference_chars: 10,
+        });
+        let (back, _, _) = parse(&line(&r)).unwrap();
+        let p = back[0].pair.as_ref().unwrap();
+        assert!(p.answer_mass.is_nan() && p.identical && p.reference_chars == 10);
+        // A line written before verdicts existed reads back with none.
+        let old = String::from_utf8(line(&record("sample", 1, "p1", 0.5))).unwrap();
+        assert!(!old.contains("pair"));
+        assert!(parse(old.as_bytes()).unwrap().0[0].pair.is_none());
+    }
+
+    #[test]
     fn a_bad_line_before_the_last_is_an_error_with_its_number() {
         let mut text = line(&record("sample", 1, "p1", 0.1));
         text.extend_from_slice(b"{\"not\": \"a record\"}\n");
@@ -332,8 +421,8 @@ pub(crate) mod tests {
         drop(f);
         let mut s = Store::open(&path).unwrap();
         assert_eq!(s.torn_bytes, 13);
-        assert!(s.is_done(&("bon:16".into(), 2, "a".into())));
-        assert!(!s.is_done(&("bon:16".into(), 2, "b".into())));
+        assert!(s.get(&("bon:16".into(), 2, "a".into())).is_some());
+        assert!(s.get(&("bon:16".into(), 2, "b".into())).is_none());
         s.append(record("bon:16", 2, "b", 0.5)).unwrap();
         drop(s);
         let back = read_records(&path).unwrap();

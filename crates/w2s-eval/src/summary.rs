@@ -49,6 +49,15 @@ pub struct MethodSummary {
     pub paired_bon: Option<Paired>,
     /// Mean primary gold per seed, in seed order: (seed, mean, responses).
     pub per_seed: Vec<(u64, f64, usize)>,
+    /// Responses cut by `max_new_tokens` (finish `length`).
+    pub hit_limit: usize,
+    /// Mean characters and model tokens of the responses.
+    pub mean_response_chars: f64,
+    pub mean_response_tokens: f64,
+    /// Seconds scoring gold rewards (the judges) per prompt.
+    pub gold_s_per_prompt: f64,
+    /// Win rates against the reference, when the pairwise judge scored the run.
+    pub win_rates: Option<crate::winrate::WinRates>,
 }
 
 /// A method's primary gold minus another's, paired by (seed, prompt).
@@ -198,6 +207,7 @@ fn method_rank(name: &str) -> (u8, f64) {
     use w2s_core::Method;
     match parse_methods(name).ok().as_deref() {
         Some([EvalMethod::Search(Method::Sample)]) => (0, 0.0),
+        Some([EvalMethod::Guide]) => (0, 1.0),
         Some([EvalMethod::Search(Method::Bon { n })]) => (1, *n as f64),
         Some([EvalMethod::Search(Method::Cbs { w, k, .. })]) => (2, (w * k) as f64),
         Some([EvalMethod::Eft { beta }]) => (3, *beta),
@@ -293,6 +303,14 @@ pub fn summarize(records: &[Record]) -> Summary {
                 paired_bon: same_budget_bon(m)
                     .filter(|b| methods.contains(&b.as_str()))
                     .map(|b| paired(&b, &rs, records)),
+                hit_limit: rs
+                    .iter()
+                    .filter(|r| r.finish == w2s_core::Finish::Length)
+                    .count(),
+                mean_response_chars: mean(rs.iter().map(|r| r.response.chars().count() as f64)),
+                mean_response_tokens: mean(rs.iter().map(|r| r.response_tokens as f64)),
+                gold_s_per_prompt: mean(rs.iter().map(|r| r.timings.gold_s)),
+                win_rates: crate::winrate::win_rates(&rs, records),
                 per_seed: seeds
                     .iter()
                     .map(|&seed| {
@@ -494,8 +512,9 @@ mod tests {
         assert!(md.contains("| `cbs:4x4x5` | 0.750 (2) | |"), "{md}");
         assert_eq!(j["methods"]["sample"]["per_seed"][1]["mean_gold"], 0.1);
         assert_eq!(j["methods"]["cbs:4x4x5"]["paired"]["wins"], 1);
-        let out = alpaca_outputs(&recs);
+        let out = alpaca_outputs(&recs, "instruct-dev");
         assert_eq!(out[1]["generator"], "w2s/cbs:4x4x5/seed1");
+        assert_eq!(out[1]["dataset"], "instruct-dev");
         assert_eq!(out[1]["instruction"], "prompt a");
     }
 }

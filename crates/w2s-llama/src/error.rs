@@ -69,6 +69,14 @@ pub enum LlamaError {
         /// What failed.
         reason: String,
     },
+    /// The model cannot judge as asked.
+    #[error("judge {path}: {reason}")]
+    Judge {
+        /// The model file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// A forward pass failed.
     #[error("llama.cpp decode failed: {0}")]
     Decode(String),
