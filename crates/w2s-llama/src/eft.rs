@@ -129,11 +129,8 @@ impl ProxyTuner {
             part.model.check_fits(tokens.len(), max_new)?;
             let n_ctx = u32::try_from(tokens.len() + max_new + 8)
                 .map_err(|_| LlamaError::Usage("context too large"))?;
-            Engine::ensure(&mut part.engine, &part.model, n_ctx, 1, 512, self.threads)?;
-            let engine = part
-                .engine
-                .as_mut()
-                .ok_or(LlamaError::Usage("no context"))?;
+            let engine =
+                Engine::ensure(&mut part.engine, &part.model, n_ctx, 1, 512, self.threads)?;
             logits.push(decode_prompt(
                 &mut engine.ctx,
                 &mut batch,

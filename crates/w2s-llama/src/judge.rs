@@ -94,11 +94,7 @@ impl Judge {
         self.model.check_fits(tokens.len(), 1)?;
         let n_ctx =
             u32::try_from(tokens.len() + 8).map_err(|_| LlamaError::Usage("context too large"))?;
-        Engine::ensure(&mut self.engine, &self.model, n_ctx, 1, 512, self.threads)?;
-        let engine = self
-            .engine
-            .as_mut()
-            .ok_or(LlamaError::Usage("no context"))?;
+        let engine = Engine::ensure(&mut self.engine, &self.model, n_ctx, 1, 512, self.threads)?;
         let mut batch = LlamaBatch::new(512, 1);
         let logits = decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?;
         Ok(expected_rating(&logits, &self.digits))

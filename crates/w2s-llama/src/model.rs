@@ -328,15 +328,16 @@ impl Engine {
         })
     }
 
-    /// Reuses `slot` if it fits `n_ctx` and `n_seq`, else makes a new context.
-    pub(crate) fn ensure(
-        slot: &mut Option<Engine>,
+    /// Reuses `slot` if it fits `n_ctx` and `n_seq` (its cache cleared), else makes a new
+    /// context there; returns it.
+    pub(crate) fn ensure<'a>(
+        slot: &'a mut Option<Engine>,
         model: &Arc<Model>,
         n_ctx: u32,
         n_seq: u32,
         n_batch: u32,
         threads: i32,
-    ) -> Result<(), LlamaError> {
+    ) -> Result<&'a mut Engine, LlamaError> {
         let fits = slot
             .as_ref()
             .is_some_and(|e| e.n_ctx >= n_ctx && e.n_seq >= n_seq);
@@ -348,6 +349,6 @@ impl Engine {
             *slot = None; // free the old one first
             *slot = Some(Engine::new(model.clone(), n_ctx, n_seq, n_batch, threads)?);
         }
-        Ok(())
+        slot.as_mut().ok_or(LlamaError::Usage("no context"))
     }
 }

@@ -103,6 +103,19 @@ impl PairJudge {
         })
     }
 
+    /// A context of at least `cells` KV cells for `n_seq` sequences, its cache empty.
+    fn context(&mut self, cells: usize, n_seq: u32) -> Result<&mut Engine, LlamaError> {
+        let n_ctx = u32::try_from(cells).map_err(|_| LlamaError::Usage("context too large"))?;
+        Engine::ensure(
+            &mut self.engine,
+            &self.model,
+            n_ctx,
+            n_seq,
+            N_BATCH,
+            self.threads,
+        )
+    }
+
     /// The model file.
     pub fn path(&self) -> &std::path::Path {
         self.model.path()
@@ -189,20 +202,7 @@ impl PairJudge {
             .count()
             .min(orders[0].len().min(orders[1].len()) - 1);
         let cells = orders[0].len() + orders[1].len() - shared + 8;
-        let n_ctx = u32::try_from(cells).map_err(|_| LlamaError::Usage("context too large"))?;
-        Engine::ensure(
-            &mut self.engine,
-            &self.model,
-            n_ctx,
-            2,
-            N_BATCH,
-            self.threads,
-        )?;
-        let engine = self
-            .engine
-            .as_mut()
-            .ok_or(LlamaError::Usage("no context"))?;
-        let ctx = &mut engine.ctx;
+        let ctx = &mut self.context(cells, 2)?.ctx;
         let mut batch = LlamaBatch::new(N_BATCH as usize, 2);
         // (token, position, sequence, wants logits)
         let mut work: Vec<(LlamaToken, usize, i32, bool)> = Vec::new();
@@ -264,21 +264,8 @@ impl PairJudge {
     ) -> Result<f64, LlamaError> {
         let tokens = self.prompt_tokens(instruction, first, second)?;
         self.model.check_fits(tokens.len(), 1)?;
-        let n_ctx =
-            u32::try_from(tokens.len() + 8).map_err(|_| LlamaError::Usage("context too large"))?;
         self.engine = None;
-        Engine::ensure(
-            &mut self.engine,
-            &self.model,
-            n_ctx,
-            1,
-            N_BATCH,
-            self.threads,
-        )?;
-        let engine = self
-            .engine
-            .as_mut()
-            .ok_or(LlamaError::Usage("no context"))?;
+        let engine = self.context(tokens.len() + 8, 1)?;
         let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
         let logits = crate::seqs::decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?;
         self.engine = None;

@@ -237,7 +237,7 @@ impl LlamaScorer {
     ) -> Result<(), LlamaError> {
         let banks = SeqBanks::new(rows);
         let n_ctx = u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?;
-        Engine::ensure(
+        let engine = Engine::ensure(
             &mut self.engine,
             &self.model,
             n_ctx,
@@ -245,10 +245,6 @@ impl LlamaScorer {
             SCORE_BATCH as u32,
             self.threads,
         )?;
-        let engine = self
-            .engine
-            .as_mut()
-            .ok_or(LlamaError::Usage("no context"))?;
         let mut batch = LlamaBatch::new(SCORE_BATCH, 1);
         let prompt_logits = decode_prompt(
             &mut engine.ctx,

@@ -142,7 +142,7 @@ impl LlamaProposer {
         let n_ctx = prompt.len() + setup.rows * setup.max_new_tokens + 8;
         let n_batch = 512.max(setup.rows);
         let banks = SeqBanks::new(setup.rows);
-        Engine::ensure(
+        let engine = Engine::ensure(
             &mut self.engine,
             &self.model,
             u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?,
@@ -150,10 +150,6 @@ impl LlamaProposer {
             n_batch as u32,
             self.threads,
         )?;
-        let engine = self
-            .engine
-            .as_mut()
-            .ok_or(LlamaError::Usage("no context"))?;
         let mut batch = LlamaBatch::new(n_batch, 1);
         let prompt_logits = decode_prompt(
             &mut engine.ctx,
