@@ -426,6 +426,8 @@ fn instruct_task_judges_pairs_against_the_reference_and_writes_alpacaeval_output
     let first: HashMap<_, _> = recs.iter().map(|r| (key(r), r)).collect();
     for new in &all[6..] {
         assert_eq!(first[&key(new)]["response"], new["response"]);
+        // The rating it already had is kept, not computed again.
+        assert_eq!(first[&key(new)]["gold"][1], new["gold"][0]);
         assert_eq!(new["gold"][0]["name"], "judge");
         assert!(new.get("pair").is_none());
     }

@@ -101,21 +101,42 @@ impl Scoring {
             })
     }
 
-    /// Scores `rec` afresh with every gold reward (its old scores are dropped);
+    /// Scores `rec` with every gold reward of the run, keeping the scores it already has
+    /// of the same rewards (and dropping the others);
     /// `reference` is the reference method's record of the same (seed, prompt).
     pub fn score(&mut self, rec: &mut Record, reference: Option<&Record>) -> Result<(), EvalError> {
         let t = Instant::now();
-        rec.gold.clear();
-        rec.pair = None;
+        // Scores the line already has are kept: a rerun that adds a gold reward does not
+        // ask the judge again.
+        let old_golds = std::mem::take(&mut rec.gold);
+        let old_pair = rec.pair.take().filter(|v| {
+            self.pairwise
+                .as_ref()
+                .is_some_and(|p| v.reference == p.reference && v.judge == p.judge_name)
+        });
+        let kept = |name: &str| old_golds.iter().find(|g| g.name == name).map(|g| g.value);
+        let mut scored_anew = false;
         for g in self.golds.iter_mut() {
             let (name, value) = match g {
+                Gold::Reward(r) if kept(r.name()).is_some() => {
+                    (r.name().to_string(), kept(r.name()).unwrap_or(f64::NAN))
+                }
+                Gold::Pairwise if old_pair.is_some() => {
+                    rec.pair = old_pair.clone();
+                    let v = old_pair
+                        .as_ref()
+                        .map_or(f64::NAN, |v| 0.5 * (v.first + v.second));
+                    (crate::golds::GoldKind::Pairwise.name().to_string(), v)
+                }
                 Gold::Reward(r) => {
+                    scored_anew = true;
                     let value = r.score(&rec.prompt, &rec.response).map_err(|e| {
                         EvalError::Internal(format!("gold reward {}: {e}", r.name()))
                     })?;
                     (r.name().to_string(), value)
                 }
                 Gold::Pairwise => {
+                    scored_anew = true;
                     let p = self.pairwise.as_mut().ok_or_else(|| {
                         EvalError::Internal("the pairwise judge was not set up".into())
                     })?;
@@ -127,7 +148,9 @@ impl Scoring {
             };
             rec.gold.push(GoldScore { name, value });
         }
-        rec.timings.gold_s = t.elapsed().as_secs_f64();
+        if scored_anew {
+            rec.timings.gold_s = t.elapsed().as_secs_f64();
+        }
         Ok(())
     }
 }
