@@ -34,6 +34,22 @@ pub fn fnv1a(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// Keys of the settings that name a model.
+const MODEL_KEYS: [&str; 4] = ["strong", "tuned", "untuned", "judge"];
+
+/// A model as `run.json` and reports record it: a local file by its file name (the
+/// directory it was loaded from says nothing about the run, and a published run must not
+/// carry the machine's paths), a remote one as `URL#MODEL`.
+pub fn model_name(described: &str) -> String {
+    if described.starts_with("http://") || described.starts_with("https://") {
+        return described.to_string();
+    }
+    Path::new(described).file_name().map_or_else(
+        || described.to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
+}
+
 /// The settings keys whose values differ, as `key: old -> new`.
 pub fn differences(old: &Value, new: &Value) -> Vec<String> {
     let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
@@ -67,9 +83,15 @@ fn read_settings(dir: &Path) -> Result<Option<Value>, EvalError> {
     let mut settings = v.get("settings").cloned().unwrap_or(Value::Null);
     // Runs written before scoring was recorded apart kept the gold rewards here; a
     // change of gold rewards now scores lines again instead of refusing the directory.
+    // Runs written before models were recorded by file name kept their paths.
     if let Some(o) = settings.as_object_mut() {
         o.remove("gold");
         o.remove("judge");
+        for key in MODEL_KEYS {
+            if let Some(Value::String(s)) = o.get_mut(key) {
+                *s = model_name(s);
+            }
+        }
     }
     Ok(Some(settings))
 }
@@ -167,8 +189,7 @@ pub fn recorded_command(run: &Value) -> Option<&str> {
     run["info"]["command"].as_str()
 }
 
-/// The recorded settings as `key`, value lines for a report: model files by file name
-/// (a report may be published; the directories they were loaded from say nothing).
+/// The recorded settings as `key`, value lines for a report, models by [`model_name`].
 pub fn recorded_settings(run: &Value) -> Vec<(String, String)> {
     let Some(obj) = run["settings"].as_object() else {
         return Vec::new();
@@ -176,15 +197,7 @@ pub fn recorded_settings(run: &Value) -> Vec<(String, String)> {
     obj.iter()
         .map(|(k, v)| {
             let text = match v {
-                Value::String(s)
-                    if matches!(k.as_str(), "strong" | "tuned" | "untuned" | "judge")
-                        && !s.starts_with("http://")
-                        && !s.starts_with("https://") =>
-                {
-                    Path::new(s)
-                        .file_name()
-                        .map_or_else(|| s.clone(), |f| f.to_string_lossy().into_owned())
-                }
+                Value::String(s) if MODEL_KEYS.contains(&k.as_str()) => model_name(s),
                 Value::String(s) => format!("{s:?}"),
                 other => other.to_string(),
             };
@@ -218,6 +231,32 @@ mod tests {
         std::fs::write(dir.join(RESULTS_FILE), "").unwrap();
         check(&dir, &json!({"beta": 1.0}), false).unwrap();
         assert!(check(&dir, &json!({"beta": 2.0}), false).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn models_are_recorded_by_file_name_and_old_paths_still_resume() {
+        assert_eq!(model_name("/a/b/m.gguf"), "m.gguf");
+        assert_eq!(model_name("m.gguf"), "m.gguf");
+        assert_eq!(model_name("http://h:1/v1#m"), "http://h:1/v1#m");
+        let dir = std::env::temp_dir().join(format!("w2s-outdir-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = json!({"settings": {"strong": "/x/y/s.gguf", "tuned": "http://h/v1#t"}});
+        std::fs::write(dir.join(RUN_FILE), old.to_string()).unwrap();
+        std::fs::write(dir.join(RESULTS_FILE), "").unwrap();
+        check(
+            &dir,
+            &json!({"strong": "s.gguf", "tuned": "http://h/v1#t"}),
+            false,
+        )
+        .unwrap();
+        assert!(check(
+            &dir,
+            &json!({"strong": "t.gguf", "tuned": "http://h/v1#t"}),
+            false
+        )
+        .is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

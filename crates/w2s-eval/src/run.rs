@@ -14,7 +14,7 @@ use w2s_llama::{Model, ProxyTuner, Rubric};
 use crate::error::{usage, EvalError};
 use crate::golds::GoldKind;
 use crate::methods::EvalMethod;
-use crate::outdir;
+use crate::outdir::{self, model_name};
 use crate::progress::Progress;
 use crate::prompts::PromptItem;
 use crate::scoring::Scoring;
@@ -134,7 +134,7 @@ fn scoring_settings(
 ) -> serde_json::Value {
     serde_json::json!({
         "gold": custom_golds.iter().cloned().chain(golds.iter().map(|g| g.name().to_string())).collect::<Vec<_>>(),
-        "judge": golds.iter().any(|g| g.uses_judge()).then(|| w2s_llama::resolve_model(judge).display().to_string()),
+        "judge": golds.iter().any(|g| g.uses_judge()).then(|| model_name(&w2s_llama::resolve_model(judge).display().to_string())),
         "reference": reference,
     })
 }
@@ -153,9 +153,9 @@ fn fingerprint(c: &Checked, task: Task, prompts: &[PromptItem]) -> serde_json::V
     let e = &c.engine;
     serde_json::json!({
         "task": task.name(),
-        "strong": e.strong.describe(),
-        "tuned": e.tuned.describe(),
-        "untuned": e.untuned.describe(),
+        "strong": model_name(&e.strong.describe()),
+        "tuned": model_name(&e.tuned.describe()),
+        "untuned": model_name(&e.untuned.describe()),
         "strong_template": e.strong.template.as_str(),
         "tuned_template": e.tuned.template.as_str(),
         "untuned_template": e.untuned.template.as_str(),
