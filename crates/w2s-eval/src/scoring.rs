@@ -9,6 +9,7 @@ use w2s_llama::{Judge, LoadOptions, Model, PairJudge, Rubric};
 
 use crate::error::EvalError;
 use crate::golds::{GoldKind, JudgeGold, Vader};
+use crate::outdir::model_name;
 use crate::store::{GoldScore, PairScore, Record};
 
 /// One gold reward of the run, in the order the records list them.
@@ -62,10 +63,7 @@ impl Scoring {
                 )?))),
                 GoldKind::Pairwise => {
                     let judge = PairJudge::new(judge_model()?, threads)?;
-                    let judge_name = judge
-                        .path()
-                        .file_name()
-                        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+                    let judge_name = model_name(&judge.path().display().to_string());
                     scoring.pairwise = Some(Pairwise {
                         judge,
                         judge_name,
