@@ -390,7 +390,16 @@ fn quantize_writes_a_loadable_q8_0_copy_and_refuses_bad_input() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    assert!(!scratch("smollm2-q8_0.gguf.partial").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(out_path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("smollm2-q8_0.gguf.partial")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // The copy is a model the search runs on.
     let cfg = config_path();
     let gen = w2s(&[

@@ -46,8 +46,9 @@ impl WeightType {
 
 /// Writes `input`'s model to `output` with its weights in `to` (the output and embedding
 /// tensors too), using `threads` CPU threads. The file is written beside `output` under
-/// a `.partial` name and renamed when complete, so an interrupted run leaves no model
-/// that looks whole.
+/// a `.partial` name of this process's own and renamed when complete, so an interrupted
+/// run leaves no model that looks whole, and two runs writing the same output at once
+/// both succeed (the later rename replaces an identical file).
 pub fn requantize(
     input: &Path,
     output: &Path,
@@ -64,7 +65,7 @@ pub fn requantize(
             .map_err(|_| LlamaError::Usage("a path holds a NUL byte"))
     };
     let mut partial = output.as_os_str().to_owned();
-    partial.push(".partial");
+    partial.push(format!(".partial.{}", std::process::id()));
     let partial = std::path::PathBuf::from(partial);
     let (inp, out) = (c(input)?, c(&partial)?);
     // SAFETY: the default parameters are plain data; the paths are valid C strings that
