@@ -56,14 +56,15 @@ def test_figures_match_the_hand_computed_ones():
     assert list(d["methods"]) == ["cbs:2x2x30", "guide"]
     cbs = d["methods"]["cbs:2x2x30"]
     assert cbs["pairs"] == 3
-    assert cbs["orders_disagree"] == 1
     # verdicts 0.8, 0.5, 0.7
     assert cbs["decisiveness"] == pytest.approx((0.3 + 0.0 + 0.2) / 3)
     assert cbs["mean_margin"] == pytest.approx(2.0)
-    # margin and length difference are both 1:2:3, so r = 1; margins 1,2,3 against
-    # verdicts 0.8, 0.5, 0.7: r = -0.1 / sqrt(2 * 0.04667) by hand
+    # margin and length difference are both 1:2:3, so r = 1; length differences 10, 20, 30
+    # against verdicts 0.8, 0.5, 0.7: r = -0.1 / sqrt(2 * 0.04667) by hand
     assert cbs["r_margin_length"] == pytest.approx(1.0)
-    assert cbs["r_margin_verdict"] == pytest.approx(-0.1 / math.sqrt(2 * 0.0466666667), abs=1e-6)
+    assert cbs["r_length_verdict"] == pytest.approx(-0.1 / math.sqrt(2 * 0.0466666667), abs=1e-6)
+    # first 0.7, 0.4, 0.8 against second 0.9, 0.6, 0.6: r = 0.02 / sqrt(0.0866667 * 0.06)
+    assert cbs["r_first_second"] == pytest.approx(0.02 / math.sqrt(0.0866666667 * 0.06), abs=1e-6)
     assert cbs["ended"] == {"pairs": 2, "verdict": pytest.approx(0.65)}
     assert cbs["cut"] == {"pairs": 1, "verdict": pytest.approx(0.7)}
     # prompt b's reference was cut, its response ended
@@ -71,12 +72,12 @@ def test_figures_match_the_hand_computed_ones():
     assert cbs["only_reference_cut"] == {"pairs": 1, "verdict": pytest.approx(0.5)}
     guide = d["methods"]["guide"]
     assert guide["pairs"] == 1
-    assert math.isnan(guide["r_margin_verdict"])  # one pair: no correlation
+    assert math.isnan(guide["r_first_second"])  # one pair: no correlation
     # the guide alone is left out of the pooled terciles: one search pair in each
     assert [(t["pairs"], t["low"], t["verdict"]) for t in d["terciles"]] == [
         (1, 1.0, pytest.approx(0.8)), (1, 2.0, pytest.approx(0.5)), (1, 3.0, pytest.approx(0.7))]
     text = load_script().render("run", d)
-    assert "| `cbs:2x2x30` | 3 | 1/3 (33%) | 0.167 |" in text
+    assert "| `cbs:2x2x30` | 3 | 0.167 |" in text
 
 
 def run(*args):
