@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use w2s_core::{BackendError, Role, ScoreRequest, Scorer, SearchOutput, ValueFn};
-use w2s_engine::{CustomParts, Engine, EngineError, RunSettings};
+use w2s_engine::{in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings};
 
 use crate::errors::{to_py, value_error, Slot};
 use crate::objects::{values, PyGold, PyScorer};
@@ -94,7 +95,8 @@ fn engine_err(slot: &Slot, e: EngineError) -> PyErr {
 /// The three models of a weak-to-strong search, loaded once, ready to search any prompt.
 #[pyclass(module = "w2s._w2s")]
 pub struct Searcher {
-    engine: Mutex<Engine>,
+    /// The engine, then the replicas made for searches in flight (kept for later batches).
+    engines: Mutex<Vec<Engine>>,
     run: RunSettings,
     slot: Slot,
     describe: String,
@@ -122,7 +124,7 @@ impl Searcher {
             .detach(|| parts.build(&spec))
             .map_err(|e| engine_err(&slot, e))?;
         Ok(Searcher {
-            engine: Mutex::new(engine),
+            engines: Mutex::new(vec![engine]),
             run,
             slot,
             describe,
@@ -140,7 +142,8 @@ impl Searcher {
             .map_err(|e| engine_err(&self.slot, e))?;
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
-            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+            let engine = &mut engines[0];
             interrupt.arm(cancel.clone(), far_deadline());
             engine.set_interrupt(Some(interrupt.clone()));
             let out = engine
@@ -150,6 +153,80 @@ impl Searcher {
         })?;
         let out = result.map_err(|e| engine_err(&self.slot, e))?;
         Ok(output_json(&out))
+    }
+
+    /// Runs one search per prompt with `parallel` in flight (`None`: 1 with a local strong
+    /// model, 8 with a remote one); returns the outputs as JSON text, in the prompts'
+    /// order. `progress(n)` is called as each search finishes.
+    #[pyo3(signature = (prompts, method, seed, parallel, progress))]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<String>,
+        method: &str,
+        seed: u64,
+        parallel: Option<usize>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Vec<String>> {
+        let mut run = self.run.clone();
+        run.method = Some(method.to_string());
+        let err = |e| engine_err(&self.slot, e);
+        let config = run
+            .method()
+            .and_then(|m| run.search_config(m, seed))
+            .map_err(err)?;
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        let n = parallel_for(engines[0].spec(), parallel)
+            .map_err(err)?
+            .min(prompts.len())
+            .max(1);
+        while engines.len() < n {
+            let replica = engines[0].replica().map_err(err)?;
+            engines.push(replica);
+        }
+        let workers = &mut engines[..n];
+        let interrupt = w2s_core::Interrupt::new();
+        let result = cancellable(py, |cancel| {
+            interrupt.arm(cancel.clone(), far_deadline());
+            for e in workers.iter_mut() {
+                e.set_interrupt(Some(interrupt.clone()));
+            }
+            let mut outs: Vec<Option<String>> = vec![None; prompts.len()];
+            let mut failed = None;
+            in_flight(
+                workers,
+                prompts.iter().enumerate(),
+                |engine, (i, prompt)| {
+                    let keep_going = &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                    (i, engine.search_with_progress(&config, prompt, keep_going))
+                },
+                |(i, out)| match out {
+                    Ok(out) => {
+                        outs[i] = Some(output_json(&out));
+                        if let Some(cb) = &progress {
+                            Python::attach(|py| {
+                                if let Err(e) = cb.call1(py, (1,)) {
+                                    e.print(py);
+                                }
+                            });
+                        }
+                        ControlFlow::Continue(())
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                },
+            );
+            for e in workers.iter_mut() {
+                e.set_interrupt(None);
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(outs.into_iter().flatten().collect::<Vec<_>>()),
+            }
+        })?;
+        result.map_err(err)
     }
 
     /// Which model plays which role.
@@ -254,7 +331,7 @@ impl LocalScorer {
 /// Runs an evaluation (see `w2s.evaluate`); returns the summary as JSON text.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, reference, out, force, command))]
+#[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, reference, out, force, command, parallel=None))]
 pub fn evaluate(
     py: Python<'_>,
     settings: Settings,
@@ -271,6 +348,7 @@ pub fn evaluate(
     out: PathBuf,
     force: bool,
     command: String,
+    parallel: Option<usize>,
 ) -> PyResult<String> {
     let slot = Slot::default();
     let eval_err = |slot: &Slot, e: w2s_eval::EvalError| to_py(slot, e.kind(), e.to_string());
@@ -311,6 +389,7 @@ pub fn evaluate(
         out,
         force,
         command,
+        parallel,
     };
     let result = cancellable(py, move |cancel| {
         let plugins = w2s_eval::Plugins {

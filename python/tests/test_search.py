@@ -199,3 +199,18 @@ def test_searches_on_two_searchers_in_two_threads(strong, small, searcher):
         time.sleep(0.01)
     assert [results["a"], results["b"]] == alone
     assert len(ticks) > 10
+
+
+def test_a_batch_with_searches_in_flight_equals_one_at_a_time(searcher):
+    prompts = [PROMPT, "The film opens on a quiet street, and", "Halfway through, the hero", "At the end"]
+    one = searcher.generate_batch(prompts, method="cbs:2x2x5", seed=4, parallel=1)
+    many = searcher.generate_batch(prompts, method="cbs:2x2x5", seed=4, parallel=3)
+    assert [o.prompt for o in many] == prompts
+    assert [o.text for o in many] == [o.text for o in one]
+    assert [o.score for o in many] == [o.score for o in one]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="parallel"):
+            searcher.generate_batch(prompts, parallel=bad)
+    with pytest.raises(ValueError, match="more than 64"):
+        searcher.generate_batch(prompts, parallel=65)
+    assert searcher.generate_batch([], parallel=4) == []

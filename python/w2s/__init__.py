@@ -261,21 +261,35 @@ class Searcher:
         method: str = "cbs",
         seed: int = 1,
         progress: bool = False,
+        parallel: Optional[int] = None,
     ) -> List[Output]:
-        """`generate` for each prompt, in order; `progress=True` shows a bar (tqdm if
-        installed, else a line on stderr)."""
+        """`generate` for each prompt; the outputs come back in the prompts' order.
+        `parallel`: searches in flight at once, each on an engine of its own over the
+        shared models (default: 1 with a local strong model, whose CPU is the bottleneck;
+        8 with a remote one, whose searches mostly wait on the engine; at most 64).
+        `progress=True` shows a bar counting finished searches (tqdm if installed, else a
+        line on stderr)."""
         prompts = list(prompts)
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"prompts must be str, got {type(p).__name__}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if parallel is not None and (
+            not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1
+        ):
+            raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
+        if not prompts:
+            return []
         bar = _progress(len(prompts), method) if progress else None
-        outs = []
         try:
-            for p in prompts:
-                outs.append(self.generate(p, method=method, seed=seed))
-                if bar is not None:
-                    bar.update(1)
+            texts = self._native.generate_batch(
+                prompts, method, seed, parallel, bar.update if bar is not None else None
+            )
         finally:
             if bar is not None:
                 bar.close()
-        return outs
+        return [Output._from_json(p, method, seed, t) for p, t in zip(prompts, texts)]
 
     def __repr__(self) -> str:
         return repr(self._native)
@@ -374,6 +388,7 @@ def evaluate(
     judge: Optional[str] = None,
     reference: Optional[str] = None,
     force: bool = False,
+    parallel: Optional[int] = None,
     **settings: Any,
 ) -> Dict[str, Any]:
     """Compares methods on prompts, as `w2s eval` does, and returns the summary.
@@ -386,7 +401,8 @@ def evaluate(
     and prompt), a function f(prompt, response) -> float (named by its __name__), a list
     of these, or a dict {name: function}; the first is the report's primary gold reward.
     Default: the task's (VADER for sentiment, pairwise for instruct). `methods` may include
-    "guide", the tuned model sampled alone. Model settings are those of `Searcher`.
+    "guide", the tuned model sampled alone. `parallel`: searches in flight at once, as in
+    `Searcher.generate_batch`. Model settings are those of `Searcher`.
     """
     s, parts = _settings(strong, tuned, untuned, guide, settings)
     builtin, custom = _golds(gold)
@@ -399,7 +415,7 @@ def evaluate(
     command = f"w2s.evaluate(methods={list(methods)!r}, seeds={seeds!r}, out={os.fspath(out)!r})"
     text = _w2s.evaluate(
         s, parts, custom, items, source, ",".join(methods), seeds, task, builtin, judge,
-        reference, os.fspath(out), force, command,
+        reference, os.fspath(out), force, command, parallel,
     )
     return json.loads(text)
 

@@ -13,6 +13,14 @@ _Parts = Tuple[List[Tuple[str, str, _Batched]], Optional[Tuple[str, _Batched]]]
 class Searcher:
     def __init__(self, settings: Dict[str, Any], parts: _Parts) -> None: ...
     def generate(self, prompt: str, method: str, seed: int) -> str: ...
+    def generate_batch(
+        self,
+        prompts: List[str],
+        method: str,
+        seed: int,
+        parallel: Optional[int],
+        progress: Optional[Callable[[int], Any]],
+    ) -> List[str]: ...
 
 class LocalScorer:
     """A small GGUF model on llama.cpp that scores responses exactly as the search does."""
@@ -41,5 +49,6 @@ def evaluate(
     out: str,
     force: bool,
     command: str,
+    parallel: Optional[int] = None,
 ) -> str: ...
 def report(out: str) -> str: ...

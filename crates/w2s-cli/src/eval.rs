@@ -55,6 +55,11 @@ pub struct EvalArgs {
     /// If DIR holds a run with other settings, move it to DIR/previous-N and start afresh.
     #[arg(long)]
     pub force: bool,
+    /// Searches in flight at once, each on an engine of its own over the shared models
+    /// [default: 1 when the strong model is local (the CPU is the bottleneck), 8 when it
+    /// is remote (the searches overlap their waits on the engine); at most 64].
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
 }
 
 pub fn run(args: EvalArgs) -> Result<(), Fail> {
@@ -84,6 +89,7 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         out: args.out,
         force: args.force,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        parallel: args.parallel,
     })?;
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! `w2s generate`: run the search for one prompt or a JSONL set.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
 use w2s_core::SearchOutput;
 
-use w2s_engine::{Engine, RunSettings};
+use w2s_engine::{in_flight, parallel_for, Engine, RunSettings};
 use w2s_eval::{read_jsonl, PromptItem};
 
 use crate::fail::Fail;
@@ -33,6 +35,11 @@ pub struct GenerateArgs {
     /// After each plain response, print its guide value, counters and timings to stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    /// With --prompts: searches in flight at once, each on an engine of its own over the
+    /// shared models; output stays in the file's order [default: 1 when the strong model
+    /// is local, 8 when it is remote; at most 64].
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), Fail> {
@@ -50,24 +57,78 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
         (None, Some(path)) => read_jsonl(path)?,
         (None, None) => unreachable!("clap requires one of --prompt, --prompts"),
     };
-    let mut engine = Engine::build(&settings.engine)?;
+    let shape = Shape {
+        json: args.json,
+        many: args.prompts.is_some(),
+        verbose: args.verbose,
+    };
+    let parallel = parallel_for(&settings.engine, args.parallel)?.min(items.len());
+    let mut engines = Engine::build(&settings.engine)?.replicas(parallel)?;
     let mut out = std::io::stdout().lock();
-    for item in &items {
-        let result = engine.search(&settings.search, &item.prompt)?;
-        if args.json {
-            let line = to_json(item, &settings.search, &result);
+    // Results come back as they finish; they are printed in the file's order.
+    let mut finished: BTreeMap<usize, SearchOutput> = BTreeMap::new();
+    let mut next = 0;
+    let mut failed: Option<Fail> = None;
+    in_flight(
+        &mut engines,
+        items.iter().enumerate(),
+        |engine, (i, item)| (i, engine.search(&settings.search, &item.prompt)),
+        |(i, result)| {
+            match result {
+                Ok(r) => {
+                    finished.insert(i, r);
+                }
+                Err(e) => {
+                    failed = Some(e.into());
+                    return ControlFlow::Break(());
+                }
+            }
+            while let Some(result) = finished.remove(&next) {
+                if let Err(e) = shape.print(&mut out, &items[next], &settings.search, &result) {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+                next += 1;
+            }
+            ControlFlow::Continue(())
+        },
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// How each result is printed.
+struct Shape {
+    json: bool,
+    /// Prompts from a file: each text line starts with the prompt's id.
+    many: bool,
+    verbose: bool,
+}
+
+impl Shape {
+    fn print(
+        &self,
+        out: &mut impl Write,
+        item: &PromptItem,
+        config: &w2s_core::SearchConfig,
+        result: &SearchOutput,
+    ) -> Result<(), Fail> {
+        if self.json {
+            let line = to_json(item, config, result);
             writeln!(out, "{line}")?;
-        } else if args.prompts.is_some() {
+        } else if self.many {
             writeln!(out, "[{}] {}", item.id, result.best().text)?;
         } else {
             writeln!(out, "{}", result.best().text)?;
         }
         out.flush()?;
-        if args.verbose && !args.json {
-            eprintln!("{}", summary(&result));
+        if self.verbose && !self.json {
+            eprintln!("{}", summary(result));
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One line: guide value, log-probs, strong tokens and where the time went.

@@ -96,6 +96,15 @@ impl PromptTemplate {
         }
     }
 
+    /// `chat:{prompt}`: the prompt as the user's message through the model's own chat
+    /// template.
+    pub fn chat_default() -> Self {
+        PromptTemplate {
+            raw: format!("chat:{PLACEHOLDER}"),
+            history: Vec::new(),
+        }
+    }
+
     /// This template with `history` rendered before its user message. Only a chat
     /// template whose user part holds `{prompt}` can take earlier turns: a plain-text
     /// template has no turns, and one that puts the prompt in the assistant's turn has

@@ -248,14 +248,31 @@ impl Engine {
         })
     }
 
+    /// This engine and `n - 1` replicas of it ([`Engine::replica`]): the workers of
+    /// [`crate::in_flight`] for `n` searches in flight.
+    pub fn replicas(self, n: usize) -> Result<Vec<Engine>, EngineError> {
+        let mut engines = Vec::with_capacity(n.max(1));
+        for _ in 1..n {
+            engines.push(self.replica()?);
+        }
+        engines.insert(0, self);
+        Ok(engines)
+    }
+
     /// Sets the earlier chat turns the next searches render before the prompt (empty:
     /// none), in every role's template; an input error if a role's template takes a
     /// single user message.
     pub fn set_history(&mut self, history: &[ChatTurn]) -> Result<(), EngineError> {
+        self.set_turns(history, false)
+    }
+
+    /// [`Engine::set_history`] for a chat request (`chat`): a role whose template was not
+    /// given and whose model has a chat template of its own (a local GGUF file's, or a
+    /// remote engine's chat API) reads the conversation through that template, as vLLM,
+    /// llama-server and the OpenAI API do for `/v1/chat/completions`.
+    pub fn set_turns(&mut self, history: &[ChatTurn], chat: bool) -> Result<(), EngineError> {
         let t = |role: Role| {
-            self.spec
-                .role(role)
-                .template
+            request_template(&self.spec, role, self.local_model(role).map(|m| &**m), chat)
                 .with_history(history)
                 .map_err(|e| EngineError::input(format!("the {role} model's {e}")))
         };
@@ -542,8 +559,33 @@ impl Engine {
         PromptCheck {
             roles: ROLES
                 .into_iter()
-                .map(|r| (r, self.local_model(r).cloned(), self.template(r).clone()))
+                .map(|r| {
+                    let model = self.local_model(r).cloned();
+                    let chat = request_template(&self.spec, r, model.as_deref(), true);
+                    (r, model, self.template(r).clone(), chat)
+                })
                 .collect(),
         }
+    }
+}
+
+/// The template a role reads a request through: its own, or for a chat request
+/// (`chat`) where none was given, the model's own chat template if it has one.
+fn request_template(
+    spec: &EngineSpec,
+    role: Role,
+    local: Option<&Model>,
+    chat: bool,
+) -> PromptTemplate {
+    let r = spec.role(role);
+    let has_chat = match (&r.source, local) {
+        (_, Some(model)) => model.chat_template().is_ok(),
+        (RoleSource::Remote { spec, .. }, None) => spec.api == w2s_remote::Api::Chat,
+        _ => false,
+    };
+    if chat && !r.template_given && has_chat {
+        PromptTemplate::chat_default()
+    } else {
+        r.template.clone()
     }
 }

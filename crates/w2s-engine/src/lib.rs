@@ -12,6 +12,8 @@
 //!   [`w2s_core::SearchConfig`];
 //! - [`Engine::build`]: the three models for that spec (a file used by two roles is
 //!   loaded once), ready to [`Engine::search`];
+//! - [`in_flight`]: N searches in flight together on [`Engine::replicas`], for the batch
+//!   front ends;
 //! - [`PromptCheck`]: prompt-length checks against every local model's context;
 //! - [`EngineError`]: one error type whose [`EngineError::kind`] says whether the input,
 //!   a remote engine or w2s itself is at fault.
@@ -39,6 +41,7 @@ mod custom;
 mod engine;
 mod error;
 mod gate;
+mod inflight;
 mod prompt_check;
 mod settings;
 mod spec;
@@ -47,6 +50,7 @@ pub use custom::{CustomParts, CustomScorers, UnusedScorer};
 pub use engine::{Engine, SmallModel, Strong};
 pub use error::EngineError;
 pub use gate::{ComputeGate, CpuTurn, OrderedGate};
+pub use inflight::{default_parallel, in_flight, parallel_for, MAX_PARALLEL};
 pub use prompt_check::{PromptCheck, PromptTokens};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -13,14 +13,15 @@ use crate::error::EngineError;
 /// [`w2s_remote::RemoteError::TooLong`], an input error).
 #[derive(Clone)]
 pub struct PromptCheck {
-    pub(crate) roles: Vec<(Role, Option<Arc<Model>>, PromptTemplate)>,
+    /// Each role, its local model, its template and the template of a chat request.
+    pub(crate) roles: Vec<(Role, Option<Arc<Model>>, PromptTemplate, PromptTemplate)>,
 }
 
 impl PromptCheck {
     /// The strong model's prompt tokens where it is local; an error if any local model's
     /// context is too small. CPU work (tokenisation): call it from a blocking thread.
     pub fn check(&self, prompt: &str, max_new: usize) -> Result<Option<usize>, EngineError> {
-        Ok(self.check_chat(&[], prompt, max_new)?.strong)
+        Ok(self.check_turns(&[], prompt, max_new, false)?.strong)
     }
 
     /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
@@ -31,8 +32,22 @@ impl PromptCheck {
         prompt: &str,
         max_new: usize,
     ) -> Result<PromptTokens, EngineError> {
+        self.check_turns(history, prompt, max_new, false)
+    }
+
+    /// [`PromptCheck::check_chat`] as [`crate::Engine::set_turns`] renders a request: for a chat
+    /// request (`chat`) a role with no template given reads it through its model's own
+    /// chat template.
+    pub fn check_turns(
+        &self,
+        history: &[ChatTurn],
+        prompt: &str,
+        max_new: usize,
+        chat: bool,
+    ) -> Result<PromptTokens, EngineError> {
         let mut tokens = PromptTokens::default();
-        for (role, model, template) in &self.roles {
+        for (role, model, template, chat_template) in &self.roles {
+            let template = if chat { chat_template } else { template };
             let template = template
                 .with_history(history)
                 .map_err(|e| EngineError::input(format!("the {role} model's {e}")))?;

@@ -61,6 +61,9 @@ pub struct RoleSpec {
     pub source: RoleSource,
     /// How the prompt is given to it.
     pub template: PromptTemplate,
+    /// Whether the template was given (`false`: the default `{prompt}`, which a chat
+    /// request replaces by the model's own chat template where it has one).
+    pub template_given: bool,
 }
 
 impl RoleSpec {
@@ -69,6 +72,7 @@ impl RoleSpec {
         RoleSpec {
             source: RoleSource::Local(w2s_llama::resolve_model(model)),
             template,
+            template_given: true,
         }
     }
 
@@ -87,6 +91,7 @@ impl RoleSpec {
                 endpoint: Box::new(endpoint),
             },
             template,
+            template_given: true,
         })
     }
 
@@ -105,19 +110,25 @@ impl RoleSpec {
                     .map_err(|e| EngineError::input(format!("--{role}-template: {e}"))),
             }
         };
+        let given = |r: RoleSpec, t: Option<&str>| RoleSpec {
+            template_given: t.is_some(),
+            ..r
+        };
         match (model, table) {
             (Some(_), Some(_)) => Err(EngineError::input(format!(
                 "the {role} model is given twice: as --{role} (or {role} = ...) and as [models.{role}]; keep one"
             ))),
             (Some(m), None) if w2s_remote::is_remote(m) => {
                 let spec = RemoteSpec::parse(m).map_err(|source| EngineError::Remote { role, source })?;
-                RoleSpec::remote(role, spec, template_of(template)?)
+                let r = RoleSpec::remote(role, spec, template_of(template)?)?;
+                Ok(given(r, template))
             }
             (None, Some(t)) => {
-                let template = template_of(template.or(t.template.as_deref()))?;
-                RoleSpec::remote(role, t.clone(), template)
+                let raw = template.or(t.template.as_deref());
+                let r = RoleSpec::remote(role, t.clone(), template_of(raw)?)?;
+                Ok(given(r, raw))
             }
-            (Some(m), None) => Ok(RoleSpec::local(m, template_of(template)?)),
+            (Some(m), None) => Ok(given(RoleSpec::local(m, template_of(template)?), template)),
             (None, None) => Err(EngineError::input(format!(
                 "no {role} model: give --{role} FILE|NAME|URL#MODEL or set {role} = \"...\" in --config"
             ))),
@@ -127,6 +138,7 @@ impl RoleSpec {
     /// A scorer the caller supplies ([`RoleSource::Custom`]), named `label`; the template
     /// (default `{prompt}`) is recorded but the scorer applies its own.
     pub fn custom(role: Role, label: &str, template: Option<&str>) -> Result<Self, EngineError> {
+        let given = template.is_some();
         let template = match template {
             None => PromptTemplate::bare(),
             Some(t) => PromptTemplate::new(t)
@@ -135,6 +147,7 @@ impl RoleSpec {
         Ok(RoleSpec {
             source: RoleSource::Custom(label.to_string()),
             template,
+            template_given: given,
         })
     }
 

@@ -33,6 +33,7 @@
 //!     out: "runs/example".into(),
 //!     force: false,
 //!     command: "example".into(),
+//!     parallel: None, // 1 search at a time with local models, 8 with a remote strong model
 //! })?;
 //! for m in &summary.methods {
 //!     println!("{}: {:.3} [{:.3}, {:.3}]", m.method, m.mean_gold, m.ci_low, m.ci_high);

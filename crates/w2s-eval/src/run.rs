@@ -2,13 +2,17 @@
 //! scored and appended at once.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use w2s_core::{GoldReward, Method, Role};
-use w2s_engine::{shown_f32, Checked, CustomParts, Engine, EngineSpec, RoleSource, RunSettings};
+use w2s_core::{GoldReward, Method, Role, SearchConfig};
+use w2s_engine::{
+    in_flight, shown_f32, Checked, CustomParts, Engine, EngineError, EngineSpec, RoleSource,
+    RunSettings,
+};
 use w2s_llama::{Model, ProxyTuner, Rubric};
 
 use crate::error::{usage, EvalError};
@@ -81,6 +85,9 @@ pub struct EvalSpec {
     pub force: bool,
     /// The command line that started the run (recorded in `run.json` and the report).
     pub command: String,
+    /// Searches in flight at once (`None`: [`w2s_engine::default_parallel`]). Each line's
+    /// response does not depend on it where the engines are deterministic.
+    pub parallel: Option<usize>,
 }
 
 /// What a library caller adds to an evaluation (e.g. Python objects): custom model parts
@@ -192,6 +199,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         out,
         force,
         command,
+        parallel,
     } = spec;
     let Plugins {
         parts,
@@ -288,45 +296,36 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
     let scoring_info = scoring_settings(&golds, &custom_names, &judge, reference_name.as_deref());
     outdir::check(&out, &settings, force)?;
 
+    let parallel = w2s_engine::parallel_for(&c.engine, parallel)?;
+
     // Load everything (and refuse what cannot run) before touching the directory.
-    let mut engine = parts.build(&c.engine)?;
-    if let Some(flag) = &cancel {
-        let interrupt = w2s_core::Interrupt::new();
-        let far = Duration::from_secs(100 * 365 * 86_400);
-        let deadline = Instant::now().checked_add(far).unwrap_or_else(Instant::now);
-        interrupt.arm(flag.clone(), deadline);
-        engine.set_interrupt(Some(interrupt));
-    }
-    let mut eft = None;
-    if has_eft {
-        let part =
-            |r: Role| -> Result<(std::sync::Arc<Model>, w2s_core::PromptTemplate), EvalError> {
-                let m = engine
-                    .local_model(r)
-                    .ok_or_else(|| usage(format!("EFT needs the {r} model local")))?;
-                Ok((m.clone(), engine.template(r).clone()))
-            };
-        eft = Some(ProxyTuner::new(
-            part(Role::Strong)?,
-            part(Role::Tuned)?,
-            part(Role::Untuned)?,
-            c.engine.threads,
-        )?);
-    }
+    let engine = parts.build(&c.engine)?;
     // The guide alone: the tuned model, with its template, as the sampled model.
-    let mut guide_engine = None;
-    if has_guide {
+    let guide_engine = if has_guide {
         let spec = EngineSpec {
             strong: c.engine.tuned.clone(),
             ..c.engine.clone()
         };
-        guide_engine = Some(Engine::build(&spec)?);
+        Some(Engine::build(&spec)?.replicas(parallel)?)
+    } else {
+        None
+    };
+    let mut guides = guide_engine.map(|g| g.into_iter().map(Some).collect::<Vec<_>>());
+    let mut workers = Vec::with_capacity(parallel);
+    for engine in engine.replicas(parallel)? {
+        workers.push(Worker::new(
+            engine,
+            guides.as_mut().and_then(|g| g.pop().flatten()),
+            has_eft,
+            c.engine.threads,
+            cancel.as_ref(),
+        )?);
     }
     let rubric = match task {
         Task::Sentiment => Rubric::Positivity,
         Task::Instruct => Rubric::Helpfulness,
     };
-    let mut scoring = Scoring::build(
+    let scoring = Scoring::build(
         custom_golds,
         &golds,
         rubric,
@@ -343,7 +342,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         "scoring": scoring_info,
     });
     let results = outdir::prepare(&out, &settings, &info, force)?;
-    let mut store = Store::open(&results)?;
+    let store = Store::open(&results)?;
     if store.torn_bytes > 0 {
         eprintln!(
             "cut a torn last line ({} bytes) from {}; it is redone",
@@ -386,57 +385,170 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
             String::new()
         }
     );
-    let reference_of = |store: &Store, seed: u64, id: &str| {
-        reference.and_then(|r| store.get(&(r.to_string(), seed, id.to_string())).cloned())
+    let mut sink = Sink {
+        store,
+        scoring,
+        progress: Progress::new(todo.len()),
+        reference: reference.map(|r| r.to_string()),
+        waiting: Vec::new(),
     };
-    let mut progress = Progress::new(todo.len());
+    let mut fresh = Vec::new();
     for (seed, method, item, again) in todo {
+        if !again {
+            fresh.push((seed, method, item));
+            continue;
+        }
+        let key = (method.to_string(), seed, item.id.clone());
+        let rec = sink
+            .store
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| EvalError::Internal("a line to score again is gone".into()))?;
+        sink.finish(rec, " scored again", Instant::now())?;
+    }
+    let ctx = LineContext {
+        task,
+        search: &c.search,
+        cancel: cancel.as_deref(),
+    };
+    let mut failed = None;
+    in_flight(
+        &mut workers,
+        fresh,
+        |worker, (seed, method, item)| {
+            let started = Instant::now();
+            (worker.line(&ctx, seed, method, item), started)
+        },
+        |(line, started)| {
+            let result = line.and_then(|rec| sink.finish(rec, "", started));
+            match result {
+                Ok(()) if !cancelled() => ControlFlow::Continue(()),
+                Ok(()) => {
+                    failed.get_or_insert(EvalError::Engine(EngineError::Search(
+                        w2s_core::SearchError::Cancelled,
+                    )));
+                    ControlFlow::Break(())
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    );
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if !sink.waiting.is_empty() {
+        return Err(EvalError::Internal(
+            "lines are left waiting for a reference that never came".into(),
+        ));
+    }
+    let summary = crate::report::write(&out, sink.store.records())?;
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(summary)
+}
+
+/// What every line's generation reads.
+struct LineContext<'a> {
+    task: Task,
+    search: &'a SearchConfig,
+    cancel: Option<&'a AtomicBool>,
+}
+
+/// One of the searches in flight: an engine of its own (a replica over the shared
+/// models), the guide alone's, and EFT's contexts.
+struct Worker {
+    engine: Engine,
+    guide: Option<Engine>,
+    eft: Option<ProxyTuner>,
+}
+
+impl Worker {
+    fn new(
+        mut engine: Engine,
+        guide: Option<Engine>,
+        eft: bool,
+        threads: usize,
+        cancel: Option<&Arc<AtomicBool>>,
+    ) -> Result<Self, EvalError> {
+        if let Some(flag) = cancel {
+            let interrupt = w2s_core::Interrupt::new();
+            let far = Duration::from_secs(100 * 365 * 86_400);
+            let deadline = Instant::now().checked_add(far).unwrap_or_else(Instant::now);
+            interrupt.arm(flag.clone(), deadline);
+            engine.set_interrupt(Some(interrupt));
+        }
+        let eft = if eft {
+            let part = |r: Role| -> Result<(Arc<Model>, w2s_core::PromptTemplate), EvalError> {
+                let m = engine
+                    .local_model(r)
+                    .ok_or_else(|| usage(format!("EFT needs the {r} model local")))?;
+                Ok((m.clone(), engine.template(r).clone()))
+            };
+            Some(ProxyTuner::new(
+                part(Role::Strong)?,
+                part(Role::Tuned)?,
+                part(Role::Untuned)?,
+                threads,
+            )?)
+        } else {
+            None
+        };
+        Ok(Worker { engine, guide, eft })
+    }
+
+    fn requests_sent(&self) -> u64 {
+        let guide = self
+            .guide
+            .as_ref()
+            .map_or(0, |g| g.requests_sent().iter().sum::<u64>());
+        self.engine.requests_sent().iter().sum::<u64>() + guide
+    }
+
+    /// Generates one line (not yet scored by the gold rewards).
+    fn line(
+        &mut self,
+        ctx: &LineContext<'_>,
+        seed: u64,
+        method: EvalMethod,
+        item: &PromptItem,
+    ) -> Result<Record, EvalError> {
+        let cancelled = || ctx.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
         if cancelled() {
-            return Err(EvalError::Engine(w2s_engine::EngineError::Search(
+            return Err(EvalError::Engine(EngineError::Search(
                 w2s_core::SearchError::Cancelled,
             )));
         }
-        let started = Instant::now();
-        if again {
-            let key = (method.to_string(), seed, item.id.clone());
-            let mut rec = store
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| EvalError::Internal("a line to score again is gone".into()))?;
-            scoring.score(&mut rec, reference_of(&store, seed, &item.id).as_ref())?;
-            let shown = rec.gold.first().map_or(0.0, |g| g.value);
-            store.append(rec)?;
-            progress.tick(&format!(
-                "{method} seed {seed} prompt {} scored again ({:.1} s, gold {shown:.3})",
-                item.id,
-                started.elapsed().as_secs_f64()
-            ));
-            continue;
-        }
-        let sent = |e: &Engine, g: &Option<Engine>| -> u64 {
-            let g = g
-                .as_ref()
-                .map_or(0, |g| g.requests_sent().iter().sum::<u64>());
-            e.requests_sent().iter().sum::<u64>() + g
+        let s = ctx.search;
+        let config = |m: Method| {
+            SearchConfig::new(
+                m,
+                s.max_new_tokens(),
+                s.beta(),
+                seed,
+                *s.sampling(),
+                s.stop().to_vec(),
+            )
         };
-        let requests_before = sent(&engine, &guide_engine);
+        let requests_before = self.requests_sent();
         let mut rec = match method {
             EvalMethod::Search(_) | EvalMethod::Guide => {
-                let (searcher, m) = match (method, guide_engine.as_mut()) {
-                    (EvalMethod::Search(m), _) => (&mut engine, m),
+                let (searcher, m) = match (method, self.guide.as_mut()) {
+                    (EvalMethod::Search(m), _) => (&mut self.engine, m),
                     (_, Some(g)) => (g, Method::Sample),
                     _ => return Err(EvalError::Internal("the guide was not set up".into())),
                 };
                 let out =
-                    searcher.search_with_progress(&config(m, seed)?, &item.prompt, &mut |_| {
+                    searcher.search_with_progress(&config(m)?, &item.prompt, &mut |_| {
                         !cancelled()
                     })?;
-                let (b, s) = (out.best(), &out.stats);
+                let (b, st) = (out.best(), &out.stats);
                 record(
                     item,
                     method,
                     seed,
-                    task,
+                    ctx.task,
                     b.text.clone(),
                     b.finish,
                     (b.tuned_logprob, b.untuned_logprob, b.score),
@@ -445,27 +557,27 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
                         if method == EvalMethod::Guide {
                             0
                         } else {
-                            s.strong_tokens_sampled
+                            st.strong_tokens_sampled
                         },
                         b.strong_tokens,
-                        s.tuned_tokens_evaluated,
-                        s.untuned_tokens_evaluated,
+                        st.tuned_tokens_evaluated,
+                        st.untuned_tokens_evaluated,
                     ),
                     Timings {
-                        strong_s: s.strong_time.as_secs_f64(),
-                        tuned_s: s.tuned_time.as_secs_f64(),
-                        untuned_s: s.untuned_time.as_secs_f64(),
-                        method_s: s.total_time.as_secs_f64(),
+                        strong_s: st.strong_time.as_secs_f64(),
+                        tuned_s: st.tuned_time.as_secs_f64(),
+                        untuned_s: st.untuned_time.as_secs_f64(),
+                        method_s: st.total_time.as_secs_f64(),
                         gold_s: 0.0,
-                        guide_s: s.guide_time.as_secs_f64(),
+                        guide_s: st.guide_time.as_secs_f64(),
                     },
                 )
             }
             EvalMethod::Eft { beta } => {
-                let tuner = eft
+                let tuner = self
+                    .eft
                     .as_mut()
                     .ok_or_else(|| EvalError::Internal("EFT was not set up".into()))?;
-                let s = &c.search;
                 let o = tuner.generate(
                     &item.prompt,
                     beta,
@@ -474,14 +586,18 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
                     s.stop(),
                     seed,
                 )?;
-                let tuned = engine.score_text(Role::Tuned, &item.prompt, &o.text, true)?;
-                let untuned = engine.score_text(Role::Untuned, &item.prompt, &o.text, true)?;
+                let tuned = self
+                    .engine
+                    .score_text(Role::Tuned, &item.prompt, &o.text, true)?;
+                let untuned = self
+                    .engine
+                    .score_text(Role::Untuned, &item.prompt, &o.text, true)?;
                 let n = o.tokens as u64;
                 record(
                     item,
                     method,
                     seed,
-                    task,
+                    ctx.task,
                     o.text.clone(),
                     o.finish,
                     (tuned, untuned, s.beta() * (tuned - untuned)),
@@ -497,19 +613,70 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
                 )
             }
         };
-        rec.http_requests = sent(&engine, &guide_engine) - requests_before;
-        scoring.score(&mut rec, reference_of(&store, seed, &item.id).as_ref())?;
-        let shown = rec.gold.first().map_or(0.0, |g| g.value);
-        store.append(rec)?;
-        progress.tick(&format!(
-            "{method} seed {seed} prompt {} ({:.1} s, gold {shown:.3})",
-            item.id,
-            started.elapsed().as_secs_f64()
-        ));
+        rec.http_requests = self.requests_sent() - requests_before;
+        Ok(rec)
     }
-    let summary = crate::report::write(&out, store.records())?;
-    eprintln!("report: {}", out.join("report.md").display());
-    Ok(summary)
+}
+
+/// Where finished lines go: scored by the gold rewards, appended to the store (flushed at
+/// once) and counted by the progress bar. A line the pairwise judge compares with a
+/// reference that is still being generated waits for it.
+struct Sink {
+    store: Store,
+    scoring: Scoring,
+    progress: Progress,
+    reference: Option<String>,
+    waiting: Vec<(Record, &'static str, Instant)>,
+}
+
+impl Sink {
+    fn reference_of(&self, seed: u64, id: &str) -> Option<Record> {
+        let r = self.reference.as_ref()?;
+        self.store.get(&(r.clone(), seed, id.to_string())).cloned()
+    }
+
+    fn finish(&mut self, rec: Record, what: &'static str, started: Instant) -> Result<(), EvalError> {
+        let is_reference = self.reference.as_deref() == Some(rec.method.as_str());
+        let reference = self.reference_of(rec.seed, &rec.prompt_id);
+        if self.reference.is_some() && !is_reference && reference.is_none() {
+            self.waiting.push((rec, what, started));
+            return Ok(());
+        }
+        let (seed, id) = (rec.seed, rec.prompt_id.clone());
+        self.score_and_append(rec, reference.as_ref(), what, started)?;
+        if is_reference {
+            let (ready, rest) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|(r, _, _)| r.seed == seed && r.prompt_id == id);
+            self.waiting = rest;
+            let reference = self.reference_of(seed, &id);
+            for (rec, what, started) in ready {
+                self.score_and_append(rec, reference.as_ref(), what, started)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn score_and_append(
+        &mut self,
+        mut rec: Record,
+        reference: Option<&Record>,
+        what: &str,
+        started: Instant,
+    ) -> Result<(), EvalError> {
+        self.scoring.score(&mut rec, reference)?;
+        let shown = rec.gold.first().map_or(0.0, |g| g.value);
+        let label = format!(
+            "{} seed {} prompt {}{what} ({:.1} s, gold {shown:.3})",
+            rec.method,
+            rec.seed,
+            rec.prompt_id,
+            started.elapsed().as_secs_f64()
+        );
+        self.store.append(rec)?;
+        self.progress.tick(&label);
+        Ok(())
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -173,14 +173,17 @@ impl ModelInfo {
     /// Checks that prompt + max_tokens fit every local model's context; returns the
     /// strong model's prompt tokens where it is local. CPU work: call from a blocking
     /// thread.
+    /// A chat request (`chat`) is rendered as the search will render it: roles with no
+    /// template given read it through their model's own chat template.
     pub fn check_prompt(
         &self,
         history: &[w2s_core::ChatTurn],
         prompt: &str,
         max_tokens: usize,
+        chat: bool,
     ) -> Result<PromptTokens, String> {
         self.check
-            .check_chat(history, prompt, max_tokens)
+            .check_turns(history, prompt, max_tokens, chat)
             .map_err(|e| self.client_text(&e))
     }
 

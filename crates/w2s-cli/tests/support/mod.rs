@@ -1,2 +1,3 @@
 pub mod bad_bodies;
 pub mod server;
+pub mod vllm;

@@ -93,7 +93,12 @@ async fn start(
         for (i, p) in checked.prompts.iter().enumerate() {
             let which = |m: String| if many { format!("prompt[{i}]: {m}") } else { m };
             let tokens = info
-                .check_prompt(&checked.history, p, max_tokens)
+                .check_prompt(
+                    &checked.history,
+                    p,
+                    max_tokens,
+                    checked.endpoint == Endpoint::Chat,
+                )
                 .map_err(which)?;
             if tokens.largest > cap {
                 return Err(which(format!(

@@ -59,7 +59,7 @@ pub(super) fn run_search(
 ) -> Result<Finished, Failure> {
     let req = &*work.req;
     models
-        .set_history(&req.history)
+        .set_turns(&req.history, req.endpoint == crate::api::Endpoint::Chat)
         .map_err(|e| Failure::Input(e.to_string()))?;
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {

@@ -1,0 +1,62 @@
+"""The transformers scorer (w2s.hf) against w2s's own local scorer, on the same weights:
+the Hugging Face folder scripts/install-vllm makes from SmolLM2-135M-Instruct and the F32
+GGUF converted back from it. Needs PyTorch and transformers: scripts/test-python runs this
+file in vLLM's venv (which has both) when scripts/install-vllm has made it."""
+
+import os
+import pathlib
+
+import pytest
+
+import w2s
+
+torch = pytest.importorskip("torch")
+from w2s.hf import TransformersScorer  # noqa: E402
+
+CACHE = pathlib.Path(os.environ.get("W2S_CACHE", pathlib.Path.home() / ".cache" / "w2s"))
+FOLDER = CACHE / "hf" / "smollm2-135m-instruct"
+F32 = CACHE / "hf" / "smollm2-135m-instruct.f32.gguf"
+PROMPT = "I rented this movie last weekend and"
+TEXTS = [" it was a delight from start to finish.", "roid phones were everywhere, 24/7.\nFun.", ""]
+# The same tolerance as the vLLM tests: float32 on two implementations.
+PER_TOKEN = 1e-2
+
+
+@pytest.fixture(scope="module")
+def paths():
+    if not (FOLDER / "config.json").exists() or not F32.exists():
+        pytest.fail(f"{FOLDER} or {F32} is missing: run scripts/install-vllm")
+    return str(FOLDER), str(F32)
+
+
+@pytest.mark.parametrize("template", ["{prompt}", "Review: {prompt}", "chat:Write a very positive movie review.||{prompt}"])
+def test_transformers_scores_equal_local_scores_of_the_same_weights(paths, template):
+    folder, f32 = paths
+    hf = TransformersScorer(folder, template=template)
+    local = w2s.LocalScorer(f32, template=template, threads=1)
+    for ended in (False, True):
+        texts = [t for t in TEXTS if t or ended]
+        got = hf.score(PROMPT, texts, [ended] * len(texts))
+        want = local.score(PROMPT, texts, [ended] * len(texts))
+        for text, g, w in zip(texts, got, want):
+            n = len(hf.token_logprobs(PROMPT, text, ended))
+            assert n >= 1 or not ended
+            assert abs(g - w) <= PER_TOKEN * max(n, 1), (template, text, ended, g, w)
+
+
+def test_a_search_guided_by_transformers_scorers_runs(paths, strong):
+    folder, _ = paths
+    tuned = TransformersScorer(folder, template="chat:Write a very positive movie review.||{prompt}")
+    untuned = TransformersScorer(folder)
+    s = w2s.Searcher(strong, tuned, untuned, strong_template="Here is a movie review from imdb: {prompt}",
+                     max_new_tokens=10, threads=1)
+    out = s.generate(PROMPT, method="cbs:2x2x5", seed=1)
+    assert out.text.strip() and out.beams[0].score == max(b.score for b in out.beams)
+
+
+def test_bad_input_is_a_clear_error(paths):
+    folder, _ = paths
+    with pytest.raises(ValueError, match="has no"):
+        TransformersScorer(folder, template="no placeholder")
+    with pytest.raises(ValueError, match="batch_size"):
+        TransformersScorer(folder, batch_size=0)
