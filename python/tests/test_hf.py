@@ -32,7 +32,10 @@ def paths():
 @pytest.mark.parametrize("template", ["{prompt}", "Review: {prompt}", "chat:Write a very positive movie review.||{prompt}"])
 def test_transformers_scores_equal_local_scores_of_the_same_weights(paths, template):
     folder, f32 = paths
-    hf = TransformersScorer(folder, template=template)
+    # llama.cpp ends a chat turn with the end-of-turn token it finds by text in SmolLM2's
+    # vocabulary, <|endoftext|>; the tokenizer's end-of-sequence token is <|im_end|>.
+    end = "<|endoftext|>" if template.startswith("chat:") else None
+    hf = TransformersScorer(folder, template=template, end_token=end)
     local = w2s.LocalScorer(f32, template=template, threads=1)
     for ended in (False, True):
         texts = [t for t in TEXTS if t or ended]
@@ -60,3 +63,5 @@ def test_bad_input_is_a_clear_error(paths):
         TransformersScorer(folder, template="no placeholder")
     with pytest.raises(ValueError, match="batch_size"):
         TransformersScorer(folder, batch_size=0)
+    with pytest.raises(ValueError, match="not one token"):
+        TransformersScorer(folder, end_token="<|no such token|>")

@@ -30,7 +30,11 @@ class TransformersScorer:
     `model`: a folder or model name for `from_pretrained`, or a loaded model (then give
     `tokenizer` too). `template`: how the prompt is given to it (default `{prompt}`).
     `dtype`: the torch dtype to load in (default float32). `batch_size`: responses per
-    forward pass.
+    forward pass. `end_token`: the token whose log-probability ends an ended response
+    (default: the tokenizer's end-of-sequence token). w2s's llama.cpp scorer uses the
+    model's end-of-turn token for a `chat:` template, which llama.cpp finds by its text
+    when the file names none (SmolLM2's files name none, and it takes `<|endoftext|>`);
+    give that token here to match it exactly.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class TransformersScorer:
         dtype: Any = None,
         device: Optional[str] = None,
         batch_size: int = 8,
+        end_token: Optional[str] = None,
     ) -> None:
         try:
             import torch
@@ -73,8 +78,14 @@ class TransformersScorer:
         self.batch_size = batch_size
         if template.startswith("chat:") and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{self.name}: template {template!r} needs a chat template, and the tokenizer has none")
-        eos = self.tokenizer.eos_token_id
-        self.eos_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        if end_token is not None:
+            ids = self.tokenizer.convert_tokens_to_ids([end_token])
+            if not ids or ids[0] is None or ids[0] == self.tokenizer.unk_token_id and end_token != self.tokenizer.unk_token:
+                raise ValueError(f"{self.name}: end_token {end_token!r} is not one token of the vocabulary")
+            self.eos_id = ids[0]
+        else:
+            eos = self.tokenizer.eos_token_id
+            self.eos_id = eos[0] if isinstance(eos, (list, tuple)) else eos
 
     def render(self, prompt: str) -> str:
         """The text the model reads before the response."""

@@ -470,3 +470,57 @@ fn instruct_task_judges_pairs_against_the_reference_and_writes_alpacaeval_output
     assert!(!bad.join("results.jsonl").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn searches_in_flight_give_the_lines_of_one_at_a_time_and_a_kill_loses_only_unfinished_ones() {
+    let dir = scratch("parallel");
+    let p = prompts(&dir);
+    let methods = "sample,bon:2,cbs:2x2x3";
+    let (one, three) = (dir.join("one"), dir.join("three"));
+    let o = w2s(&eval_args(&p, &one, methods));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut args = eval_args(&p, &three, methods);
+    args.extend(["--parallel".to_string(), "3".to_string()]);
+    // Kill -9 while lines are being written, then resume: the lines already written stay,
+    // the unfinished ones are done again.
+    let mut child = Command::new(W2S)
+        .args(&args)
+        .env_remove("W2S_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = three.join("results.jsonl");
+    let t = Instant::now();
+    while std::fs::read_to_string(&results).map_or(0, |s| s.lines().count()) < 4 {
+        assert!(t.elapsed() < Duration::from_secs(600), "no lines written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = lines(&results);
+    let o = w2s(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("already in"), "{stderr}");
+    let after = lines(&results);
+    for line in &before {
+        assert!(after.contains(line), "a finished line was lost: {line}");
+    }
+    let by_key = |v: &[Value]| -> HashMap<_, _> {
+        v.iter()
+            .map(|l| (key(l), (l["response"].clone(), l["guide"].clone())))
+            .collect()
+    };
+    let (a, b) = (by_key(&lines(&one.join("results.jsonl"))), by_key(&after));
+    assert_eq!(a.len(), 18);
+    assert_eq!(
+        a, b,
+        "the same responses and guide values with 3 searches in flight"
+    );
+
+    let mut zero = eval_args(&p, &dir.join("zero"), methods);
+    zero.extend(["--parallel".to_string(), "0".to_string()]);
+    expect_usage_error(&zero, "at least 1");
+    assert!(!dir.join("zero").join("results.jsonl").exists());
+}

@@ -364,3 +364,91 @@ fn the_openai_sdk_sends_conversations_lists_and_usage_requests() {
         "openai sdk chat: all checks passed",
     );
 }
+
+/// A config file naming the three models and nothing else (no templates).
+fn bare_config(name: &str, strong: &str) -> String {
+    let path = std::env::temp_dir().join(format!("w2s-bare-{}-{name}.toml", std::process::id()));
+    let small = "smollm2-135m-instruct";
+    std::fs::write(
+        &path,
+        format!(
+            "strong = {strong:?}\ntuned = {small:?}\nuntuned = {small:?}\nmax_new_tokens = 6\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_template_chat_requests_use_each_models_own_chat_template() {
+    let _g = serial();
+    let c = client();
+    let s = Server::start_with(&bare_config("chat", "smollm2-135m-instruct"), &[], &[]);
+    let body = |messages: Value| {
+        json!({"model": "w2s", "messages": messages, "max_completion_tokens": 6, "seed": 4,
+               "search": {"method": "cbs", "w": 2, "k": 2, "l": 3}})
+    };
+    let system = json!([
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": [{"type": "text", "text": "Name a"}, {"type": "text", "text": "colour."}]},
+    ]);
+    let (st, sys) = post(&c, &s, "/v1/chat/completions", &body(system)).await;
+    assert_eq!(st, 200, "{sys}");
+    let turns = json!([
+        {"role": "user", "content": "Hi there, how are you today?"},
+        {"role": "assistant", "content": "Hello. I am fine, thank you."},
+        {"role": "user", "content": "Name a colour."},
+    ]);
+    let (st, many) = post(&c, &s, "/v1/chat/completions", &body(turns)).await;
+    assert_eq!(st, 200, "{many}");
+    // One user message goes through the chat template too: more prompt tokens than the
+    // same text sent to /v1/completions, which stays plain text.
+    let (st, one) = post(
+        &c,
+        &s,
+        "/v1/chat/completions",
+        &body(json!([{"role": "user", "content": "Name a colour."}])),
+    )
+    .await;
+    assert_eq!(st, 200, "{one}");
+    let (st, plain) = post(
+        &c,
+        &s,
+        "/v1/completions",
+        &json!({"model": "w2s", "prompt": "Name a colour.",
+        "max_tokens": 6, "seed": 4, "search": {"method": "cbs", "w": 2, "k": 2, "l": 3}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{plain}");
+    let tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        tokens(&one) >= tokens(&plain) + 8,
+        "chat {} plain {}",
+        tokens(&one),
+        tokens(&plain)
+    );
+    assert!(tokens(&many) >= tokens(&one) + 16);
+    drop(s);
+
+    // A model with no chat template of its own (gemma-3-270m, a base model) cannot take
+    // earlier turns: a 400 that names it.
+    let s = Server::start_with(&bare_config("base", "gemma-3-270m"), &[], &[]);
+    let turns = json!([
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Name a colour."},
+    ]);
+    let (st, err) = post(&c, &s, "/v1/chat/completions", &body(turns)).await;
+    assert_eq!(st, 400, "{err}");
+    let m = err["error"]["message"].as_str().unwrap();
+    assert!(m.contains("strong model"), "{m}");
+    // One user message still works: the base model reads it as plain text.
+    let (st, one) = post(
+        &c,
+        &s,
+        "/v1/chat/completions",
+        &body(json!([{"role": "user", "content": "Name a colour."}])),
+    )
+    .await;
+    assert_eq!(st, 200, "{one}");
+}

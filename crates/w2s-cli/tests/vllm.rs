@@ -22,25 +22,16 @@
 mod support;
 
 use std::ops::Deref;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde_json::{json, Value};
-use support::vllm::{f32_gguf, Vllm};
+use support::vllm::{
+    endpoint, f32_gguf, scratch, w2s, Vllm, EOS, IMDB, NAME, PER_TOKEN, POSITIVE, PROMPT,
+};
 use w2s_core::*;
 use w2s_llama::{score_once, LlamaScorer, LoadOptions, Model};
 use w2s_remote::*;
-
-const NAME: &str = "smollm2-135m-instruct";
-const PROMPT: &str = "I rented this movie last weekend and";
-const POSITIVE: &str =
-    "<|im_start|>user\nWrite a very positive movie review.<|im_end|>\n<|im_start|>assistant\n{prompt}";
-const IMDB: &str = "Here is a movie review from imdb: {prompt}";
-const EOS: &str = "<|im_end|>";
-/// Largest difference allowed between vLLM's and the local scorer's log-probability of
-/// one token of the same float32 weights.
-const PER_TOKEN: f64 = 1e-2;
 
 /// The shared server (started by the first test that needs it).
 fn vllm() -> &'static Vllm {
@@ -52,13 +43,6 @@ fn vllm() -> &'static Vllm {
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn endpoint(url: &str, f: impl FnOnce(&mut RemoteSpec)) -> Endpoint {
-    let mut spec = RemoteSpec::new(url, "smollm2");
-    spec.request_timeout_s = 300.0;
-    f(&mut spec);
-    spec.check().unwrap()
 }
 
 fn completions(body: Value) -> Value {
@@ -90,24 +74,37 @@ fn vllm_is_detected_and_honours_the_sampling_fields() {
     let a = completions(body.clone());
     assert_eq!(texts(&a).len(), 4, "n = 4 gives 4 choices");
     assert!(a["usage"]["completion_tokens"].as_u64().unwrap() <= 48);
-    assert_eq!(texts(&completions(body.clone())), texts(&a), "same seed, same text");
-    let other = completions(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.0, "n": 4, "seed": 12}));
+    assert_eq!(
+        texts(&completions(body.clone())),
+        texts(&a),
+        "same seed, same text"
+    );
+    let other = completions(
+        json!({"prompt": prompt, "max_tokens": 12, "temperature": 1.0, "n": 4, "seed": 12}),
+    );
     assert_ne!(texts(&other), texts(&a), "another seed, other text");
     // top_k = 1 is greedy: every choice is the same.
-    let greedy = texts(&completions(json!({"prompt": prompt, "max_tokens": 8, "n": 3, "seed": 5, "top_k": 1})));
+    let greedy = texts(&completions(
+        json!({"prompt": prompt, "max_tokens": 8, "n": 3, "seed": 5, "top_k": 1}),
+    ));
     assert!(greedy.iter().all(|t| t == &greedy[0]), "{greedy:?}");
     // A stop string ends the text before it.
-    let stop = completions(json!({"prompt": "Count: 1, 2, 3, 4,", "max_tokens": 30, "temperature": 0.0, "stop": [" 7"]}));
+    let stop = completions(
+        json!({"prompt": "Count: 1, 2, 3, 4,", "max_tokens": 30, "temperature": 0.0, "stop": [" 7"]}),
+    );
     let t = &texts(&stop)[0];
     assert!(!t.contains(" 7") && t.contains('6'), "{t:?}");
     assert_eq!(stop["choices"][0]["finish_reason"], "stop");
-    let one = completions(json!({"prompt": prompt, "max_tokens": 3, "temperature": 1.0, "seed": 1}));
+    let one =
+        completions(json!({"prompt": prompt, "max_tokens": 3, "temperature": 1.0, "seed": 1}));
     assert_eq!(one["usage"]["completion_tokens"], 3);
 
     // The remote proposer finds the engine by GET /v1/models.
-    let mut strong =
-        RemoteProposer::new(endpoint(&vllm().url, |_| {}), PromptTemplate::new(IMDB).unwrap())
-            .unwrap();
+    let mut strong = RemoteProposer::new(
+        endpoint(&vllm().url, |_| {}),
+        PromptTemplate::new(IMDB).unwrap(),
+    )
+    .unwrap();
     let sampling = SamplingParams::default();
     strong
         .begin(&ProposalSetup {
@@ -142,7 +139,10 @@ fn scores_on_vllm_equal_local_scoring_of_the_same_weights() {
     // "roid" reads " android"), one with a newline and digits, and the empty response.
     let cases: &[(&str, &str)] = &[
         (POSITIVE, " it was a delight from start to finish."),
-        ("{prompt}", "roid phones were everywhere in it, 24/7.\nStill fun."),
+        (
+            "{prompt}",
+            "roid phones were everywhere in it, 24/7.\nStill fun.",
+        ),
         ("{prompt}", ""),
     ];
     let mut worst: f64 = 0.0;
@@ -180,7 +180,11 @@ fn scores_on_vllm_equal_local_scoring_of_the_same_weights() {
                 }
                 remote.begin(PROMPT, 1, 256).unwrap();
                 let r = remote
-                    .score(&[ScoreRequest { row: 0, text, ended }])
+                    .score(&[ScoreRequest {
+                        row: 0,
+                        text,
+                        ended,
+                    }])
                     .unwrap()[0];
                 let l = score_once(&mut local, PROMPT, text, ended).unwrap();
                 let n = model.tokenize_response(text).len() + usize::from(ended);
@@ -202,42 +206,49 @@ fn scores_on_vllm_equal_local_scoring_of_the_same_weights() {
 fn prefix_caching_serves_sampling_and_scoring_bypasses_it() {
     let _one = serial();
     let server = vllm();
-    let long = format!("Here is a movie review from imdb: {}", "It was a delight from start to finish, really. ".repeat(30));
+    let long = format!(
+        "Here is a movie review from imdb: {}",
+        "It was a delight from start to finish, really. ".repeat(30)
+    );
     let queries = || server.metric("vllm:prefix_cache_queries_total");
     let hits = || server.metric("vllm:prefix_cache_hits_total");
     let (q0, h0) = (queries(), hits());
     let scored = |body: Value| completions(body)["choices"][0].clone();
-    let a = scored(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}));
-    let b = scored(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}));
-    assert_eq!(a["prompt_logprobs"], b["prompt_logprobs"], "the same numbers twice");
-    let c = scored(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "echo": true, "logprobs": 0}));
-    assert!(c["logprobs"]["token_logprobs"].as_array().unwrap().iter().skip(1).all(Value::is_f64));
-    assert_eq!(queries(), q0, "requests with prompt log-probs do not query the prefix cache");
+    let a =
+        scored(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}));
+    let b =
+        scored(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}));
+    assert_eq!(
+        a["prompt_logprobs"], b["prompt_logprobs"],
+        "the same numbers twice"
+    );
+    let c = scored(
+        json!({"prompt": long, "max_tokens": 1, "temperature": 0.0, "echo": true, "logprobs": 0}),
+    );
+    assert!(c["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .all(Value::is_f64));
+    assert_eq!(
+        queries(),
+        q0,
+        "requests with prompt log-probs do not query the prefix cache"
+    );
     for _ in 0..2 {
         completions(json!({"prompt": long, "max_tokens": 1, "temperature": 0.0}));
     }
-    assert!(queries() > q0 && hits() > h0, "sampling requests hit the prefix cache");
-}
-
-fn w2s(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_w2s"))
-        .args(args)
-        .env_remove("W2S_LOG")
-        .output()
-        .unwrap()
+    assert!(
+        queries() > q0 && hits() > h0,
+        "sampling requests hit the prefix cache"
+    );
 }
 
 fn ok(o: Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "w2s failed: {err}");
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("w2s-vllm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A config file with every role on `url` (the guides through `score_api`), or the
@@ -275,7 +286,8 @@ impl Deref for Run {
 
 fn generate(config: &str, method: &str) -> Run {
     let out = ok(w2s(&[
-        "generate", "--config", config, "--method", method, "--seed", "3", "--json", "--prompt", PROMPT,
+        "generate", "--config", config, "--method", method, "--seed", "3", "--json", "--prompt",
+        PROMPT,
     ]));
     Run(serde_json::from_str(out.trim()).unwrap())
 }
@@ -284,7 +296,10 @@ fn check_best_scored(run: &Run) {
     let beams = run["beams"].as_array().unwrap();
     assert!(!beams.is_empty());
     let best = beams[0]["score"].as_f64().unwrap();
-    assert!(beams.iter().all(|b| b["score"].as_f64().unwrap() <= best), "{beams:?}");
+    assert!(
+        beams.iter().all(|b| b["score"].as_f64().unwrap() <= best),
+        "{beams:?}"
+    );
     assert_eq!(run["text"], beams[0]["text"]);
     assert!(!run["text"].as_str().unwrap().trim().is_empty());
 }
@@ -304,7 +319,10 @@ fn searches_run_with_the_strong_model_or_every_role_on_vllm() {
         for method in ["cbs:2x2x5", "bon:4", "sample"] {
             let run = generate(&all, method);
             check_best_scored(&run);
-            assert!(run["strong_tokens_sampled"].as_u64().unwrap() >= 1, "{method}");
+            assert!(
+                run["strong_tokens_sampled"].as_u64().unwrap() >= 1,
+                "{method}"
+            );
         }
     }
     // The same seed on the same server gives the same CBS search.
@@ -317,9 +335,11 @@ fn searches_run_with_the_strong_model_or_every_role_on_vllm() {
 fn the_chat_api_continues_the_assistant_message() {
     let _one = serial();
     let ep = endpoint(&vllm().url, |s| s.api = Api::Chat);
-    let mut strong =
-        RemoteProposer::new(ep, PromptTemplate::new("chat:Write a movie review.||{prompt}").unwrap())
-            .unwrap();
+    let mut strong = RemoteProposer::new(
+        ep,
+        PromptTemplate::new("chat:Write a movie review.||{prompt}").unwrap(),
+    )
+    .unwrap();
     let model = Model::load(&f32_gguf(NAME), LoadOptions::default()).unwrap();
     let t = PromptTemplate::new(POSITIVE).unwrap();
     let mut tuned = LlamaScorer::new(model.clone(), t, 1);
@@ -355,7 +375,10 @@ fn the_chat_api_continues_the_assistant_message() {
     );
     assert_eq!(status, 200, "{reply}");
     let text = reply["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!text.contains("<|im_start|>") && !text.is_empty(), "{text:?}");
+    assert!(
+        !text.contains("<|im_start|>") && !text.is_empty(),
+        "{text:?}"
+    );
 }
 
 #[test]
@@ -367,15 +390,26 @@ fn eval_with_parallel_searches_bench_and_serve_run_on_vllm() {
     std::fs::write(
         &prompts,
         (0..4)
-            .map(|i| format!("{{\"id\": \"p{i}\", \"prompt\": \"I rented movie number {i} and\"}}\n"))
+            .map(|i| {
+                format!("{{\"id\": \"p{i}\", \"prompt\": \"I rented movie number {i} and\"}}\n")
+            })
             .collect::<String>(),
     )
     .unwrap();
     let prompts = prompts.display().to_string();
     let out = dir.join("run");
     let o = w2s(&[
-        "eval", "--config", &all, "--prompts", &prompts, "--methods", "sample,cbs:2x2x5", "--parallel", "4",
-        "--out", out.to_str().unwrap(),
+        "eval",
+        "--config",
+        &all,
+        "--prompts",
+        &prompts,
+        "--methods",
+        "sample,cbs:2x2x5",
+        "--parallel",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     ok(o);
     let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
@@ -390,7 +424,14 @@ fn eval_with_parallel_searches_bench_and_serve_run_on_vllm() {
     // --parallel out of range: one line, exit 2, nothing written.
     for bad in ["0", "65"] {
         let o = w2s(&[
-            "eval", "--config", &all, "--prompts", &prompts, "--parallel", bad, "--out",
+            "eval",
+            "--config",
+            &all,
+            "--prompts",
+            &prompts,
+            "--parallel",
+            bad,
+            "--out",
             dir.join("bad").to_str().unwrap(),
         ]);
         assert_eq!(o.status.code(), Some(2), "--parallel {bad}");
@@ -398,11 +439,33 @@ fn eval_with_parallel_searches_bench_and_serve_run_on_vllm() {
     }
 
     // w2s generate --prompts keeps the file's order with searches in flight.
-    let gen = ok(w2s(&["generate", "--config", &all, "--prompts", &prompts, "--parallel", "3", "--method", "bon:2"]));
+    let gen = ok(w2s(&[
+        "generate",
+        "--config",
+        &all,
+        "--prompts",
+        &prompts,
+        "--parallel",
+        "3",
+        "--method",
+        "bon:2",
+    ]));
     let ids: Vec<&str> = gen.lines().map(|l| &l[..4]).collect();
     assert_eq!(ids, ["[p0]", "[p1]", "[p2]", "[p3]"], "{gen}");
 
     // w2s bench: its raw baseline is vLLM's own n-sampling; it counts HTTP requests.
-    let bench = ok(w2s(&["bench", "--config", &all, "--prompts", &prompts, "--limit", "1", "--methods", "cbs:2x2x5", "--repeats", "1"]));
+    let bench = ok(w2s(&[
+        "bench",
+        "--config",
+        &all,
+        "--prompts",
+        &prompts,
+        "--limit",
+        "1",
+        "--methods",
+        "cbs:2x2x5",
+        "--repeats",
+        "1",
+    ]));
     assert!(bench.contains("cbs:2x2x5"), "{bench}");
 }

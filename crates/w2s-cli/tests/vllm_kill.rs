@@ -5,45 +5,14 @@
 #[allow(dead_code)]
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::{json, Value};
-use support::vllm::{f32_gguf, Vllm};
+use support::vllm::{
+    endpoint, f32_gguf, scratch, w2s, Vllm, EOS, IMDB, NAME, PER_TOKEN, POSITIVE, PROMPT,
+};
 use w2s_core::*;
 use w2s_llama::{score_once, LlamaScorer, LoadOptions, Model};
 use w2s_remote::*;
-
-const NAME: &str = "smollm2-135m-instruct";
-const PROMPT: &str = "I rented this movie last weekend and";
-const POSITIVE: &str =
-    "<|im_start|>user\nWrite a very positive movie review.<|im_end|>\n<|im_start|>assistant\n{prompt}";
-const IMDB: &str = "Here is a movie review from imdb: {prompt}";
-const EOS: &str = "<|im_end|>";
-/// As in tests/vllm.rs.
-const PER_TOKEN: f64 = 1e-2;
-
-fn endpoint(url: &str, f: impl FnOnce(&mut RemoteSpec)) -> Endpoint {
-    let mut spec = RemoteSpec::new(url, "smollm2");
-    spec.request_timeout_s = 300.0;
-    f(&mut spec);
-    spec.check().unwrap()
-}
-
-fn w2s(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_w2s"))
-        .args(args)
-        .env_remove("W2S_LOG")
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("w2s-vllm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Every role on `url`, the guides through `prompt_logprobs`, few retries.
 fn config(dir: &std::path::Path, url: &str) -> String {
@@ -56,7 +25,10 @@ fn config(dir: &std::path::Path, url: &str) -> String {
     };
     let text = format!(
         "max_new_tokens = 10\nthreads = 1\n\n{}{}{}",
-        table("strong", IMDB).replace("score_api = \"prompt-logprobs\"\neos_text = \"<|im_end|>\"\n", ""),
+        table("strong", IMDB).replace(
+            "score_api = \"prompt-logprobs\"\neos_text = \"<|im_end|>\"\n",
+            ""
+        ),
         table("tuned", POSITIVE),
         table("untuned", "{prompt}"),
     );
@@ -81,12 +53,21 @@ fn serve_runs_on_vllm_and_a_vllm_killed_mid_search_gives_a_bounded_error() {
     let mut remote = RemoteScorer::new(ep, PromptTemplate::new(POSITIVE).unwrap()).unwrap();
     remote.begin(PROMPT, 1, 64).unwrap();
     let text = " it was a delight.";
-    let off = remote.score(&[ScoreRequest { row: 0, text, ended: true }]).unwrap()[0];
+    let off = remote
+        .score(&[ScoreRequest {
+            row: 0,
+            text,
+            ended: true,
+        }])
+        .unwrap()[0];
     let model = Model::load(&f32_gguf(NAME), LoadOptions::default()).unwrap();
     let mut local = LlamaScorer::new(model.clone(), PromptTemplate::new(POSITIVE).unwrap(), 1);
     let l = score_once(&mut local, PROMPT, text, true).unwrap();
     let n = model.tokenize_response(text).len() + 1;
-    assert!((off - l).abs() <= PER_TOKEN * n as f64, "prefix caching off: vLLM {off}, local {l}");
+    assert!(
+        (off - l).abs() <= PER_TOKEN * n as f64,
+        "prefix caching off: vLLM {off}, local {l}"
+    );
 
     let server = support::server::Server::start_with(&all, &["--parallel", "2"], &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -97,7 +78,12 @@ fn serve_runs_on_vllm_and_a_vllm_killed_mid_search_gives_a_bounded_error() {
             "search": {"method": "cbs:2x2x5", "return_beams": true},
         });
         rt.block_on(async {
-            let r = client.post(server.url("/v1/completions")).json(&body).send().await.unwrap();
+            let r = client
+                .post(server.url("/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             (status, r.json::<Value>().await.unwrap())
         })
@@ -110,7 +96,10 @@ fn serve_runs_on_vllm_and_a_vllm_killed_mid_search_gives_a_bounded_error() {
         .iter()
         .map(|b| b["score"].as_f64().unwrap())
         .collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
 
     // Kill vLLM while a long search runs: the search gives up within its retries.
     let pid = std::thread::scope(|scope| {
@@ -132,5 +121,8 @@ fn serve_runs_on_vllm_and_a_vllm_killed_mid_search_gives_a_bounded_error() {
     let o = w2s(&["generate", "--config", &all, "--prompt", PROMPT]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("cannot connect") && err.lines().count() <= 3, "{err}");
+    assert!(
+        err.contains("cannot connect") && err.lines().count() <= 3,
+        "{err}"
+    );
 }

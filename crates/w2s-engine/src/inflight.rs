@@ -140,7 +140,10 @@ mod tests {
         got.sort();
         assert_eq!(got, (0..40).map(|j| j * 2).collect::<Vec<_>>());
         assert_eq!(workers.iter().sum::<usize>(), 40);
-        assert!(workers.iter().filter(|&&c| c > 0).count() > 1, "{workers:?}");
+        assert!(
+            workers.iter().filter(|&&c| c > 0).count() > 1,
+            "{workers:?}"
+        );
     }
 
     #[test]

@@ -539,10 +539,8 @@ impl Worker {
                     (_, Some(g)) => (g, Method::Sample),
                     _ => return Err(EvalError::Internal("the guide was not set up".into())),
                 };
-                let out =
-                    searcher.search_with_progress(&config(m)?, &item.prompt, &mut |_| {
-                        !cancelled()
-                    })?;
+                let out = searcher
+                    .search_with_progress(&config(m)?, &item.prompt, &mut |_| !cancelled())?;
                 let (b, st) = (out.best(), &out.stats);
                 record(
                     item,
@@ -635,7 +633,12 @@ impl Sink {
         self.store.get(&(r.clone(), seed, id.to_string())).cloned()
     }
 
-    fn finish(&mut self, rec: Record, what: &'static str, started: Instant) -> Result<(), EvalError> {
+    fn finish(
+        &mut self,
+        rec: Record,
+        what: &'static str,
+        started: Instant,
+    ) -> Result<(), EvalError> {
         let is_reference = self.reference.as_deref() == Some(rec.method.as_str());
         let reference = self.reference_of(rec.seed, &rec.prompt_id);
         if self.reference.is_some() && !is_reference && reference.is_none() {

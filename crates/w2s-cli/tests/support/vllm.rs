@@ -14,6 +14,44 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The model the vLLM tests serve, and the texts they score.
+pub const NAME: &str = "smollm2-135m-instruct";
+pub const PROMPT: &str = "I rented this movie last weekend and";
+/// SmolLM2's chat markup asking for a positive review, as plain text (a remote scorer
+/// reads text through /v1/completions).
+pub const POSITIVE: &str =
+    "<|im_start|>user\nWrite a very positive movie review.<|im_end|>\n<|im_start|>assistant\n{prompt}";
+pub const IMDB: &str = "Here is a movie review from imdb: {prompt}";
+pub const EOS: &str = "<|im_end|>";
+/// Largest difference allowed between vLLM's and the local scorer's log-probability of
+/// one token of the same float32 weights (measured: at most 5.0e-3).
+pub const PER_TOKEN: f64 = 1e-2;
+
+/// A checked endpoint for the served model, `f` setting its fields.
+pub fn endpoint(url: &str, f: impl FnOnce(&mut w2s_remote::RemoteSpec)) -> w2s_remote::Endpoint {
+    let mut spec = w2s_remote::RemoteSpec::new(url, "smollm2");
+    spec.request_timeout_s = 300.0;
+    f(&mut spec);
+    spec.check().unwrap()
+}
+
+/// Runs the w2s binary.
+pub fn w2s(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_w2s"))
+        .args(args)
+        .env_remove("W2S_LOG")
+        .output()
+        .unwrap()
+}
+
+/// An empty scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("w2s-vllm-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub struct Vllm {
     child: Child,
     pub url: String,
@@ -89,7 +127,13 @@ wait $pid"#;
             .arg(&py)
             .args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
             .arg(&folder)
-            .args(["--served-model-name", served, "--host", "127.0.0.1", "--port"])
+            .args([
+                "--served-model-name",
+                served,
+                "--host",
+                "127.0.0.1",
+                "--port",
+            ])
             .arg(port.to_string())
             .args([
                 "--dtype",
