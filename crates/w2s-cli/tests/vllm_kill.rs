@@ -5,7 +5,6 @@
 #[allow(dead_code)]
 mod support;
 
-
 use serde_json::{json, Value};
 use support::vllm::{
     endpoint, f32_gguf, scratch, w2s, Vllm, EOS, IMDB, NAME, PER_TOKEN, POSITIVE, PROMPT,
