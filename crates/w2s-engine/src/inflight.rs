@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use w2s_core::Role;
@@ -66,11 +66,11 @@ where
     J: Send,
     R: Send,
 {
-    let mut started = 0;
     if workers.len() <= 1 {
         let Some(worker) = workers.first_mut() else {
             return 0;
         };
+        let mut started = 0;
         for job in jobs {
             started += 1;
             if done(work(worker, job)).is_break() {
@@ -81,22 +81,19 @@ where
     }
     let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<J>>());
     let stop = AtomicBool::new(false);
-    let started_count = std::sync::atomic::AtomicUsize::new(0);
+    let started = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<R>();
     std::thread::scope(|scope| {
         for worker in workers.iter_mut() {
-            let (queue, stop, tx, work) = (&queue, &stop, tx.clone(), &work);
-            let started_count = &started_count;
+            let (queue, stop, started, tx, work) = (&queue, &stop, &started, tx.clone(), &work);
             scope.spawn(move || loop {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let job = match queue.lock() {
-                    Ok(mut q) => q.pop_front(),
-                    Err(_) => return,
+                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    return;
                 };
-                let Some(job) = job else { return };
-                started_count.fetch_add(1, Ordering::SeqCst);
+                started.fetch_add(1, Ordering::SeqCst);
                 if tx.send(work(worker, job)).is_err() {
                     return;
                 }
@@ -110,8 +107,7 @@ where
             }
         }
     });
-    started += started_count.load(Ordering::SeqCst);
-    started
+    started.into_inner()
 }
 
 #[cfg(test)]

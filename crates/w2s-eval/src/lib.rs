@@ -43,6 +43,7 @@
 
 mod error;
 mod golds;
+mod line;
 mod methods;
 mod outdir;
 mod plot;
