@@ -76,13 +76,18 @@ class TransformersScorer:
         self.model.eval()
         self.template = template
         self.batch_size = batch_size
+        # Whether tokenising adds BOS itself: a chat template's leading BOS text is then
+        # dropped, so it is never doubled (as w2s's llama.cpp scorer does).
+        first = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        self._adds_bos = bool(first) and first[0] == self.tokenizer.bos_token_id
         if template.startswith("chat:") and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{self.name}: template {template!r} needs a chat template, and the tokenizer has none")
         if end_token is not None:
-            ids = self.tokenizer.convert_tokens_to_ids([end_token])
-            if not ids or ids[0] is None or ids[0] == self.tokenizer.unk_token_id and end_token != self.tokenizer.unk_token:
+            tid = self.tokenizer.convert_tokens_to_ids(end_token)
+            unknown = tid == self.tokenizer.unk_token_id and end_token != self.tokenizer.unk_token
+            if tid is None or unknown:
                 raise ValueError(f"{self.name}: end_token {end_token!r} is not one token of the vocabulary")
-            self.eos_id = ids[0]
+            self.eos_id = tid
         else:
             eos = self.tokenizer.eos_token_id
             self.eos_id = eos[0] if isinstance(eos, (list, tuple)) else eos
@@ -97,13 +102,10 @@ class TransformersScorer:
             messages, tokenize=False, add_generation_prompt=True
         )
         bos = self.tokenizer.bos_token
-        if bos and text.startswith(bos) and self._adds_bos():
+        if bos and text.startswith(bos) and self._adds_bos:
             text = text[len(bos):]
         return text + assistant.replace(PLACEHOLDER, prompt)
 
-    def _adds_bos(self) -> bool:
-        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        return bool(ids) and ids[0] == self.tokenizer.bos_token_id
 
     def _split(self, context: str, text: str) -> tuple[List[int], int]:
         """Token ids of context + text and where the response's tokens start: after the
