@@ -20,6 +20,7 @@ fn _w2s(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<searcher::LocalScorer>()?;
     m.add_function(wrap_pyfunction!(searcher::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(searcher::report, m)?)?;
+    m.add_function(wrap_pyfunction!(searcher::quantize, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -2,9 +2,9 @@
 //! them to the library; results go back as JSON text that the Python layer turns into
 //! typed objects.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
@@ -197,7 +197,8 @@ impl Searcher {
                 workers,
                 prompts.iter().enumerate(),
                 |engine, (i, prompt)| {
-                    let keep_going = &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                    let keep_going =
+                        &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
                     (i, engine.search_with_progress(&config, prompt, keep_going))
                 },
                 |(i, out)| match out {
@@ -411,4 +412,26 @@ pub fn report(py: Python<'_>, out: PathBuf) -> PyResult<String> {
         .detach(|| w2s_eval::report(&out))
         .map_err(|e| to_py(&slot, e.kind(), e.to_string()))?;
     Ok(w2s_eval::to_json(&summary).to_string())
+}
+
+/// Writes a copy of the GGUF model `input` at `output` with its weights in `to` (`q8_0`,
+/// `q4_0` or `f16`), as `w2s quantize` does.
+#[pyfunction]
+pub fn quantize(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    to: &str,
+    threads: usize,
+) -> PyResult<()> {
+    let to = w2s_llama::WeightType::parse(to).map_err(value_error)?;
+    if output.exists() {
+        return Err(value_error(format!(
+            "{} already exists; name a new file",
+            output.display()
+        )));
+    }
+    let slot = Slot::default();
+    py.detach(|| w2s_llama::requantize(&input, &output, to, threads.max(1)))
+        .map_err(|e| to_py(&slot, e.kind(), e.to_string()))
 }

@@ -65,3 +65,21 @@ def test_bad_input_is_a_clear_error(paths):
         TransformersScorer(folder, batch_size=0)
     with pytest.raises(ValueError, match="not one token"):
         TransformersScorer(folder, end_token="<|no such token|>")
+
+
+def test_the_gemma_folder_keeps_bos_and_scores_like_its_gguf():
+    """gemma needs <bos>; transformers' GGUF loader drops the file's add-BOS flag, and a
+    folder made without it wrote nonsense in transformers and in vLLM. The folder's values
+    equal the shipped (quantised) file's within its rounding."""
+    folder = CACHE / "hf" / "gemma-3-270m"
+    if not (folder / "config.json").exists():
+        pytest.fail(f"{folder} is missing: run scripts/install-vllm")
+    hf = TransformersScorer(str(folder), template="Here is a movie review from imdb: {prompt}")
+    assert hf.tokenizer("Here")["input_ids"][0] == hf.tokenizer.bos_token_id
+    local = w2s.LocalScorer("gemma-3-270m", template="Here is a movie review from imdb: {prompt}",
+                            threads=1)
+    text = " it was a delight from start to finish."
+    got, want = hf.score(PROMPT, [text], [False])[0], local.score(PROMPT, [text], [False])[0]
+    n = len(hf.token_logprobs(PROMPT, text))
+    # Without <bos> the folder's value was far below (about -5 nats per token).
+    assert abs(got - want) <= 0.1 * n, (got, want, n)

@@ -212,6 +212,27 @@ fn guidance_beats_sampling_on_the_guide_value() {
 }
 
 #[test]
+fn the_search_stops_as_soon_as_every_kept_beam_has_ended() {
+    // Rows end often and the token budget is far away: the search must stop at the first
+    // step whose top W are all ended, even while pruned rows could still go on.
+    for seed in 0..20 {
+        let (out, log) = run(Method::Cbs { w: 2, k: 4, l: 2 }, 10_000, seed, 0.3);
+        let log = log.borrow();
+        assert!(out.beams.len() >= 2, "{:?}", out.beams);
+        assert!(out.beams[..2].iter().all(|b| b.finish == Finish::Eos));
+        assert!(
+            out.beams.iter().all(|b| b.strong_tokens < 200),
+            "{:?}",
+            out.beams
+        );
+        // No chunk was asked for after the last selection: one extend per step, and
+        // every step but the last reordered (the last one returned instead).
+        assert_eq!(log.extend_calls, out.stats.chunks);
+        assert_eq!(log.reorders.len() + 1, out.stats.chunks);
+    }
+}
+
+#[test]
 fn ended_rows_stay_once_and_are_not_copied_k_times() {
     // Rows end often: ended rows must be carried as single copies.
     let mut saw_single = false;

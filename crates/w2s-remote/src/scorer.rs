@@ -360,3 +360,64 @@ impl Scorer for RemoteScorer {
         self.evaluated
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:1/v1/completions";
+
+    /// The shape vLLM 0.32 returns for `prompt_logprobs: 0` (see the vLLM tests): no
+    /// entry for the first token, then one `{id: {logprob, rank, decoded_token}}` each.
+    fn reply(entries: Value) -> Value {
+        json!({"choices": [{"text": "!", "prompt_logprobs": entries}]})
+    }
+
+    fn entry(id: &str, logprob: Value, token: &str) -> Value {
+        json!({ id: {"logprob": logprob, "rank": 1, "decoded_token": token} })
+    }
+
+    #[test]
+    fn prompt_logprobs_are_read_token_by_token() {
+        let r = reply(json!([
+            null,
+            entry("42", json!(-1.5), " it"),
+            entry("7", json!(-0.25), " was")
+        ]));
+        let (echoed, sent) = prompt_logprobs(&r, URL).unwrap();
+        assert_eq!(sent, 3);
+        assert_eq!(echoed.tokens, ["", " it", " was"]);
+        assert_eq!(echoed.logprobs, [None, Some(-1.5), Some(-0.25)]);
+    }
+
+    #[test]
+    fn an_engine_without_prompt_logprobs_is_named() {
+        // An engine that ignores the field answers with a plain completion.
+        let e = prompt_logprobs(&json!({"choices": [{"text": "!"}]}), URL).unwrap_err();
+        assert!(matches!(e, RemoteError::NoLogprobs { .. }), "{e}");
+        assert!(e.to_string().contains(URL), "{e}");
+        let e = prompt_logprobs(&reply(Value::Null), URL).unwrap_err();
+        assert!(matches!(e, RemoteError::NoLogprobs { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_null_entry_after_the_first_is_malformed_not_skipped() {
+        let r = reply(json!([null, entry("42", json!(-1.5), " it"), null]));
+        let e = prompt_logprobs(&r, URL).unwrap_err();
+        assert!(
+            e.to_string().contains("not one token"),
+            "a null entry must not shift the tokens after it: {e}"
+        );
+        let two = json!({"1": {"logprob": -1.0, "decoded_token": "a"},
+                         "2": {"logprob": -2.0, "decoded_token": "b"}});
+        let e = prompt_logprobs(&reply(json!([null, two])), URL).unwrap_err();
+        assert!(e.to_string().contains("prompt_logprobs: 0"), "{e}");
+    }
+
+    #[test]
+    fn a_null_logprob_is_kept_missing_not_zero() {
+        let r = reply(json!([null, entry("42", Value::Null, " it")]));
+        let (echoed, _) = prompt_logprobs(&r, URL).unwrap();
+        assert_eq!(echoed.logprobs, [None, None]);
+    }
+}
