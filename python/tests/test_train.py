@@ -122,3 +122,13 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "cannot read the pairs" in err[0]
     assert wt.main(["export", "no-such-model", str(tmp_path / "x.gguf")]) == 2
     assert "no such folder or model file" in capsys.readouterr().err
+
+
+def test_a_chat_template_on_a_model_without_one_is_refused(tmp_path):
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": q["prompt"], "chosen": " good", "rejected": " bad"})
+                             + "\n" for q in PROMPTS))
+    with pytest.raises(wt.TrainError, match="needs a chat template"):
+        wt.train(pairs, tmp_path / "o", model="gemma-3-270m",
+                 template="chat:Write a review.||{prompt}", max_steps=1, holdout=0.25)
+    assert not (tmp_path / "o" / "model").exists()

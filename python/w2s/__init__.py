@@ -399,7 +399,9 @@ def evaluate(
     the end. `gold`: "vader", "judge" (a 1-9 rating), "pairwise" (the judge's probability
     that a response beats the `reference` method's, "sample" by default, on the same seed
     and prompt), a function f(prompt, response) -> float (named by its __name__), a list
-    of these, or a dict {name: function}; the first is the report's primary gold reward.
+    of these, or a dict {name: function}. The report's primary gold reward is the first
+    Python function where there is one, else the first built-in name (Python functions
+    are listed before built-in golds in each line).
     Default: the task's (VADER for sentiment, pairwise for instruct). `methods` may include
     "guide", the tuned model sampled alone. `parallel`: searches in flight at once, as in
     `Searcher.generate_batch`. Model settings are those of `Searcher`.

@@ -180,27 +180,42 @@ def split_pairs(pairs: List[dict], holdout: float) -> Tuple[List[dict], List[dic
 # ---------------------------------------------------------------- loading
 
 
-def load_model(model: PathLike) -> Tuple[Any, Any]:
-    """(model, tokenizer) in float32 from a GGUF file / fetched name or a transformers folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _model_path(model: PathLike) -> Path:
     path = resolve_model(model)
-    if path.is_dir():
-        return (AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                AutoTokenizer.from_pretrained(path))
-    if not path.is_file():
+    if not path.exists():
         raise TrainError(f"{model}: no such model file or folder (a GGUF file, a name fetched "
                          "by scripts/fetch-models, or a transformers folder)")
-    folder, name = str(path.parent), path.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return path
+
+
+def load_tokenizer(model: PathLike) -> Any:
+    """The tokenizer of a GGUF file / fetched name or a transformers folder."""
+    from transformers import AutoTokenizer
+
+    path = _model_path(model)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     # transformers' GGUF loader drops the file's add-BOS flag (gemma then loses <bos>).
     from gguf import GGUFReader
 
     field = GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
     if field is not None:
         tok.add_bos_token = bool(field.contents())
-    net = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return tok
+
+
+def load_model(model: PathLike, tokenizer: Any = None) -> Tuple[Any, Any]:
+    """(model, tokenizer) in float32 from a GGUF file / fetched name or a transformers folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = _model_path(model)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(path)
+    if path.is_dir():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tok
+    net = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                               dtype=torch.float32)
     quantizer = getattr(net, "hf_quantizer", None)
     if quantizer is not None:
         # The weights are plain float32 by now; the mark only stops training and saving.
@@ -270,9 +285,10 @@ def train(
     train_pairs, held = split_pairs(all_pairs, holdout)
     if threads is not None:
         torch.set_num_threads(threads)
-    net, tok = load_model(model)
+    tok = load_tokenizer(model)
     if template.startswith("chat:") and not getattr(tok, "chat_template", None):
         raise TrainError(f"{model}: template {template!r} needs a chat template, and the model has none")
+    net, tok = load_model(model, tok)
     scorer = TransformersScorer(net, template, tokenizer=tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
