@@ -182,16 +182,7 @@ fn serve_with_the_strong_model_on_llama_server_follows_the_engines_health() {
             "max_tokens": 10, "seed": seed, "logprobs": 0,
             "search": {"method": "cbs:2x2x5", "return_beams": true},
         });
-        rt.block_on(async {
-            let r = client
-                .post(server.url("/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
-        })
+        support::server::post_blocking(&rt, &client, &server, "/v1/completions", &body)
     };
     let (status, body) = ask(3);
     assert_eq!(status, 200, "{body}");

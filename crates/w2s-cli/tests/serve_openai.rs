@@ -65,11 +65,7 @@ async fn conversations_reach_every_model_through_its_chat_template() {
     )
     .await;
     assert_eq!(st, 200, "{one}");
-    let turns = json!([
-        {"role": "user", "content": "Hi there, how are you today?"},
-        {"role": "assistant", "content": "Hello. I am fine, thank you."},
-        {"role": "user", "content": "Name a colour."},
-    ]);
+    let turns = three_turns();
     let (st, many) = post(&c, &s, "/v1/chat/completions", &chat(turns)).await;
     assert_eq!(st, 200, "{many}");
     let system = json!([
@@ -394,11 +390,7 @@ async fn with_no_template_chat_requests_use_each_models_own_chat_template() {
     ]);
     let (st, sys) = post(&c, &s, "/v1/chat/completions", &body(system)).await;
     assert_eq!(st, 200, "{sys}");
-    let turns = json!([
-        {"role": "user", "content": "Hi there, how are you today?"},
-        {"role": "assistant", "content": "Hello. I am fine, thank you."},
-        {"role": "user", "content": "Name a colour."},
-    ]);
+    let turns = three_turns();
     let (st, many) = post(&c, &s, "/v1/chat/completions", &body(turns)).await;
     assert_eq!(st, 200, "{many}");
     // One user message goes through the chat template too: more prompt tokens than the
@@ -451,4 +443,13 @@ async fn with_no_template_chat_requests_use_each_models_own_chat_template() {
     )
     .await;
     assert_eq!(st, 200, "{one}");
+}
+
+/// A three-turn conversation: a greeting, its answer, a question.
+fn three_turns() -> Value {
+    json!([
+        {"role": "user", "content": "Hi there, how are you today?"},
+        {"role": "assistant", "content": "Hello. I am fine, thank you."},
+        {"role": "user", "content": "Name a colour."},
+    ])
 }

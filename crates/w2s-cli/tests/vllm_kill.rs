@@ -5,7 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::vllm::{
     endpoint, f32_gguf, scratch, w2s, Vllm, EOS, IMDB, NAME, PER_TOKEN, POSITIVE, PROMPT,
 };
@@ -76,16 +76,7 @@ fn serve_runs_on_vllm_and_a_vllm_killed_mid_search_gives_a_bounded_error() {
             "model": "w2s", "prompt": PROMPT, "max_tokens": max_tokens, "seed": 3,
             "search": {"method": "cbs:2x2x5", "return_beams": true},
         });
-        rt.block_on(async {
-            let r = client
-                .post(server.url("/v1/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        })
+        support::server::post_blocking(&rt, &client, &server, "/v1/completions", &body)
     };
     let (status, body) = ask(10);
     assert_eq!(status, 200, "{body}");

@@ -145,6 +145,26 @@ pub fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder().timeout(timeout).build().unwrap()
 }
 
+/// POSTs `body` as JSON to `path` of `server` and waits: (status, JSON reply).
+pub fn post_blocking(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    rt.block_on(async {
+        let r = client
+            .post(server.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    })
+}
+
 /// The Python of the test virtualenv (`scripts/install-test-python`).
 pub fn venv_python() -> std::path::PathBuf {
     let cache = std::env::var_os("W2S_CACHE")
