@@ -435,3 +435,10 @@ pub fn quantize(
     py.detach(|| w2s_llama::requantize(&input, &output, to, threads.max(1)))
         .map_err(|e| to_py(&slot, e.kind(), e.to_string()))
 }
+
+/// A model argument as every w2s front end resolves it: a fetched name means
+/// `$W2S_MODELS/NAME.gguf` (default `~/.cache/w2s/models`), anything else is a path.
+#[pyfunction]
+pub fn resolve_model(spec: &str) -> PathBuf {
+    w2s_llama::resolve_model(spec)
+}

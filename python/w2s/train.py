@@ -53,12 +53,11 @@ def _cache() -> Path:
 
 
 def resolve_model(spec: PathLike) -> Path:
-    """A model name fetched by scripts/fetch-models, or a path (as w2s resolves them)."""
-    s = os.fspath(spec)
-    if "/" in s or s.endswith(".gguf") or os.path.exists(s):
-        return Path(s)
-    models = os.environ.get("W2S_MODELS") or _cache() / "models"
-    return Path(models) / f"{s}.gguf"
+    """A model name fetched by scripts/fetch-models, or a path, resolved as w2s resolves
+    its model arguments."""
+    from . import _w2s
+
+    return Path(_w2s.resolve_model(os.fspath(spec)))
 
 
 def _log(msg: str) -> None:
@@ -102,7 +101,7 @@ def make_pairs(
     t0 = time.monotonic()
     w2s.evaluate(
         prompts, methods=["sample"], seeds=list(range(seed, seed + samples)), out=work,
-        strong=model, tuned=model, untuned=model, strong_template=template, gold=gold,
+        strong=model, guide=_no_guide, strong_template=template, gold=gold,
         max_new_tokens=max_new_tokens, temperature=temperature, parallel=parallel, **settings,
     )
     seconds = time.monotonic() - t0
@@ -130,6 +129,12 @@ def make_pairs(
          f"({seconds:.0f} s sampling and scoring)")
     return {"pairs": len(pairs), "prompts": len(by_prompt), "samples": samples,
             "seconds": seconds, "out": str(out)}
+
+
+def _no_guide(prompt: str, text: str, ended: bool) -> float:
+    """Plain samples need no guide: this one spares the small model two scoring passes
+    per sample."""
+    return 0.0
 
 
 def read_pairs(path: PathLike) -> List[Dict[str, Any]]:
