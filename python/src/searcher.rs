@@ -34,6 +34,22 @@ pub struct Settings {
     top_k: Option<u32>,
     top_p: Option<f32>,
     stop: Option<Vec<String>>,
+    guides: Option<Vec<PyGuide>>,
+    chunk_entropy: Option<f64>,
+    chunk_min: Option<usize>,
+}
+
+/// One more pair of a weighted guide (the keys of the CLI's `--guide` table; the Python
+/// layer fills every key).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct PyGuide {
+    name: Option<String>,
+    weight: f64,
+    tuned: String,
+    untuned: String,
+    tuned_template: Option<String>,
+    untuned_template: Option<String>,
 }
 
 impl Settings {
@@ -54,6 +70,21 @@ impl Settings {
             top_k: self.top_k,
             top_p: self.top_p,
             stop: self.stop.unwrap_or_default(),
+            guides: self
+                .guides
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| w2s_engine::GuideTable {
+                    name: g.name,
+                    weight: g.weight,
+                    tuned: g.tuned,
+                    untuned: g.untuned,
+                    tuned_template: g.tuned_template,
+                    untuned_template: g.untuned_template,
+                })
+                .collect(),
+            chunk_entropy: self.chunk_entropy,
+            chunk_min: self.chunk_min,
             ..RunSettings::default()
         }
     }
@@ -132,14 +163,22 @@ impl Searcher {
     }
 
     /// Runs one search; returns the output as JSON text.
-    #[pyo3(signature = (prompt, method, seed))]
-    fn generate(&self, py: Python<'_>, prompt: &str, method: &str, seed: u64) -> PyResult<String> {
+    #[pyo3(signature = (prompt, method, seed, trace=false))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        method: &str,
+        seed: u64,
+        trace: bool,
+    ) -> PyResult<String> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
         let config = run
             .method()
             .and_then(|m| run.search_config(m, seed))
-            .map_err(|e| engine_err(&self.slot, e))?;
+            .map_err(|e| engine_err(&self.slot, e))?
+            .with_trace(trace);
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
             let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
@@ -158,7 +197,8 @@ impl Searcher {
     /// Runs one search per prompt with `parallel` in flight (`None`: 1 with a local strong
     /// model, 8 with a remote one); returns the outputs as JSON text, in the prompts'
     /// order. `progress(n)` is called as each search finishes.
-    #[pyo3(signature = (prompts, method, seed, parallel, progress))]
+    #[pyo3(signature = (prompts, method, seed, parallel, progress, trace=false))]
+    #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
         py: Python<'_>,
@@ -167,6 +207,7 @@ impl Searcher {
         seed: u64,
         parallel: Option<usize>,
         progress: Option<Py<PyAny>>,
+        trace: bool,
     ) -> PyResult<Vec<String>> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
@@ -174,7 +215,8 @@ impl Searcher {
         let config = run
             .method()
             .and_then(|m| run.search_config(m, seed))
-            .map_err(err)?;
+            .map_err(err)?
+            .with_trace(trace);
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
         let n = parallel_for(engines[0].spec(), parallel)
             .map_err(err)?
@@ -441,4 +483,34 @@ pub fn quantize(
 #[pyfunction]
 pub fn resolve_model(spec: &str) -> PathBuf {
     w2s_llama::resolve_model(spec)
+}
+
+/// Draws the trace file `trace` (JSON lines as `w2s generate --trace` writes them) into
+/// the page `html`, with every candidate scored by `gold` ("vader") if given; returns the
+/// number of candidates drawn.
+#[pyfunction]
+#[pyo3(signature = (trace, html, gold=None))]
+pub fn trace_html(trace: PathBuf, html: PathBuf, gold: Option<&str>) -> PyResult<usize> {
+    let fail = |e: w2s_eval::EvalError| to_py(&Slot::default(), e.kind(), e.to_string());
+    let mut vader = match gold {
+        None => None,
+        Some("vader") => Some(w2s_eval::Vader::new()),
+        Some(other) => {
+            return Err(value_error(format!(
+                "gold {other:?}: the trace page scores candidates with \"vader\" only"
+            )))
+        }
+    };
+    let records = w2s_eval::read_traces(&trace).map_err(fail)?;
+    let page = w2s_eval::trace_page(
+        &records,
+        vader.as_mut().map(|v| v as &mut dyn w2s_core::GoldReward),
+    )
+    .map_err(fail)?;
+    w2s_eval::write_page(&html, &page).map_err(fail)?;
+    Ok(records
+        .iter()
+        .flat_map(|r| &r.trace.steps)
+        .map(|s| s.rows.len())
+        .sum())
 }

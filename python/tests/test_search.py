@@ -214,3 +214,60 @@ def test_a_batch_with_searches_in_flight_equals_one_at_a_time(searcher):
     with pytest.raises(ValueError, match="more than 64"):
         searcher.generate_batch(prompts, parallel=65)
     assert searcher.generate_batch([], parallel=4) == []
+
+
+def test_a_trace_matches_the_cli_and_draws_a_page(searcher, strong, small, cli, tmp_path):
+    out = searcher.generate(PROMPT, method="cbs:2x2x5", seed=3, trace=True)
+    plain = searcher.generate(PROMPT, method="cbs:2x2x5", seed=3)
+    assert plain.trace is None and out.text == plain.text
+    steps = out.trace["steps"]
+    assert len(steps) == out.stats.chunks
+    assert all(sum(r["kept"] for r in s["rows"]) <= 2 for s in steps)
+    cli_trace = tmp_path / "cli.jsonl"
+    subprocess.run(
+        [
+            str(cli), "generate", "--strong", strong, "--tuned", small, "--untuned", small,
+            "--strong-template", STRONG_TEMPLATE, "--tuned-template", TUNED_TEMPLATE,
+            "--threads", "2", "--max-new-tokens", "20", "--method", "cbs:2x2x5",
+            "--seed", "3", "--trace", str(cli_trace), "--prompt", PROMPT,
+        ],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    line = json.loads(cli_trace.read_text())
+    assert line["text"] == out.text
+    assert [[r["chunk"] for r in s["rows"]] for s in line["trace"]["steps"]] == [
+        [r["chunk"] for r in s["rows"]] for s in steps
+    ]
+    path = tmp_path / "py.jsonl"
+    assert w2s.write_traces([out], path) == 1
+    assert json.loads(path.read_text())["trace"] == out.trace
+    html = tmp_path / "page.html"
+    n = w2s.trace_html([out], html, gold="vader")
+    assert n == sum(len(s["rows"]) for s in steps)
+    assert "w2s search trace" in html.read_text()
+    with pytest.raises(ValueError, match="trace=True"):
+        w2s.write_traces([plain], path)
+    with pytest.raises(ValueError, match="vader"):
+        w2s.trace_html(path, html, gold="judge")
+
+
+def test_a_weighted_guide_from_python(strong, small):
+    fluent = {"name": "fluent", "weight": 0.5, "tuned": small, "untuned": small,
+              "tuned_template": "chat:Continue this text fluently.||{prompt}"}
+    s = w2s.Searcher(strong=strong, tuned=small, untuned=small, strong_template=STRONG_TEMPLATE,
+                     tuned_template=TUNED_TEMPLATE, threads=2, max_new_tokens=10, guides=[fluent])
+    out = s.generate(PROMPT, method="cbs:2x2x5", seed=1, trace=True)
+    assert [t["name"] for t in out.trace["terms"]] == ["main", "fluent"]
+    for row in (r for st in out.trace["steps"] for r in st["rows"]):
+        assert row["value"] == pytest.approx(row["terms"][0] + 0.5 * row["terms"][1], abs=1e-9)
+    for bad, err in [
+        ([{"weight": 1.0, "tuned": small}], ValueError),
+        ([{"weight": "x", "tuned": small, "untuned": small}], TypeError),
+        ([{"weight": 1.0, "tuned": small, "untuned": small, "colour": 1}], TypeError),
+        (["not a dict"], TypeError),
+    ]:
+        with pytest.raises(err):
+            w2s.Searcher(strong=strong, tuned=small, untuned=small, guides=bad)
+    with pytest.raises(ValueError, match="finite"):
+        w2s.Searcher(strong=strong, tuned=small, untuned=small,
+                     guides=[{"weight": float("nan"), "tuned": small, "untuned": small}])

@@ -60,6 +60,8 @@ __all__ = [
     "evaluate",
     "report",
     "to_records",
+    "write_traces",
+    "trace_html",
     "to_dataframe",
 ]
 
@@ -124,6 +126,9 @@ class Output:
     seed: int
     beams: List[Beam]
     stats: Stats
+    #: Every step of the search (candidates, their values, kept or pruned) when it was
+    #: asked for with `trace=True`; the shape `w2s generate --trace` writes.
+    trace: Optional[Dict[str, Any]] = None
 
     @property
     def text(self) -> str:
@@ -143,7 +148,14 @@ class Output:
     def _from_json(prompt: str, method: str, seed: int, text: str) -> "Output":
         d = json.loads(text)
         beams = [Beam(**b) for b in d["beams"]]
-        return Output(prompt=prompt, method=method, seed=seed, beams=beams, stats=Stats(**d["stats"]))
+        return Output(
+            prompt=prompt,
+            method=method,
+            seed=seed,
+            beams=beams,
+            stats=Stats(**d["stats"]),
+            trace=d.get("trace"),
+        )
 
 
 def _label(obj: Any) -> str:
@@ -183,6 +195,7 @@ def _settings(
     known = {
         "config", "strong_template", "tuned_template", "untuned_template", "threads",
         "gpu_layers", "max_new_tokens", "beta", "temperature", "top_k", "top_p", "stop",
+        "guides", "chunk_entropy", "chunk_min",
     }
     unknown = sorted(set(options) - known)
     if unknown:
@@ -192,6 +205,8 @@ def _settings(
         settings["config"] = os.fspath(settings["config"])
     if isinstance(settings["stop"], str):
         settings["stop"] = [settings["stop"]]
+    if settings["guides"] is not None:
+        settings["guides"] = [_guide_table(g) for g in settings["guides"]]
     if strong is not None and not isinstance(strong, str):
         raise TypeError("strong must be a model name, a GGUF path or 'URL#MODEL' (a str)")
     settings["strong"] = os.fspath(strong) if strong is not None else None
@@ -212,6 +227,31 @@ def _settings(
     return settings, (scorers, guide_part)
 
 
+_GUIDE_KEYS = ("name", "weight", "tuned", "untuned", "tuned_template", "untuned_template")
+
+
+def _guide_table(g: Any) -> Dict[str, Any]:
+    """One more pair of a weighted guide, as a dict with the CLI's `--guide` keys."""
+    if not isinstance(g, Mapping):
+        raise TypeError(
+            "each of guides must be a dict such as {'weight': 0.5, 'tuned': MODEL, 'untuned': MODEL}, "
+            f"got {type(g).__name__}"
+        )
+    unknown = sorted(set(g) - set(_GUIDE_KEYS))
+    if unknown:
+        raise TypeError(f"unknown guide key(s): {', '.join(unknown)}; known: {', '.join(_GUIDE_KEYS)}")
+    for key in ("weight", "tuned", "untuned"):
+        if g.get(key) is None:
+            raise ValueError(f"a guide needs {key!r}: {dict(g)!r}")
+    if isinstance(g["weight"], bool) or not isinstance(g["weight"], (int, float)):
+        raise TypeError(f"a guide's weight must be a number, got {g['weight']!r}")
+    t = {k: g.get(k) for k in _GUIDE_KEYS}
+    t["weight"] = float(t["weight"])
+    for key in ("tuned", "untuned"):
+        t[key] = os.fspath(t[key])
+    return t
+
+
 class Searcher:
     """The three models of a weak-to-strong search, loaded once.
 
@@ -220,6 +260,12 @@ class Searcher:
         tuned, untuned: the small pair; each a model like `strong`, a `Scorer`
             object, or a function f(prompt, text, ended) -> log-probability.
         guide: instead of the pair, any `Scorer` / function valuing a response so far.
+        guides: more pairs weighed into the guide, each a dict with the keys of the
+            CLI's --guide table ("weight", "tuned", "untuned", optional "name",
+            "tuned_template", "untuned_template"); the guide is then beta * (pair) +
+            sum of weight * (pair).
+        chunk_entropy, chunk_min: adaptive chunk ends (local strong models), as the
+            CLI's --chunk-entropy / --chunk-min.
         config: a TOML file with any of these settings (as `w2s --config`).
         strong_template, tuned_template, untuned_template: how each model is given
             the prompt: "... {prompt} ..." or "chat:USER||ASSISTANT-PREFIX".
@@ -242,17 +288,18 @@ class Searcher:
         s, parts = _settings(strong, tuned, untuned, guide, settings)
         self._native = _w2s.Searcher(s, parts)
 
-    def generate(self, prompt: str, method: str = "cbs", seed: int = 1) -> Output:
+    def generate(self, prompt: str, method: str = "cbs", seed: int = 1, trace: bool = False) -> Output:
         """Searches for a response to `prompt`.
 
         `method`: "cbs" (the settings' W, K, L; 4x4x5 by default), "cbs:WxKxL",
-        "bon:N" (Best-of-N), or "sample".
+        "bon:N" (Best-of-N), or "sample". `trace=True` records every step in
+        `Output.trace` (see `write_traces` and `trace_html`).
         """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        text = self._native.generate(prompt, method, seed)
+        text = self._native.generate(prompt, method, seed, bool(trace))
         return Output._from_json(prompt, method, seed, text)
 
     def generate_batch(
@@ -262,6 +309,7 @@ class Searcher:
         seed: int = 1,
         progress: bool = False,
         parallel: Optional[int] = None,
+        trace: bool = False,
     ) -> List[Output]:
         """`generate` for each prompt; the outputs come back in the prompts' order.
         `parallel`: searches in flight at once, each on an engine of its own over the
@@ -284,7 +332,7 @@ class Searcher:
         bar = _progress(len(prompts), method) if progress else None
         try:
             texts = self._native.generate_batch(
-                prompts, method, seed, parallel, bar.update if bar is not None else None
+                prompts, method, seed, parallel, bar.update if bar is not None else None, bool(trace)
             )
         finally:
             if bar is not None:
@@ -425,6 +473,45 @@ def evaluate(
 def report(out: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Redraws OUT's report from its results.jsonl and returns the summary."""
     return json.loads(_w2s.report(os.fspath(out)))
+
+
+def write_traces(outputs: Iterable[Output], path: Union[str, os.PathLike]) -> int:
+    """Writes the traces of `outputs` (searched with `trace=True`) as JSON lines, the
+    file `w2s generate --trace` writes; ids are the outputs' positions. Returns how many
+    were written; an output without a trace is an error."""
+    lines = []
+    for i, o in enumerate(outputs):
+        if o.trace is None:
+            raise ValueError(f"output {i} has no trace: search it with trace=True")
+        score = o.score if o.score == o.score and abs(o.score) != float("inf") else None
+        lines.append(
+            json.dumps(
+                {"id": str(i), "prompt": o.prompt, "method": o.method, "seed": o.seed,
+                 "text": o.text, "score": score, "trace": o.trace}
+            )
+        )
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def trace_html(
+    trace: Union[str, os.PathLike, Iterable[Output]],
+    html: Union[str, os.PathLike],
+    gold: Optional[str] = None,
+) -> int:
+    """Draws a trace file (or traced outputs) as a self-contained HTML page: the beam
+    tree step by step, the final text with each chunk's share of the guide value, and
+    with `gold="vader"` every candidate's VADER beside its guide value. Returns the
+    number of candidates drawn."""
+    if isinstance(trace, (str, os.PathLike)):
+        return _w2s.trace_html(os.fspath(trace), os.fspath(html), gold)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.jsonl")
+        write_traces(trace, path)
+        return _w2s.trace_html(path, os.fspath(html), gold)
 
 
 def to_records(outputs: Iterable[Output]) -> List[Dict[str, Any]]:

@@ -10,9 +10,9 @@ use serde_json::json;
 use w2s_core::SearchOutput;
 
 use w2s_engine::{in_flight, parallel_for, Engine, RunSettings};
-use w2s_eval::{read_jsonl, PromptItem};
+use w2s_eval::{read_jsonl, PromptItem, TraceRecord};
 
-use crate::fail::Fail;
+use crate::fail::{usage, Fail};
 
 /// Arguments of `w2s generate`.
 #[derive(Debug, Args)]
@@ -40,10 +40,29 @@ pub struct GenerateArgs {
     /// is local, 8 when it is remote; at most 64].
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
+    /// Record every step of each search (candidates, their values, kept or pruned) as one
+    /// JSON line per prompt in FILE; `w2s trace FILE --html OUT` draws it.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
 }
 
 pub fn run(args: GenerateArgs) -> Result<(), Fail> {
-    let settings = args.run.check()?;
+    let mut settings = args.run.check()?;
+    // A trace file that cannot be written fails before any model is loaded.
+    let mut trace = match &args.trace {
+        None => None,
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| {
+                usage(format!(
+                    "cannot write the trace file {}: {e}",
+                    path.display()
+                ))
+            })?,
+        )),
+    };
+    if trace.is_some() {
+        settings.search = settings.search.clone().with_trace(true);
+    }
     let items = match (&args.prompt, &args.prompts) {
         (Some(p), _) => {
             if p.trim().is_empty() {
@@ -84,7 +103,16 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
                 }
             }
             while let Some(result) = finished.remove(&next) {
-                if let Err(e) = shape.print(&mut out, &items[next], &settings.search, &result) {
+                let item = &items[next];
+                let traced = trace.as_mut().and_then(|file| {
+                    TraceRecord::new(&item.id, &item.prompt, &settings.search, &result)
+                        .map(|r| r.write(file))
+                });
+                if let Some(Err(e)) = traced {
+                    failed = Some(e.into());
+                    return ControlFlow::Break(());
+                }
+                if let Err(e) = shape.print(&mut out, item, &settings.search, &result) {
                     failed = Some(e);
                     return ControlFlow::Break(());
                 }

@@ -6,6 +6,7 @@ mod fail;
 mod generate;
 mod quantize;
 mod serve;
+mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Redraw an eval directory's report, summary and plots from its results.jsonl.
     Report(eval::ReportArgs),
+    /// Draw a trace file of `w2s generate --trace` as an HTML page.
+    Trace(trace::TraceArgs),
     /// Copy a GGUF model with its weights in another type (Q8_0 scores several times
     /// faster than Q4_1 on CPUs).
     Quantize(quantize::QuantizeArgs),
@@ -55,6 +58,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Report(args) => eval::report(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);

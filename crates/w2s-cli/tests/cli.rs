@@ -149,6 +149,90 @@ fn bad_sampling_numbers() {
 }
 
 #[test]
+fn trace_weights_and_chunk_ends_that_cannot_work() {
+    expect_usage_error(
+        &["--trace", "/nonexistent-dir/t.jsonl", "--prompt", "hi"],
+        "cannot write the trace file /nonexistent-dir/t.jsonl",
+    );
+    let pair = "tuned = \"smollm2-135m-instruct\", untuned = \"smollm2-135m-instruct\"";
+    expect_usage_error(
+        &[
+            "--guide",
+            &format!("{{weight = nan, {pair}}}"),
+            "--prompt",
+            "hi",
+        ],
+        "weights must be finite",
+    );
+    expect_usage_error(
+        &[
+            "--guide",
+            &format!("{{weight = inf, {pair}}}"),
+            "--prompt",
+            "hi",
+        ],
+        "weights must be finite",
+    );
+    expect_usage_error(
+        &[
+            "--beta",
+            "0",
+            "--guide",
+            &format!("{{weight = 0, {pair}}}"),
+            "--prompt",
+            "hi",
+        ],
+        "every --guide weight are 0",
+    );
+    expect_usage_error(
+        &["--guide", "{weight = 1}", "--prompt", "hi"],
+        "--guide '{weight = 1}': missing field `tuned`",
+    );
+    expect_usage_error(&["--guide", "0.5", "--prompt", "hi"], "TOML inline table");
+    expect_usage_error(
+        &["--chunk-entropy", "0", "--prompt", "hi"],
+        "entropy threshold must be a finite number of nats > 0",
+    );
+    expect_usage_error(
+        &["--chunk-entropy", "NaN", "--prompt", "hi"],
+        "entropy threshold",
+    );
+    expect_usage_error(
+        &["--chunk-min", "3", "--prompt", "hi"],
+        "--chunk-min needs --chunk-entropy",
+    );
+    expect_usage_error(
+        &[
+            "--chunk-entropy",
+            "2",
+            "--chunk-min",
+            "5",
+            "-l",
+            "5",
+            "--prompt",
+            "hi",
+        ],
+        "must be below L (5)",
+    );
+    expect_usage_error(
+        &["--chunk-entropy", "2", "--method", "bon", "--prompt", "hi"],
+        "bon:16 has no chunks",
+    );
+    // A remote strong model cannot end chunks by entropy: refused before any request.
+    expect_usage_error(
+        &[
+            "--strong",
+            "http://127.0.0.1:9/v1#m",
+            "--chunk-entropy",
+            "2",
+            "--prompt",
+            "hi",
+        ],
+        "adaptive chunk ends need the strong model's whole next-token distribution",
+    );
+}
+
+#[test]
 fn empty_prompt_and_template_without_placeholder() {
     expect_usage_error(&["--prompt", ""], "prompt is empty");
     expect_usage_error(&["--prompt", "   "], "prompt is empty");

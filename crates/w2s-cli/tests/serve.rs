@@ -266,12 +266,43 @@ async fn identical_seeded_requests_return_identical_text() {
     let mut texts = Vec::new();
     for t in tasks {
         let v = t.await.unwrap();
+        assert!(
+            v["w2s"].get("trace").is_none(),
+            "a trace only when asked for"
+        );
         texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
     assert!(
         texts.iter().all(|t| t == &texts[0]) && !texts[0].is_empty(),
         "{texts:?}"
     );
+    // The same search traced (opt-in): the same text, and every step of it.
+    let mut traced = body.clone();
+    traced["search"]["trace"] = json!(true);
+    let v: Value = c
+        .post(server.url("/v1/completions"))
+        .json(&traced)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["text"], texts[0].as_str());
+    let steps = v["w2s"]["trace"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "10 tokens in chunks of 5: {v}");
+    for step in steps {
+        let rows = step["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.iter().filter(|r| r["kept"] == true).count(), 2);
+    }
+    let bad = c
+        .post(server.url("/v1/completions"))
+        .json(&json!({"model": "w2s", "prompt": "Hi", "max_tokens": 4, "search": {"trace": "yes"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

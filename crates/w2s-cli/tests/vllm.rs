@@ -113,6 +113,8 @@ fn vllm_is_detected_and_honours_the_sampling_fields() {
             max_new_tokens: 5,
             sampling: &sampling,
             stop: &[],
+            chunk_end: None,
+            logprobs: false,
         })
         .unwrap();
     assert_eq!(strong.engine(), Some(w2s_remote::Engine::Vllm));

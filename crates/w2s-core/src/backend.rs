@@ -3,7 +3,7 @@
 //! backend keeps per-row state (a KV cache, or the text so far) between calls, and the
 //! search tells it when rows are copied or dropped.
 
-use crate::config::SamplingParams;
+use crate::config::{EntropyEnd, SamplingParams};
 use crate::error::BackendError;
 use crate::rng::RowRng;
 
@@ -32,6 +32,11 @@ pub struct ProposalSetup<'a> {
     pub sampling: &'a SamplingParams,
     /// Stop strings.
     pub stop: &'a [String],
+    /// End chunks adaptively (see [`EntropyEnd`]); a backend that cannot measure the
+    /// next-token entropy refuses in `begin` with an input error.
+    pub chunk_end: Option<EntropyEnd>,
+    /// Report each chunk's log-probability ([`Chunk::logprob`]) where the backend can.
+    pub logprobs: bool,
 }
 
 /// Extend row `row` by at most `max_tokens` tokens, drawing random numbers from `rng`.
@@ -46,7 +51,7 @@ pub struct ExtendRequest<'a> {
 }
 
 /// New text of one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     /// New text, never ending inside a UTF-8 character; cut before a stop string.
     pub text: String,
@@ -54,6 +59,9 @@ pub struct Chunk {
     pub tokens: usize,
     /// Set if the row ended with an end-of-generation token or a stop string.
     pub finish: Option<Finish>,
+    /// Sum of the strong model's log-probabilities (at temperature 1, before top-k/top-p)
+    /// of the tokens sampled for it, when asked for ([`ProposalSetup::logprobs`]) and known.
+    pub logprob: Option<f64>,
 }
 
 /// The strong model: samples continuations of rows.

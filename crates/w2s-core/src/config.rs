@@ -37,6 +37,8 @@ pub mod defaults {
     pub const BETA: f64 = 1.0;
     /// Seed of every random draw.
     pub const SEED: u64 = 1;
+    /// Tokens an adaptive chunk has at least ([`super::EntropyEnd`]).
+    pub const CHUNK_MIN: usize = 2;
 }
 
 /// How the strong model samples tokens. Defaults are the paper's: 0.7 / 50 / 1.0.
@@ -186,6 +188,44 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// Adaptive chunk ends: a chunk ends before the first token, after at least `min_tokens`
+/// tokens of the chunk, whose next-token distribution under the strong model has an
+/// entropy above `entropy` nats; the method's L stays the cap. The search then branches
+/// where the strong model is unsure instead of every L tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntropyEnd {
+    min_tokens: usize,
+    entropy: f64,
+}
+
+impl EntropyEnd {
+    /// Checks `min_tokens >= 1` and a finite `entropy > 0`.
+    pub fn new(min_tokens: usize, entropy: f64) -> Result<Self, ConfigError> {
+        if min_tokens == 0 {
+            return Err(ConfigError::ChunkEnd(
+                "the minimum chunk length must be at least 1".into(),
+            ));
+        }
+        if !(entropy.is_finite() && entropy > 0.0) {
+            return Err(ConfigError::ChunkEnd(format!(
+                "the entropy threshold must be a finite number of nats > 0, got {entropy}"
+            )));
+        }
+        Ok(EntropyEnd {
+            min_tokens,
+            entropy,
+        })
+    }
+    /// Tokens a chunk has at least before it may end early.
+    pub fn min_tokens(&self) -> usize {
+        self.min_tokens
+    }
+    /// The threshold in nats.
+    pub fn entropy(&self) -> f64 {
+        self.entropy
+    }
+}
+
 /// A checked search configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchConfig {
@@ -195,6 +235,8 @@ pub struct SearchConfig {
     seed: u64,
     sampling: SamplingParams,
     stop: Vec<String>,
+    chunk_end: Option<EntropyEnd>,
+    trace: bool,
 }
 
 impl SearchConfig {
@@ -241,7 +283,46 @@ impl SearchConfig {
             seed,
             sampling,
             stop,
+            chunk_end: None,
+            trace: false,
         })
+    }
+    /// Ends chunks adaptively ([`EntropyEnd`]; `None`: every L tokens). An error unless
+    /// the method is CBS with L greater than the minimum chunk length.
+    pub fn with_chunk_end(mut self, end: Option<EntropyEnd>) -> Result<Self, ConfigError> {
+        if let Some(e) = end {
+            match self.method.chunk_len() {
+                Some(l) if l > e.min_tokens => {}
+                Some(l) => {
+                    return Err(ConfigError::ChunkEnd(format!(
+                        "the minimum chunk length ({}) must be below L ({l}), which caps a chunk",
+                        e.min_tokens
+                    )))
+                }
+                None => {
+                    return Err(ConfigError::ChunkEnd(format!(
+                        "{} has no chunks; use cbs:WxKxL with L as the cap",
+                        self.method
+                    )))
+                }
+            }
+        }
+        self.chunk_end = end;
+        Ok(self)
+    }
+    /// Records every step of the search in [`crate::SearchOutput::trace`] (and asks the
+    /// strong model for each chunk's log-probability where it can give it).
+    pub fn with_trace(mut self, trace: bool) -> Self {
+        self.trace = trace;
+        self
+    }
+    /// Adaptive chunk ends, if on.
+    pub fn chunk_end(&self) -> Option<EntropyEnd> {
+        self.chunk_end
+    }
+    /// Whether the search records a trace.
+    pub fn trace(&self) -> bool {
+        self.trace
     }
     /// The search method.
     pub fn method(&self) -> Method {
@@ -278,6 +359,8 @@ impl Default for SearchConfig {
             seed: defaults::SEED,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            chunk_end: None,
+            trace: false,
         }
     }
 }
@@ -324,5 +407,22 @@ mod tests {
         assert!(SamplingParams::new(0.7, 50, 0.0).is_err());
         assert!(SamplingParams::new(0.7, 50, 1.5).is_err());
         assert!(SamplingParams::new(0.0, 0, 1.0).is_ok());
+    }
+
+    #[test]
+    fn checks_adaptive_chunk_ends() {
+        assert!(EntropyEnd::new(0, 1.0).is_err());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(EntropyEnd::new(2, bad).is_err(), "{bad}");
+        }
+        let end = EntropyEnd::new(2, 2.5).unwrap();
+        let s = SamplingParams::default();
+        let cbs = |l| SearchConfig::new(Method::Cbs { w: 2, k: 2, l }, 20, 1.0, 1, s, vec![]);
+        assert!(cbs(8).unwrap().with_chunk_end(Some(end)).is_ok());
+        let err = cbs(2).unwrap().with_chunk_end(Some(end)).unwrap_err();
+        assert!(err.to_string().contains("below L (2)"), "{err}");
+        let bon = SearchConfig::new(Method::Bon { n: 4 }, 20, 1.0, 1, s, vec![]).unwrap();
+        assert!(bon.clone().with_chunk_end(Some(end)).is_err());
+        assert!(bon.with_chunk_end(None).is_ok());
     }
 }

@@ -125,6 +125,12 @@ pub enum ConfigError {
     /// Earlier chat turns for a template that takes a single user message.
     #[error("template '{0}' takes a single user message: earlier turns need a chat template with {{prompt}} in its user part, e.g. 'chat:{{prompt}}'")]
     SingleTurnTemplate(String),
+    /// Adaptive chunk ends that cannot work with these settings.
+    #[error("adaptive chunk ends: {0}")]
+    ChunkEnd(String),
+    /// Guide weights that are not finite, or all zero.
+    #[error("guide weights: {0}")]
+    Weights(String),
 }
 
 /// Which model a backend error came from.

@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{ScoreRequest, Scorer};
-use crate::error::{BackendError, Role, SearchError};
+use crate::error::{BackendError, ConfigError, Role, SearchError};
 use crate::search::SearchStats;
+use crate::trace::TermName;
 
 /// The guide's value of one response so far.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +54,15 @@ pub trait Guide {
     fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError>;
     /// Called once when the search ends, to record final counters.
     fn finish(&mut self, _stats: &mut SearchStats) {}
+    /// The terms of a guide that sums several, with their weights (empty: one term).
+    fn terms(&self) -> Vec<TermName> {
+        Vec::new()
+    }
+    /// Each term's value (weight not applied) for each request of the last
+    /// [`Guide::score`] call, in request order (empty: one term).
+    fn last_terms(&self) -> &[Vec<f64>] {
+        &[]
+    }
 }
 
 /// The method's guide: `beta * (log pi_tuned(y | x) - log pi_untuned(y | x))`, each
@@ -196,6 +206,106 @@ where
 
     fn reorder(&mut self, _: &[usize], _: &mut SearchStats) -> Result<(), SearchError> {
         Ok(())
+    }
+}
+
+/// A guide that is a weighted sum of others: `sum_i weight_i * value_i`, e.g. a
+/// sentiment pair with weight 1 and a fluency pair with weight 0.5. Each term keeps its
+/// own state; the trace shows each term's value ([`Guide::last_terms`]).
+pub struct WeightedSum<'g> {
+    terms: Vec<(TermName, Box<dyn Guide + 'g>)>,
+    last: Vec<Vec<f64>>,
+}
+
+impl<'g> WeightedSum<'g> {
+    /// The sum of `terms`; an error if there are none, or a weight is not finite, or
+    /// every weight is zero.
+    pub fn new(terms: Vec<(TermName, Box<dyn Guide + 'g>)>) -> Result<Self, ConfigError> {
+        if terms.is_empty() {
+            return Err(ConfigError::Weights(
+                "a weighted guide needs at least one term".into(),
+            ));
+        }
+        if let Some((t, _)) = terms.iter().find(|(t, _)| !t.weight.is_finite()) {
+            return Err(ConfigError::Weights(format!(
+                "the weight of {} is {}; weights must be finite numbers",
+                t.name, t.weight
+            )));
+        }
+        if terms.iter().all(|(t, _)| t.weight == 0.0) {
+            return Err(ConfigError::Weights(
+                "every weight is 0, so every response would have the same value".into(),
+            ));
+        }
+        Ok(WeightedSum {
+            terms,
+            last: Vec::new(),
+        })
+    }
+}
+
+impl Guide for WeightedSum<'_> {
+    fn begin(
+        &mut self,
+        prompt: &str,
+        rows: usize,
+        max_new: usize,
+        stats: &mut SearchStats,
+    ) -> Result<(), SearchError> {
+        self.terms
+            .iter_mut()
+            .try_for_each(|(_, g)| g.begin(prompt, rows, max_new, stats))
+    }
+
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<GuideScore>, SearchError> {
+        let mut sums = vec![0.0; requests.len()];
+        self.last = vec![Vec::with_capacity(self.terms.len()); requests.len()];
+        for (name, g) in &mut self.terms {
+            let values = g.score(requests, stats)?;
+            if values.len() != requests.len() {
+                return Err(SearchError::GuideContract(format!(
+                    "{} gave {} values for {} rows",
+                    name.name,
+                    values.len(),
+                    requests.len()
+                )));
+            }
+            for (i, v) in values.iter().enumerate() {
+                sums[i] += name.weight * v.value;
+                self.last[i].push(v.value);
+            }
+        }
+        Ok(sums.into_iter().map(GuideScore::value).collect())
+    }
+
+    fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError> {
+        self.terms
+            .iter_mut()
+            .try_for_each(|(_, g)| g.reorder(parents, stats))
+    }
+
+    fn finish(&mut self, stats: &mut SearchStats) {
+        let (mut tuned, mut untuned) = (0, 0);
+        for (_, g) in &mut self.terms {
+            let mut own = SearchStats::default();
+            g.finish(&mut own);
+            tuned += own.tuned_tokens_evaluated;
+            untuned += own.untuned_tokens_evaluated;
+        }
+        stats.tuned_tokens_evaluated = tuned;
+        stats.untuned_tokens_evaluated = untuned;
+    }
+
+    fn terms(&self) -> Vec<TermName> {
+        self.terms.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    fn last_terms(&self) -> &[Vec<f64>] {
+        &self.last
     }
 }
 

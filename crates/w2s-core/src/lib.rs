@@ -28,7 +28,8 @@
 //!             let letter = if r.rng.next_f64() < 0.5 { "a" } else { "b" };
 //!             self.0[r.row].push_str(letter);
 //!             let done = self.0[r.row].len() >= 6;
-//!             Chunk { text: letter.into(), tokens: 1, finish: done.then_some(Finish::Eos) }
+//!             Chunk { text: letter.into(), tokens: 1, finish: done.then_some(Finish::Eos),
+//!                     logprob: None }
 //!         }).collect())
 //!     }
 //!     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
@@ -72,12 +73,15 @@ pub mod sampling;
 mod search;
 mod template;
 pub mod text;
+mod trace;
 
 pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
-pub use config::{defaults, shown_f32, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS};
+pub use config::{
+    defaults, shown_f32, EntropyEnd, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS,
+};
 pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
-pub use guide::{Guide, GuideScore, LogRatio, ValueFn};
+pub use guide::{Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
 pub use interrupt::Interrupt;
 pub use rng::RowRng;
 pub use search::{
@@ -85,3 +89,4 @@ pub use search::{
     SearchStats,
 };
 pub use template::{ChatRole, ChatTurn, FilledPrompt, PromptTemplate};
+pub use trace::{TermName, Trace, TraceRow, TraceStep};

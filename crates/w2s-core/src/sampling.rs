@@ -154,6 +154,37 @@ pub fn log_sum_exp(logits: &[f32]) -> f64 {
     max as f64 + total.ln()
 }
 
+/// The entropy in nats of softmax(`logits`) (temperature 1): `lse - sum p_i * l_i`.
+/// Non-finite logits count as probability 0; 0 when no logit is finite.
+pub fn entropy(logits: &[f32]) -> f64 {
+    let lse = log_sum_exp(logits);
+    if !lse.is_finite() {
+        return 0.0;
+    }
+    let mut expected = 0f64;
+    for block in logits.chunks(1024) {
+        let mut acc = [0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                if c[i].is_finite() {
+                    let l = c[i] - lse as f32;
+                    acc[i] += exp_nonpositive(l.min(0.0)) * l;
+                }
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for &v in chunks.remainder() {
+            if v.is_finite() {
+                let l = v - lse as f32;
+                sum += exp_nonpositive(l.min(0.0)) * l;
+            }
+        }
+        expected += sum as f64;
+    }
+    (-expected).max(0.0)
+}
+
 /// The largest value (NaN ignored; -inf for an empty slice).
 fn max_f32(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
@@ -205,6 +236,21 @@ mod tests {
 
     fn params(t: f32, k: u32, p: f32) -> SamplingParams {
         SamplingParams::new(t, k, p).unwrap()
+    }
+
+    #[test]
+    fn entropy_in_nats() {
+        assert!((entropy(&[3.0; 4]) - 4f64.ln()).abs() < 1e-5);
+        assert!(entropy(&[0.0, -100.0, -100.0]) < 1e-5);
+        // A wide vocabulary: 1000 equal logits plus impossible ones.
+        let mut v = vec![1.5f32; 1000];
+        v.extend([f32::NEG_INFINITY; 24]);
+        assert!((entropy(&v) - 1000f64.ln()).abs() < 1e-3);
+        // Two tokens at probabilities 0.75 / 0.25.
+        let h = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln());
+        assert!((entropy(&[3f32.ln(), 0.0]) - h).abs() < 1e-5);
+        assert_eq!(entropy(&[]), 0.0);
+        assert_eq!(entropy(&[f32::NEG_INFINITY]), 0.0);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::config::SearchConfig;
 use crate::error::{Role, SearchError};
 use crate::guide::{backend, timed, Guide, LogRatio};
 use crate::rng::RowRng;
+use crate::trace::{known, Trace, TraceRow, TraceStep};
 
 /// One finished candidate, with its guide value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,6 +70,9 @@ pub struct SearchOutput {
     pub beams: Vec<Beam>,
     /// Counters and timings.
     pub stats: SearchStats,
+    /// Every selection step, when asked for ([`SearchConfig::with_trace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
 }
 
 impl SearchOutput {
@@ -109,6 +113,13 @@ struct Row {
     score: f64,
     rng: RowRng,
     dirty: bool,
+    /// What the trace needs: the row it was copied from, where this step's chunk starts
+    /// in `text`, its tokens and strong log-probability, the guide's terms.
+    parent: Option<usize>,
+    chunk_start: usize,
+    chunk_tokens: usize,
+    chunk_logprob: Option<f64>,
+    terms: Vec<f64>,
 }
 
 impl Row {
@@ -122,6 +133,36 @@ impl Row {
             score: 0.0,
             rng,
             dirty: true,
+            parent: None,
+            chunk_start: 0,
+            chunk_tokens: 0,
+            chunk_logprob: Some(0.0),
+            terms: Vec::new(),
+        }
+    }
+
+    /// A copy that continues this row from row `parent` of the last step.
+    fn child(&self, parent: usize) -> Self {
+        let mut c = self.clone();
+        c.parent = Some(parent);
+        c.chunk_start = c.text.len();
+        c.chunk_tokens = 0;
+        c.chunk_logprob = c.finish.is_none().then_some(0.0);
+        c
+    }
+
+    fn trace_row(&self, kept: bool) -> TraceRow {
+        TraceRow {
+            parent: self.parent,
+            chunk: self.text[self.chunk_start..].to_string(),
+            tokens: self.chunk_tokens,
+            strong_logprob: self.chunk_logprob.filter(|_| self.chunk_tokens > 0),
+            tuned: known(self.tuned),
+            untuned: known(self.untuned),
+            value: known(self.score),
+            terms: self.terms.clone(),
+            finish: self.finish,
+            kept,
         }
     }
 }
@@ -179,6 +220,8 @@ pub fn search_guided(
             max_new_tokens: max_new,
             sampling: config.sampling(),
             stop: config.stop(),
+            chunk_end: config.chunk_end(),
+            logprobs: config.trace(),
         })
         .map_err(backend(Role::Strong))?;
     stats.strong_time += t.elapsed();
@@ -187,6 +230,10 @@ pub fn search_guided(
     let mut rows: Vec<Row> = (0..n_rows as u64)
         .map(|i| Row::new(RowRng::new(config.seed(), i)))
         .collect();
+    let mut trace = config.trace().then(|| Trace {
+        terms: guide.terms(),
+        steps: Vec::new(),
+    });
 
     loop {
         // 1. Sample the next chunk of every live row in one call.
@@ -224,6 +271,8 @@ pub fn search_guided(
                 }
                 stats.strong_tokens_sampled += chunk.tokens;
                 row.strong_tokens += chunk.tokens;
+                row.chunk_tokens += chunk.tokens;
+                row.chunk_logprob = row.chunk_logprob.zip(chunk.logprob).map(|(a, b)| a + b);
                 row.text.push_str(&chunk.text);
                 row.finish = chunk
                     .finish
@@ -245,6 +294,14 @@ pub fn search_guided(
         let kept = &order[..width.min(order.len())];
         let settled = common_prefix(kept.iter().map(|&i| rows[i].text.as_str()));
         let live_kept = kept.iter().filter(|&&i| rows[i].finish.is_none()).count();
+        if let Some(trace) = trace.as_mut() {
+            trace.steps.push(TraceStep {
+                chunk: stats.chunks,
+                rows: (0..rows.len())
+                    .map(|i| rows[i].trace_row(kept.contains(&i)))
+                    .collect(),
+            });
+        }
         if !progress(&Progress {
             chunk: stats.chunks,
             settled_text: settled,
@@ -269,7 +326,11 @@ pub fn search_guided(
                 .collect();
             guide.finish(&mut stats);
             stats.total_time = started.elapsed();
-            return Ok(SearchOutput { beams, stats });
+            return Ok(SearchOutput {
+                beams,
+                stats,
+                trace,
+            });
         }
 
         // 4. Copy each kept live row K times; an ended row stays once.
@@ -279,7 +340,7 @@ pub fn search_guided(
             let row = &rows[i];
             let copies = if row.finish.is_some() { 1 } else { successors };
             for j in 0..copies {
-                let mut copy = row.clone();
+                let mut copy = row.child(i);
                 if j > 0 {
                     copy.rng = row.rng.fork(j as u64);
                 }
@@ -321,12 +382,16 @@ fn score_rows(
         )));
     }
     let idx: Vec<usize> = requests.iter().map(|r| r.row).collect();
-    for (i, g) in idx.into_iter().zip(scores) {
+    let terms = guide.last_terms();
+    for (j, (i, g)) in idx.into_iter().zip(scores).enumerate() {
         let row = &mut rows[i];
         row.tuned = g.tuned;
         row.untuned = g.untuned;
         row.score = g.value;
         row.dirty = false;
+        if let Some(t) = terms.get(j) {
+            row.terms.clone_from(t);
+        }
     }
     Ok(())
 }

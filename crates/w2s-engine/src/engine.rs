@@ -7,8 +7,8 @@ use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
 
 use w2s_core::{
     search_guided, search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Guide,
-    Interrupt, Models, Progress, PromptTemplate, ProposalSetup, Proposer, Role, ScoreRequest,
-    Scorer, SearchConfig, SearchOutput,
+    Interrupt, LogRatio, Models, Progress, PromptTemplate, ProposalSetup, Proposer, Role,
+    ScoreRequest, Scorer, SearchConfig, SearchOutput, TermName, WeightedSum,
 };
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
@@ -90,6 +90,47 @@ impl Scorer for SmallModel {
 }
 
 impl SmallModel {
+    /// Another scorer on the same model (a local one gets a context of its own).
+    fn replica(
+        &self,
+        role: Role,
+        spec: &RoleSpec,
+        threads: usize,
+    ) -> Result<SmallModel, EngineError> {
+        Ok(match self {
+            SmallModel::Local(s) => SmallModel::Local(LlamaScorer::new(
+                s.model().clone(),
+                spec.template.clone(),
+                threads,
+            )),
+            SmallModel::Remote(s) => SmallModel::Remote(
+                s.replica()
+                    .map_err(|source| EngineError::Remote { role, source })?,
+            ),
+            SmallModel::Custom(_) => {
+                return Err(EngineError::input(format!(
+                    "an engine whose {role} model is {} cannot be replicated",
+                    spec.describe()
+                )))
+            }
+        })
+    }
+
+    fn set_template(&mut self, template: PromptTemplate) {
+        match self {
+            SmallModel::Local(s) => s.set_template(template),
+            SmallModel::Remote(s) => s.set_template(template),
+            SmallModel::Custom(_) => {}
+        }
+    }
+
+    fn local_mut(&mut self) -> Option<&mut LlamaScorer> {
+        match self {
+            SmallModel::Local(s) => Some(s),
+            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
+        }
+    }
+
     fn local_model(&self) -> Option<&Arc<Model>> {
         match self {
             SmallModel::Local(s) => Some(s.model()),
@@ -102,6 +143,13 @@ impl SmallModel {
             SmallModel::Remote(s) => s.requests_sent(),
         }
     }
+}
+
+/// One more pair of a weighted guide.
+struct ExtraPair {
+    term: TermName,
+    tuned: SmallModel,
+    untuned: SmallModel,
 }
 
 /// The strong model and the guide pair, ready to search. Local models sharing a file
@@ -121,6 +169,8 @@ pub struct Engine {
     pub tuned: SmallModel,
     /// The small untuned model.
     pub untuned: SmallModel,
+    /// More pairs of a weighted guide ([`EngineSpec::guides`]).
+    extra: Vec<ExtraPair>,
     guide: Option<Box<dyn Guide + Send>>,
     spec: EngineSpec,
     gate: Arc<OrderedGate>,
@@ -182,9 +232,21 @@ impl Engine {
                 (RoleSource::Local(_), None) => unreachable!("a local role loads a model"),
             })
         };
+        let mut extra = Vec::with_capacity(spec.guides.len());
+        for g in &spec.guides {
+            extra.push(ExtraPair {
+                term: TermName {
+                    name: g.name.clone(),
+                    weight: g.weight,
+                },
+                tuned: guide(Role::Tuned, &g.tuned)?,
+                untuned: guide(Role::Untuned, &g.untuned)?,
+            });
+        }
         Ok(Engine {
             tuned: guide(Role::Tuned, &spec.tuned)?,
             untuned: guide(Role::Untuned, &spec.untuned)?,
+            extra,
             strong,
             guide: None,
             spec: spec.clone(),
@@ -219,27 +281,24 @@ impl Engine {
             }
         };
         let guide = |role: Role, g: &SmallModel| -> Result<SmallModel, EngineError> {
-            Ok(match g {
-                SmallModel::Local(s) => SmallModel::Local(LlamaScorer::new(
-                    s.model().clone(),
-                    self.spec.role(role).template.clone(),
-                    threads,
-                )),
-                SmallModel::Remote(s) => SmallModel::Remote(
-                    s.replica()
-                        .map_err(|source| EngineError::Remote { role, source })?,
-                ),
-                SmallModel::Custom(_) => {
-                    return Err(EngineError::input(format!(
-                        "an engine whose {role} model is {} cannot be replicated",
-                        self.spec.role(role).describe()
-                    )))
-                }
-            })
+            g.replica(role, self.spec.role(role), threads)
         };
+        let extra = self
+            .extra
+            .iter()
+            .zip(&self.spec.guides)
+            .map(|(p, g)| {
+                Ok(ExtraPair {
+                    term: p.term.clone(),
+                    tuned: p.tuned.replica(Role::Tuned, &g.tuned, threads)?,
+                    untuned: p.untuned.replica(Role::Untuned, &g.untuned, threads)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(Engine {
             tuned: guide(Role::Tuned, &self.tuned)?,
             untuned: guide(Role::Untuned, &self.untuned)?,
+            extra,
             strong,
             guide: None,
             spec: self.spec.clone(),
@@ -281,11 +340,15 @@ impl Engine {
             Strong::Local(p) => p.set_template(strong),
             Strong::Remote(p) => p.set_template(strong),
         }
-        for (g, template) in [(&mut self.tuned, tuned), (&mut self.untuned, untuned)] {
-            match g {
-                SmallModel::Local(s) => s.set_template(template),
-                SmallModel::Remote(s) => s.set_template(template),
-                SmallModel::Custom(_) => {}
+        self.tuned.set_template(tuned);
+        self.untuned.set_template(untuned);
+        for (p, g) in self.extra.iter_mut().zip(&self.spec.guides) {
+            for (m, r) in [(&mut p.tuned, &g.tuned), (&mut p.untuned, &g.untuned)] {
+                let t = r
+                    .template
+                    .with_history(history)
+                    .map_err(|e| EngineError::input(format!("{}: {e}", g.name)))?;
+                m.set_template(t);
             }
         }
         Ok(())
@@ -416,24 +479,38 @@ impl Engine {
             };
             return Ok(search_guided(config, prompt, strong, guide, progress)?);
         }
-        let models = Models {
-            strong: &mut GatedStrong {
-                inner: &mut self.strong,
-                gate,
-                rank,
-            },
-            tuned: &mut GatedGuide {
-                inner: &mut self.tuned,
-                gate,
-                rank,
-            },
-            untuned: &mut GatedGuide {
-                inner: &mut self.untuned,
-                gate,
-                rank,
-            },
+        let gated = |inner| GatedGuide { inner, gate, rank };
+        let strong = &mut GatedStrong {
+            inner: &mut self.strong,
+            gate,
+            rank,
         };
-        Ok(search_with_progress(config, prompt, models, progress)?)
+        let (mut tuned, mut untuned) = (gated(&mut self.tuned), gated(&mut self.untuned));
+        if self.extra.is_empty() {
+            let models = Models {
+                strong,
+                tuned: &mut tuned,
+                untuned: &mut untuned,
+            };
+            return Ok(search_with_progress(config, prompt, models, progress)?);
+        }
+        // A weighted guide: beta * the main pair + each pair's weight * its log-ratio.
+        let mut pairs: Vec<(TermName, GatedGuide<'_>, GatedGuide<'_>)> = self
+            .extra
+            .iter_mut()
+            .map(|p| (p.term.clone(), gated(&mut p.tuned), gated(&mut p.untuned)))
+            .collect();
+        let main = TermName {
+            name: "main".into(),
+            weight: config.beta(),
+        };
+        let mut terms: Vec<(TermName, Box<dyn Guide + '_>)> =
+            vec![(main, Box::new(LogRatio::new(&mut tuned, &mut untuned, 1.0)))];
+        for (term, t, u) in pairs.iter_mut() {
+            terms.push((term.clone(), Box::new(LogRatio::new(t, u, 1.0))));
+        }
+        let mut guide = WeightedSum::new(terms)?;
+        Ok(search_guided(config, prompt, strong, &mut guide, progress)?)
     }
 
     /// The loaded model of a local role.
@@ -480,10 +557,8 @@ impl Engine {
         if let Strong::Local(p) = &mut self.strong {
             p.set_interrupt(interrupt.clone());
         }
-        for g in [&mut self.tuned, &mut self.untuned] {
-            if let SmallModel::Local(s) = g {
-                s.set_interrupt(interrupt.clone());
-            }
+        for s in self.small_models().filter_map(SmallModel::local_mut) {
+            s.set_interrupt(interrupt.clone());
         }
     }
 
@@ -499,12 +574,10 @@ impl Engine {
                 freed = true;
             }
         }
-        for g in [&mut self.tuned, &mut self.untuned] {
-            if let SmallModel::Local(s) = g {
-                if s.context_tokens() > max_tokens {
-                    s.release_context();
-                    freed = true;
-                }
+        for s in self.small_models().filter_map(SmallModel::local_mut) {
+            if s.context_tokens() > max_tokens {
+                s.release_context();
+                freed = true;
             }
         }
         freed
@@ -515,11 +588,18 @@ impl Engine {
         if let Strong::Local(p) = &mut self.strong {
             p.release_context();
         }
-        for g in [&mut self.tuned, &mut self.untuned] {
-            if let SmallModel::Local(s) = g {
-                s.release_context();
-            }
+        for s in self.small_models().filter_map(SmallModel::local_mut) {
+            s.release_context();
         }
+    }
+
+    /// Every small model: the main pair, then each extra pair's.
+    fn small_models(&mut self) -> impl Iterator<Item = &mut SmallModel> {
+        [&mut self.tuned, &mut self.untuned].into_iter().chain(
+            self.extra
+                .iter_mut()
+                .flat_map(|p| [&mut p.tuned, &mut p.untuned]),
+        )
     }
 
     /// The log-probability of `text` as a whole response to `prompt` under a local guide

@@ -53,4 +53,4 @@ pub use gate::{ComputeGate, CpuTurn, OrderedGate};
 pub use inflight::{default_parallel, in_flight, parallel_for, MAX_PARALLEL};
 pub use prompt_check::{PromptCheck, PromptTokens};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
-pub use spec::{EngineSpec, ModelTables, RoleSource, RoleSpec, ROLES};
+pub use spec::{EngineSpec, GuideSpec, GuideTable, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use w2s_core::{defaults, Method, Role, SamplingParams, SearchConfig};
+use w2s_core::{defaults, EntropyEnd, Method, Role, SamplingParams, SearchConfig};
 use w2s_llama::LoadOptions;
 
 use crate::error::EngineError;
-use crate::spec::{EngineSpec, ModelTables, RoleSpec};
+use crate::spec::{EngineSpec, GuideSpec, GuideTable, ModelTables, RoleSpec};
 
 /// Model, template and search settings shared by every command that runs a search.
 /// Every field is optional: unset ones take the paper's defaults ([`w2s_core::defaults`]).
@@ -97,6 +97,26 @@ pub struct RunSettings {
     #[cfg_attr(feature = "clap", arg(long))]
     pub gpu_layers: Option<u32>,
 
+    /// Weigh another tuned / untuned pair into the guide (repeatable): a TOML inline
+    /// table, e.g. '{weight = 0.5, tuned = "FILE", untuned = "FILE", tuned_template = "..."}';
+    /// the guide is then beta * (main pair) + sum of weight * (pair).
+    #[cfg_attr(feature = "clap", arg(long = "guide", value_name = "TABLE"))]
+    #[serde(skip)]
+    pub guide: Vec<String>,
+    /// More pairs of a weighted guide (config file: `[[guides]]` tables with the keys of
+    /// --guide).
+    #[cfg_attr(feature = "clap", arg(skip))]
+    #[serde(default)]
+    pub guides: Vec<GuideTable>,
+    /// Adaptive chunk ends: end a chunk before the first token (after --chunk-min) whose
+    /// next-token entropy under the strong model exceeds this many nats; L caps a chunk
+    /// (local strong models only).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NATS"))]
+    pub chunk_entropy: Option<f64>,
+    /// With --chunk-entropy: tokens a chunk has at least [default: 2].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
+    pub chunk_min: Option<usize>,
+
     /// Remote models with every setting (config file only): `[models.strong]` etc.
     #[cfg_attr(feature = "clap", arg(skip))]
     #[serde(default)]
@@ -128,6 +148,8 @@ impl RunSettings {
         macro_rules! pick {
             ($($f:ident),*) => { RunSettings { $($f: self.$f.or(file.$f),)*
                 stop: if self.stop.is_empty() { file.stop } else { self.stop },
+                guide: self.guide,
+                guides: if self.guides.is_empty() { file.guides } else { self.guides },
                 models: self.models.or(file.models),
                 custom: self.custom,
                 config: self.config } };
@@ -151,7 +173,9 @@ impl RunSettings {
             top_p,
             seed,
             threads,
-            gpu_layers
+            gpu_layers,
+            chunk_entropy,
+            chunk_min
         ))
     }
 
@@ -180,6 +204,15 @@ impl RunSettings {
             self.top_k.unwrap_or(defaults::TOP_K),
             self.top_p.unwrap_or(defaults::TOP_P),
         )?;
+        let chunk_end = match (self.chunk_entropy, self.chunk_min) {
+            (Some(h), min) => Some(EntropyEnd::new(min.unwrap_or(defaults::CHUNK_MIN), h)?),
+            (None, Some(_)) => {
+                return Err(EngineError::input(
+                    "--chunk-min needs --chunk-entropy (the threshold that ends a chunk)",
+                ))
+            }
+            (None, None) => None,
+        };
         Ok(SearchConfig::new(
             method,
             self.max_new_tokens.unwrap_or(defaults::MAX_NEW_TOKENS),
@@ -187,7 +220,36 @@ impl RunSettings {
             seed,
             sampling,
             self.stop.clone(),
-        )?)
+        )?
+        .with_chunk_end(chunk_end)?)
+    }
+
+    /// The extra pairs of a weighted guide: the `--guide` flags if any, else the config
+    /// file's `[[guides]]`.
+    fn guide_specs(&self) -> Result<Vec<GuideSpec>, EngineError> {
+        let tables = if self.guide.is_empty() {
+            self.guides.clone()
+        } else {
+            self.guide
+                .iter()
+                .map(|g| GuideTable::parse_flag(g))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let specs = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.check(i + 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !specs.is_empty()
+            && self.beta.unwrap_or(defaults::BETA) == 0.0
+            && specs.iter().all(|g| g.weight == 0.0)
+        {
+            return Err(EngineError::input(
+                "guide weights: beta and every --guide weight are 0, so every response would \
+                 have the same value",
+            ));
+        }
+        Ok(specs)
     }
 
     /// Which model plays which role (remote API keys are read now).
@@ -217,6 +279,7 @@ impl RunSettings {
             strong: role(Role::Strong, &self.strong, &self.strong_template)?,
             tuned: role(Role::Tuned, &self.tuned, &self.tuned_template)?,
             untuned: role(Role::Untuned, &self.untuned, &self.untuned_template)?,
+            guides: self.guide_specs()?,
             threads,
             load: LoadOptions {
                 gpu_layers: self.gpu_layers.unwrap_or(0),

@@ -174,6 +174,80 @@ impl RoleSpec {
     }
 }
 
+/// One more tuned / untuned pair for a guide that is a weighted sum of pairs, as a
+/// `[[guides]]` table of a config file or a `--guide '{...}'` flag gives it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuideTable {
+    /// What the trace and reports call it [default: "guide N"].
+    pub name: Option<String>,
+    /// Its weight in the sum (the main pair's weight is beta).
+    pub weight: f64,
+    /// Small tuned model (GGUF file, name or URL#MODEL).
+    pub tuned: String,
+    /// Small untuned model (GGUF file, name or URL#MODEL).
+    pub untuned: String,
+    /// Tuned model's prompt template [default: {prompt}].
+    pub tuned_template: Option<String>,
+    /// Untuned model's prompt template [default: {prompt}].
+    pub untuned_template: Option<String>,
+}
+
+/// A checked extra pair of a weighted guide.
+#[derive(Debug, Clone)]
+pub struct GuideSpec {
+    /// Its name in traces.
+    pub name: String,
+    /// Its weight in the sum.
+    pub weight: f64,
+    /// The small tuned model.
+    pub tuned: RoleSpec,
+    /// The small untuned model.
+    pub untuned: RoleSpec,
+}
+
+impl GuideTable {
+    /// Parses a `--guide` flag: a TOML inline table with this table's keys, e.g.
+    /// `{weight = 0.5, tuned = "smollm2-135m-instruct", untuned = "smollm2-135m-instruct",
+    /// tuned_template = "chat:Write fluent English.||{prompt}"}`.
+    pub fn parse_flag(flag: &str) -> Result<GuideTable, EngineError> {
+        #[derive(Deserialize)]
+        struct Wrap {
+            guide: GuideTable,
+        }
+        toml::from_str::<Wrap>(&format!("guide = {flag}"))
+            .map(|w| w.guide)
+            .map_err(|e| {
+                EngineError::input(format!(
+                    "--guide '{flag}': {} (write a TOML inline table such as \
+                     {{weight = 0.5, tuned = \"FILE\", untuned = \"FILE\", tuned_template = \"...\"}})",
+                    e.message()
+                ))
+            })
+    }
+
+    /// The checked pair; `n` numbers it in the default name.
+    pub fn check(&self, n: usize) -> Result<GuideSpec, EngineError> {
+        let name = self.name.clone().unwrap_or_else(|| format!("guide {n}"));
+        if !self.weight.is_finite() {
+            return Err(EngineError::input(format!(
+                "the weight of {name} is {}; weights must be finite numbers",
+                self.weight
+            )));
+        }
+        let role = |r: Role, model: &str, template: &Option<String>| {
+            RoleSpec::parse(r, Some(model), None, template.as_deref())
+                .map_err(|e| EngineError::input(format!("{name}: {e}")))
+        };
+        Ok(GuideSpec {
+            tuned: role(Role::Tuned, &self.tuned, &self.tuned_template)?,
+            untuned: role(Role::Untuned, &self.untuned, &self.untuned_template)?,
+            weight: self.weight,
+            name,
+        })
+    }
+}
+
 /// The three roles of a search and how local models run.
 #[derive(Debug, Clone)]
 pub struct EngineSpec {
@@ -183,6 +257,8 @@ pub struct EngineSpec {
     pub tuned: RoleSpec,
     /// The small untuned model.
     pub untuned: RoleSpec,
+    /// More pairs: the guide is then `beta * main pair + sum of weight * pair`.
+    pub guides: Vec<GuideSpec>,
     /// CPU threads per local model.
     pub threads: usize,
     /// How local models load (GPU offload).
@@ -196,6 +272,7 @@ impl EngineSpec {
             strong,
             tuned,
             untuned,
+            guides: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load: LoadOptions::default(),
         }

@@ -55,6 +55,7 @@ mod run;
 mod scoring;
 mod store;
 mod summary;
+mod trace_page;
 mod winrate;
 
 pub use error::EvalError;
@@ -67,4 +68,5 @@ pub use report::report;
 pub use run::{evaluate, evaluate_with, EvalSpec, Plugins, Task};
 pub use store::{read_records, GoldScore, PairScore, Record, Timings};
 pub use summary::{summarize, Interval, MethodSummary, Paired, Summary};
+pub use trace_page::{candidate_texts, read_traces, trace_page, write_page, TraceRecord};
 pub use winrate::{logistic_fit, WinRates};

@@ -305,6 +305,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
     let guide_engine = if has_guide {
         let spec = EngineSpec {
             strong: c.engine.tuned.clone(),
+            guides: Vec::new(),
             ..c.engine.clone()
         };
         Some(Engine::build(&spec)?.replicas(parallel)?)

@@ -114,6 +114,8 @@ impl PlainModel {
             max_new_tokens: max_tokens,
             sampling,
             stop,
+            chunk_end: None,
+            logprobs: false,
         })?;
         let mut rngs: Vec<RowRng> = (0..n as u64).map(|i| RowRng::new(seed, i)).collect();
         let mut texts = vec![String::new(); n];

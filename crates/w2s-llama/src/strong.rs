@@ -8,8 +8,8 @@ use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::sample_token;
 use w2s_core::text::{find_stop, stop_prefix_len, stop_search_start, Utf8Accumulator};
 use w2s_core::{
-    BackendError, Chunk, ExtendRequest, Finish, Interrupt, PromptTemplate, ProposalSetup, Proposer,
-    SamplingParams,
+    BackendError, Chunk, EntropyEnd, ExtendRequest, Finish, Interrupt, PromptTemplate,
+    ProposalSetup, Proposer, SamplingParams,
 };
 
 use crate::error::LlamaError;
@@ -39,6 +39,8 @@ struct State {
     stop: Vec<String>,
     max_new: usize,
     batch: LlamaBatch<'static>,
+    chunk_end: Option<EntropyEnd>,
+    logprobs: bool,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +57,10 @@ struct Row {
     done: bool,
     /// (token piece, log-probability) of every sampled token, when recording.
     sampled: Vec<(Vec<u8>, f64)>,
+    /// The next-token logits of a row whose chunk ended where the model was unsure
+    /// (adaptive chunk ends): its last token is in the KV cache, and its copies sample
+    /// from these at the next step.
+    held: Option<Vec<f32>>,
 }
 
 impl LlamaProposer {
@@ -168,6 +174,8 @@ impl LlamaProposer {
             stop: setup.stop.to_vec(),
             max_new: setup.max_new_tokens,
             batch,
+            chunk_end: setup.chunk_end,
+            logprobs: setup.logprobs,
         });
         Ok(())
     }
@@ -183,20 +191,25 @@ impl LlamaProposer {
         let mut produced = vec![0usize; requests.len()];
         let mut finish: Vec<Option<Finish>> = vec![None; requests.len()];
         let mut logit_at: Vec<Option<i32>> = vec![None; requests.len()];
+        let mut logprob = vec![0f64; requests.len()];
         for req in requests.iter() {
             if req.row >= st.rows.len() || st.rows[req.row].done {
                 return Err(LlamaError::Usage("extend of a missing or ended row"));
             }
         }
         let steps = requests.iter().map(|r| r.max_tokens).max().unwrap_or(0);
+        let mut unsure = vec![false; requests.len()];
         for _ in 0..steps {
             // A cancelled search stops within one token of every row.
             crate::seqs::check(self.interrupt.as_deref())?;
             let active: Vec<bool> = requests
                 .iter()
                 .enumerate()
-                .map(|(i, req)| finish[i].is_none() && produced[i] < req.max_tokens)
+                .map(|(i, req)| finish[i].is_none() && !unsure[i] && produced[i] < req.max_tokens)
                 .collect();
+            if !active.contains(&true) {
+                break;
+            }
             // Feed every active row's pending token in one batch.
             st.batch.clear();
             for (i, req) in requests.iter().enumerate() {
@@ -224,20 +237,37 @@ impl LlamaProposer {
                 if !active[i] {
                     continue;
                 }
-                let logits = match logit_at[i] {
-                    Some(b) => engine.ctx.get_logits_ith(b),
-                    None => &st.prompt_logits,
+                let held = st.rows[req.row].held.take();
+                let logits = match (logit_at[i], &held) {
+                    (Some(b), _) => engine.ctx.get_logits_ith(b),
+                    (None, Some(h)) => h.as_slice(),
+                    (None, None) => &st.prompt_logits,
                 };
-                let tok = LlamaToken(sample_token(logits, &st.sampling, req.rng) as i32);
                 let row = &mut st.rows[req.row];
-                if self.record {
+                // Adaptive chunk ends: stop before a token the model is unsure of, and
+                // keep its distribution for the row's copies to sample from.
+                if let Some(end) = st.chunk_end {
+                    if produced[i] >= end.min_tokens()
+                        && w2s_core::sampling::entropy(logits) > end.entropy()
+                    {
+                        row.pending = None;
+                        row.held = Some(logits.to_vec());
+                        unsure[i] = true;
+                        continue;
+                    }
+                }
+                let tok = LlamaToken(sample_token(logits, &st.sampling, req.rng) as i32);
+                if self.record || st.logprobs {
                     let lp = logits
                         .get(tok.0.max(0) as usize)
                         .copied()
                         .unwrap_or(f32::NEG_INFINITY) as f64
                         - w2s_core::sampling::log_sum_exp(logits);
-                    row.sampled
-                        .push((vocab.token_to_piece(tok, true, None), lp));
+                    logprob[i] += lp;
+                    if self.record {
+                        row.sampled
+                            .push((vocab.token_to_piece(tok, true, None), lp));
+                    }
                 }
                 row.pending = None;
                 row.n_tokens += 1;
@@ -274,6 +304,7 @@ impl LlamaProposer {
                 text: row.text[row.emitted..end].to_string(),
                 tokens: produced[i],
                 finish: finish[i],
+                logprob: st.logprobs.then_some(logprob[i]),
             });
             row.emitted = end;
         }

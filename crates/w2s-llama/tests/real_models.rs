@@ -309,6 +309,8 @@ fn chunks_never_split_a_multibyte_character() {
         max_new_tokens: 40,
         sampling: &sampling,
         stop: &[],
+        chunk_end: None,
+        logprobs: false,
     })
     .unwrap();
     let mut rngs: Vec<RowRng> = (0..3).map(|i| RowRng::new(5, i)).collect();

@@ -100,6 +100,14 @@ impl RemoteProposer {
     }
 
     fn begin_inner(&mut self, setup: &ProposalSetup<'_>) -> Result<(), RemoteError> {
+        if setup.chunk_end.is_some() {
+            return Err(RemoteError::Unsupported(
+                "adaptive chunk ends need the strong model's whole next-token distribution, \
+                 which w2s reads only from a local GGUF strong model; drop --chunk-entropy or \
+                 run the strong model locally"
+                    .into(),
+            ));
+        }
         let prompt = self
             .template
             .fill(setup.prompt)

@@ -78,6 +78,7 @@ pub(crate) fn advance(row: &mut RowText, raw: Raw, stop: &[String], max_new: usi
         text: row.text[row.emitted..end].to_string(),
         tokens,
         finish,
+        logprob: None,
     };
     row.emitted = end;
     chunk

@@ -127,6 +127,8 @@ fn strong_model_retries_a_500_and_a_real_server_without_logprobs_is_named() {
             max_new_tokens: 8,
             sampling: &sampling,
             stop: &[],
+            chunk_end: None,
+            logprobs: false,
         })
         .unwrap();
     let (mut a, mut b) = (RowRng::new(1, 0), RowRng::new(1, 1));

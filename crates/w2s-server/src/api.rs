@@ -217,7 +217,7 @@ pub fn parse(
         .get()
         .and_then(|v| v.get("method"))
         .is_some_and(|m| !m.is_null());
-    let (mut method, beta, return_beams) = search_object(s.search, d, policy)?;
+    let (mut method, beta, return_beams, trace) = search_object(s.search, d, policy)?;
     match best_of.uint("best_of")? {
         None | Some(1) => {}
         Some(0) => return Err(ApiError::invalid("best_of", "must be at least 1")),
@@ -272,7 +272,11 @@ pub fn parse(
         sampling,
         stop,
     )
-    .map_err(|e| ApiError::invalid("search", e.to_string()))?;
+    .map_err(|e| ApiError::invalid("search", e.to_string()))?
+    // The server's adaptive chunk ends apply to searches that have chunks.
+    .with_chunk_end(d.chunk_end().filter(|_| method.chunk_len().is_some()))
+    .map_err(|e| ApiError::invalid("search.l", e.to_string()))?
+    .with_trace(trace);
     Ok(CheckedRequest {
         endpoint,
         model,

@@ -277,6 +277,8 @@ fn measure_raw(
                 max_new_tokens: t,
                 sampling: settings.search.sampling(),
                 stop: &[],
+                chunk_end: None,
+                logprobs: false,
             })
             .map_err(remote)?;
             let mut rngs: Vec<RowRng> = (0..rows as u64).map(|i| RowRng::new(seed, i)).collect();

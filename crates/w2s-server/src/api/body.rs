@@ -105,6 +105,7 @@ struct SearchObject {
     n: Field,
     beta: Field,
     return_beams: Field,
+    trace: Field,
     #[serde(flatten)]
     unknown: Map<String, Value>,
 }
@@ -321,7 +322,7 @@ pub(super) fn search_object(
     v: Field,
     d: &SearchConfig,
     policy: &Policy,
-) -> Result<(Method, f64, bool), ApiError> {
+) -> Result<(Method, f64, bool, bool), ApiError> {
     let s: SearchObject = match v.into_value() {
         None | Some(Value::Null) => SearchObject::default(),
         Some(Value::Object(o)) => typed(o)?,
@@ -389,5 +390,6 @@ pub(super) fn search_object(
         Some(_) => return Err(ApiError::invalid("search.beta", "must be a number")),
     };
     let return_beams = s.return_beams.flag("return_beams")?.unwrap_or(false);
-    Ok((method, beta, return_beams))
+    let trace = s.trace.flag("trace")?.unwrap_or(false);
+    Ok((method, beta, return_beams, trace))
 }

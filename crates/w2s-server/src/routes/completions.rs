@@ -248,6 +248,9 @@ pub(super) fn w2s_json(req: &CheckedRequest, fin: &Finished) -> Value {
     if req.return_beams {
         v["beams"] = Value::Array(fin.output.beams.iter().map(beam_json).collect());
     }
+    if let Some(trace) = &fin.output.trace {
+        v["trace"] = serde_json::to_value(trace).unwrap_or(Value::Null);
+    }
     if req.logprobs {
         v["logprobs"] = fin.output.beams.iter().take(req.n).map(|b| {
             json!({"score": b.score, "tuned_logprob": b.tuned_logprob, "untuned_logprob": b.untuned_logprob})
