@@ -23,6 +23,7 @@ fn _w2s(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(searcher::quantize, m)?)?;
     m.add_function(wrap_pyfunction!(searcher::resolve_model, m)?)?;
     m.add_function(wrap_pyfunction!(searcher::trace_html, m)?)?;
+    m.add_function(wrap_pyfunction!(searcher::guide_check, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

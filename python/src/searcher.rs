@@ -52,6 +52,19 @@ pub struct PyGuide {
     untuned_template: Option<String>,
 }
 
+impl PyGuide {
+    fn table(self) -> w2s_engine::GuideTable {
+        w2s_engine::GuideTable {
+            name: self.name,
+            weight: self.weight,
+            tuned: self.tuned,
+            untuned: self.untuned,
+            tuned_template: self.tuned_template,
+            untuned_template: self.untuned_template,
+        }
+    }
+}
+
 impl Settings {
     fn run_settings(self) -> RunSettings {
         RunSettings {
@@ -74,14 +87,7 @@ impl Settings {
                 .guides
                 .unwrap_or_default()
                 .into_iter()
-                .map(|g| w2s_engine::GuideTable {
-                    name: g.name,
-                    weight: g.weight,
-                    tuned: g.tuned,
-                    untuned: g.untuned,
-                    tuned_template: g.tuned_template,
-                    untuned_template: g.untuned_template,
-                })
+                .map(PyGuide::table)
                 .collect(),
             chunk_entropy: self.chunk_entropy,
             chunk_min: self.chunk_min,
@@ -513,4 +519,30 @@ pub fn trace_html(trace: PathBuf, html: PathBuf, gold: Option<&str>) -> PyResult
         .flat_map(|r| &r.trace.steps)
         .map(|s| s.rows.len())
         .sum())
+}
+
+/// Checks candidate guide pairs against the gold of the run directory `run` (see
+/// `w2s guide-check`); returns {run, gold, candidates} as JSON text.
+#[pyfunction]
+#[pyo3(signature = (run, pairs, configs, gold=None, bins=5, threads=None))]
+pub fn guide_check(
+    py: Python<'_>,
+    run: PathBuf,
+    pairs: Vec<PyGuide>,
+    configs: Vec<PathBuf>,
+    gold: Option<String>,
+    bins: usize,
+    threads: Option<usize>,
+) -> PyResult<String> {
+    let fail = |e: w2s_eval::EvalError| to_py(&Slot::default(), e.kind(), e.to_string());
+    let tables: Vec<w2s_engine::GuideTable> = pairs.into_iter().map(PyGuide::table).collect();
+    let candidates = w2s_eval::guide_candidates(&tables, &configs).map_err(fail)?;
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let found = py
+        .detach(|| {
+            w2s_eval::guide_check_run(&run, gold.as_deref(), &candidates, threads, bins, &mut |_, _, _| {})
+        })
+        .map_err(fail)?;
+    Ok(serde_json::json!({"run": run, "gold": found.gold, "candidates": found.checks}).to_string())
 }

@@ -61,6 +61,7 @@ __all__ = [
     "report",
     "to_records",
     "write_traces",
+    "guide_check",
     "trace_html",
     "to_dataframe",
 ]
@@ -512,6 +513,30 @@ def trace_html(
         path = os.path.join(d, "trace.jsonl")
         write_traces(trace, path)
         return _w2s.trace_html(path, os.fspath(html), gold)
+
+
+def guide_check(
+    run: Union[str, os.PathLike],
+    pairs: Sequence[Mapping[str, Any]] = (),
+    configs: Sequence[Union[str, os.PathLike]] = (),
+    gold: Optional[str] = None,
+    bins: int = 5,
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Does a guide pair track the gold? Rescores the responses of the run directory
+    `run` (written by `w2s eval` or `evaluate`) with each candidate pair (`pairs`: dicts
+    with the keys of the CLI's --guide table, weight not needed; `configs`: TOML files
+    whose tuned / untuned pair is a candidate) through w2s's own scorers and returns, per
+    candidate, the Pearson and Spearman r with the gold, the mean within-prompt r, the
+    accuracy on pairs of responses to the same prompt, and the mean gold by guide-value
+    bin (the over-optimisation curve), as `w2s guide-check` prints them."""
+    tables = [_guide_table({"weight": 1.0, **p}) if isinstance(p, Mapping) else _guide_table(p) for p in pairs]
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    text = _w2s.guide_check(
+        os.fspath(run), tables, [os.fspath(c) for c in configs], gold, bins, threads
+    )
+    return json.loads(text)
 
 
 def to_records(outputs: Iterable[Output]) -> List[Dict[str, Any]]:

@@ -162,12 +162,19 @@ impl Shape {
 /// One line: guide value, log-probs, strong tokens and where the time went.
 pub fn summary(r: &SearchOutput) -> String {
     let (b, s) = (r.best(), &r.stats);
+    // A weighted guide or a custom one has no single pair to show.
+    let pair = if b.tuned_logprob.is_nan() {
+        String::new()
+    } else {
+        format!(
+            " = tuned {:.2} - untuned {:.2}",
+            b.tuned_logprob, b.untuned_logprob
+        )
+    };
     format!(
-        "[guide value {:.2} = tuned {:.2} - untuned {:.2} | {} strong tokens sampled, {:.1} tok/s | \
+        "[guide value {:.2}{pair} | {} strong tokens sampled, {:.1} tok/s | \
          {:.2} s: strong {:.2} s, tuned {:.2} s, untuned {:.2} s]",
         b.score,
-        b.tuned_logprob,
-        b.untuned_logprob,
         s.strong_tokens_sampled,
         s.strong_tokens_sampled as f64 / s.strong_time.as_secs_f64().max(1e-9),
         s.total_time.as_secs_f64(),

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod fail;
 mod generate;
+mod guide_check;
 mod quantize;
 mod serve;
 mod trace;
@@ -31,6 +32,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Redraw an eval directory's report, summary and plots from its results.jsonl.
     Report(eval::ReportArgs),
+    /// Check candidate guide pairs against a run's gold: correlation, pair accuracy and
+    /// the gold by guide-value bin.
+    GuideCheck(guide_check::GuideCheckArgs),
     /// Draw a trace file of `w2s generate --trace` as an HTML page.
     Trace(trace::TraceArgs),
     /// Copy a GGUF model with its weights in another type (Q8_0 scores several times
@@ -59,6 +63,7 @@ fn main() {
         Command::Report(args) => eval::report(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::GuideCheck(args) => guide_check::run(args),
     };
     if let Err(fail) = result {
         eprintln!("error: {}", fail.message);

@@ -279,15 +279,8 @@ async fn identical_seeded_requests_return_identical_text() {
     // The same search traced (opt-in): the same text, and every step of it.
     let mut traced = body.clone();
     traced["search"]["trace"] = json!(true);
-    let v: Value = c
-        .post(server.url("/v1/completions"))
-        .json(&traced)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, v) = post_json(&c, server.url("/v1/completions"), &traced).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["text"], texts[0].as_str());
     let steps = v["w2s"]["trace"]["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2, "10 tokens in chunks of 5: {v}");
@@ -296,13 +289,28 @@ async fn identical_seeded_requests_return_identical_text() {
         assert_eq!(rows.len(), 4);
         assert_eq!(rows.iter().filter(|r| r["kept"] == true).count(), 2);
     }
-    let bad = c
-        .post(server.url("/v1/completions"))
-        .json(&json!({"model": "w2s", "prompt": "Hi", "max_tokens": 4, "search": {"trace": "yes"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status().as_u16(), 400);
+    let bad = json!({"model": "w2s", "prompt": "Hi", "max_tokens": 4, "search": {"trace": "yes"}});
+    assert_eq!(
+        post_json(&c, server.url("/v1/completions"), &bad).await.0,
+        400
+    );
+    let streamed = json!({"model": "w2s", "prompt": "Hi", "max_tokens": 4, "stream": true,
+                          "search": {"trace": true}});
+    let (status, v) = post_json(&c, server.url("/v1/completions"), &streamed).await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not streamed"),
+        "{v}"
+    );
+}
+
+/// POSTs `body` as JSON: (status, JSON reply).
+async fn post_json(c: &reqwest::Client, url: String, body: &Value) -> (u16, Value) {
+    let r = c.post(url).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

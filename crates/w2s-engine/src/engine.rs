@@ -408,6 +408,67 @@ impl Engine {
         }
     }
 
+    /// The main pair's log-probabilities `(tuned, untuned)` of each text as a whole
+    /// response to `prompt`, the end term included where `ended`, through the pair's own
+    /// scorers (local or remote): the numbers the search's guide would give the texts.
+    pub fn pair_logprobs(
+        &mut self,
+        prompt: &str,
+        texts: &[&str],
+        ended: &[bool],
+    ) -> Result<Vec<(f64, f64)>, EngineError> {
+        if texts.len() != ended.len() {
+            return Err(EngineError::input(format!(
+                "{} texts but {} ended flags",
+                texts.len(),
+                ended.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        // At most 64 rows a call, as a search has.
+        for (texts, ended) in texts.chunks(64).zip(ended.chunks(64)) {
+            let requests: Vec<ScoreRequest<'_>> = texts
+                .iter()
+                .zip(ended)
+                .enumerate()
+                .map(|(row, (text, &ended))| ScoreRequest { row, text, ended })
+                .collect();
+            let mut values = [Vec::new(), Vec::new()];
+            for (k, (role, model)) in [
+                (Role::Tuned, &mut self.tuned),
+                (Role::Untuned, &mut self.untuned),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let wrap = |source: BackendError| {
+                    EngineError::Search(w2s_core::SearchError::Backend { role, source })
+                };
+                // Room for the longest text in the model's own tokens (a remote scorer
+                // sizes nothing by it).
+                let longest = match model.local_model() {
+                    Some(m) => texts.iter().map(|t| m.tokenize_response(t).len()).max(),
+                    None => texts.iter().map(|t| t.len()).max(),
+                }
+                .unwrap_or(0);
+                let _cpu =
+                    crate::gate::hold_if(&self.gate, self.rank, model.local_model().is_some());
+                model
+                    .begin(prompt, texts.len(), longest + 1)
+                    .map_err(wrap)?;
+                values[k] = model.score(&requests).map_err(wrap)?;
+                if values[k].len() != texts.len() {
+                    return Err(EngineError::Search(w2s_core::SearchError::Contract {
+                        role,
+                        message: format!("{} scores for {} texts", values[k].len(), texts.len()),
+                    }));
+                }
+            }
+            out.extend(values[0].iter().copied().zip(values[1].iter().copied()));
+        }
+        Ok(out)
+    }
+
     /// The earlier chat turns set by [`Engine::set_history`].
     pub fn history(&self) -> &[ChatTurn] {
         match &self.strong {
@@ -472,6 +533,12 @@ impl Engine {
     ) -> Result<SearchOutput, EngineError> {
         let (gate, rank) = (&*self.gate, self.rank);
         if let Some(guide) = self.guide.as_deref_mut() {
+            if !self.extra.is_empty() {
+                return Err(EngineError::input(
+                    "a custom guide replaces the tuned / untuned pair; more pairs (--guide, \
+                     guides) cannot be weighed into it",
+                ));
+            }
             let strong = &mut GatedStrong {
                 inner: &mut self.strong,
                 gate,

@@ -181,7 +181,8 @@ impl RoleSpec {
 pub struct GuideTable {
     /// What the trace and reports call it [default: "guide N"].
     pub name: Option<String>,
-    /// Its weight in the sum (the main pair's weight is beta).
+    /// Its weight in the sum (the main pair's weight is beta) [default: 1].
+    #[serde(default = "one")]
     pub weight: f64,
     /// Small tuned model (GGUF file, name or URL#MODEL).
     pub tuned: String,
@@ -191,6 +192,10 @@ pub struct GuideTable {
     pub tuned_template: Option<String>,
     /// Untuned model's prompt template [default: {prompt}].
     pub untuned_template: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A checked extra pair of a weighted guide.

@@ -43,6 +43,7 @@
 
 mod error;
 mod golds;
+mod guide_check;
 mod line;
 mod methods;
 mod outdir;
@@ -60,6 +61,11 @@ mod winrate;
 
 pub use error::EvalError;
 pub use golds::{parse_golds, GoldKind, JudgeGold, Vader};
+pub use guide_check::{
+    candidates as guide_candidates, check as check_guide, check_run as guide_check_run,
+    run_responses, score_with, to_markdown as guide_check_markdown, Bin, GuideCheck, Response,
+    RunCheck,
+};
 pub use methods::{parse_methods, parse_seeds, EvalMethod};
 pub use outdir::{RESULTS_FILE, RUN_FILE};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};

@@ -159,7 +159,7 @@ fn fingerprint(c: &Checked, task: Task, prompts: &[PromptItem]) -> serde_json::V
     )
     .unwrap_or_default();
     let e = &c.engine;
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "task": task.name(),
         "strong": model_name(&e.strong.describe()),
         "tuned": model_name(&e.tuned.describe()),
@@ -175,7 +175,29 @@ fn fingerprint(c: &Checked, task: Task, prompts: &[PromptItem]) -> serde_json::V
         "stop": cfg.stop(),
         "prompts": prompts.len(),
         "prompts_fnv1a": crate::outdir::fnv1a(&prompt_bytes),
-    })
+    });
+    // Settings added later appear only when used, so that older runs still resume.
+    if !e.guides.is_empty() {
+        v["guides"] = e
+            .guides
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "name": g.name,
+                    "weight": g.weight,
+                    "tuned": model_name(&g.tuned.describe()),
+                    "untuned": model_name(&g.untuned.describe()),
+                    "tuned_template": g.tuned.template.as_str(),
+                    "untuned_template": g.untuned.template.as_str(),
+                })
+            })
+            .collect();
+    }
+    if let Some(end) = cfg.chunk_end() {
+        v["chunk_entropy"] = end.entropy().into();
+        v["chunk_min"] = end.min_tokens().into();
+    }
+    v
 }
 
 /// Runs an evaluation, resuming what `spec.out` already holds, and writes the report;

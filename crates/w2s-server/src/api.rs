@@ -256,6 +256,12 @@ pub fn parse(
             "log-probabilities are not streamed (the search settles text before its tokens are final); send the request without `stream`",
         ));
     }
+    if stream && trace {
+        return Err(ApiError::invalid(
+            "search.trace",
+            "the trace is not streamed; send the request without `stream`",
+        ));
+    }
     if stream && many {
         return Err(ApiError::invalid(
             "prompt",
