@@ -541,7 +541,14 @@ pub fn guide_check(
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let found = py
         .detach(|| {
-            w2s_eval::guide_check_run(&run, gold.as_deref(), &candidates, threads, bins, &mut |_, _, _| {})
+            w2s_eval::guide_check_run(
+                &run,
+                gold.as_deref(),
+                &candidates,
+                threads,
+                bins,
+                &mut |_, _, _| {},
+            )
         })
         .map_err(fail)?;
     Ok(serde_json::json!({"run": run, "gold": found.gold, "candidates": found.checks}).to_string())

@@ -108,3 +108,27 @@ def test_ctrl_c_stops_an_evaluation_and_a_rerun_resumes(strong, small, tmp_path,
     lines = results.read_text().splitlines()
     assert len(lines) == 12 and lines[: len(done)] == done
     assert summary["methods"]["bon:4"]["n"] == 6
+
+
+def test_guide_check_rescores_a_run_with_candidate_pairs(strong, small, tmp_path):
+    prompts = [{"id": "a", "prompt": "The film opens on a quiet street, and"},
+               {"id": "b", "prompt": "I rented this movie last weekend and"}]
+    w2s.evaluate(prompts, methods=["sample", "bon:3"], seeds=[1, 2], out=tmp_path / "run",
+                 strong=strong, tuned=small, untuned=small, strong_template=STRONG_TEMPLATE,
+                 tuned_template=TUNED_TEMPLATE, threads=2, max_new_tokens=8, gold="vader")
+    pair = {"name": "positive", "tuned": small, "untuned": small, "tuned_template": TUNED_TEMPLATE}
+    flipped = {"name": "flipped", "tuned": small, "untuned": small, "untuned_template": TUNED_TEMPLATE}
+    got = w2s.guide_check(tmp_path / "run", pairs=[pair, flipped], bins=2, threads=2)
+    assert got["gold"] == "vader"
+    a, b = got["candidates"]
+    assert (a["name"], b["name"]) == ("positive", "flipped")
+    assert a["responses"] == b["responses"] > 0
+    assert a["pearson"] == pytest.approx(-b["pearson"], abs=1e-9)
+    assert len(a["bins"]) == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="results.jsonl"):
+        w2s.guide_check(tmp_path / "empty", pairs=[pair])
+    with pytest.raises(ValueError, match="no candidate"):
+        w2s.guide_check(tmp_path / "run")
+    with pytest.raises(ValueError, match="bins"):
+        w2s.guide_check(tmp_path / "run", pairs=[pair], bins=0)

@@ -631,3 +631,46 @@ fn guide_check_rescores_a_run_with_its_own_pair_to_the_values_it_ranked_by() {
         expect_usage_error(&args, needle);
     }
 }
+
+#[test]
+fn an_eval_with_adaptive_chunk_ends_searches_with_them() {
+    // A threshold every distribution exceeds and minimum 3: CBS 2x2 branches every 3
+    // tokens instead of every 9, so its responses change; sampling has no chunks and
+    // does not.
+    let dir = scratch("adaptive");
+    let p = prompts(&dir);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let mut args = eval_args(&p, &out, "sample,cbs:2x2x9");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = w2s(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut l = lines(&out.join("results.jsonl"));
+        l.sort_by_key(key);
+        l.into_iter()
+            .map(|v| {
+                let m = v["method"].as_str().unwrap().to_string();
+                (m, v["response"].as_str().unwrap().to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let adaptive = run(
+        "adaptive",
+        &["--chunk-entropy", "0.000001", "--chunk-min", "3"],
+    );
+    let fixed = run("fixed", &[]);
+    let differ = |m: &str| {
+        adaptive
+            .iter()
+            .zip(&fixed)
+            .filter(|(a, f)| a.0 == m && a.1 != f.1)
+            .count()
+    };
+    assert_eq!(differ("sample"), 0);
+    assert!(
+        differ("cbs:2x2x9") > 0,
+        "the chunk ends made no difference: {adaptive:?}"
+    );
+    let run_json = std::fs::read_to_string(dir.join("adaptive/run.json")).unwrap();
+    assert!(run_json.contains("\"chunk_entropy\""), "{run_json}");
+}

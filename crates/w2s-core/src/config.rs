@@ -316,6 +316,22 @@ impl SearchConfig {
         self.trace = trace;
         self
     }
+    /// The same settings with another method and seed; adaptive chunk ends carry over
+    /// to a method with chunks (CBS) and are dropped for one without (Best-of-N,
+    /// sampling). An error if the method's numbers are out of range, or its L is not above
+    /// the minimum chunk length.
+    pub fn with_method(&self, method: Method, seed: u64) -> Result<SearchConfig, ConfigError> {
+        SearchConfig::new(
+            method,
+            self.max_new_tokens,
+            self.beta,
+            seed,
+            self.sampling,
+            self.stop.clone(),
+        )?
+        .with_chunk_end(self.chunk_end.filter(|_| method.chunk_len().is_some()))
+        .map(|c| c.with_trace(self.trace))
+    }
     /// Adaptive chunk ends, if on.
     pub fn chunk_end(&self) -> Option<EntropyEnd> {
         self.chunk_end
@@ -424,5 +440,20 @@ mod tests {
         let bon = SearchConfig::new(Method::Bon { n: 4 }, 20, 1.0, 1, s, vec![]).unwrap();
         assert!(bon.clone().with_chunk_end(Some(end)).is_err());
         assert!(bon.with_chunk_end(None).is_ok());
+        // Another method keeps the ends where it has chunks.
+        let adaptive = cbs(8)
+            .unwrap()
+            .with_chunk_end(Some(end))
+            .unwrap()
+            .with_trace(true);
+        let b = adaptive.with_method(Method::Bon { n: 4 }, 7).unwrap();
+        assert_eq!((b.chunk_end(), b.seed(), b.trace()), (None, 7, true));
+        let c = adaptive
+            .with_method(Method::Cbs { w: 1, k: 2, l: 4 }, 1)
+            .unwrap();
+        assert_eq!(c.chunk_end(), Some(end));
+        assert!(adaptive
+            .with_method(Method::Cbs { w: 1, k: 2, l: 2 }, 1)
+            .is_err());
     }
 }

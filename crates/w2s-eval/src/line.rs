@@ -89,16 +89,7 @@ impl Worker {
             )));
         }
         let s = ctx.search;
-        let config = |m: Method| {
-            SearchConfig::new(
-                m,
-                s.max_new_tokens(),
-                s.beta(),
-                seed,
-                *s.sampling(),
-                s.stop().to_vec(),
-            )
-        };
+        let config = |m: Method| s.with_method(m, seed);
         let requests_before = self.requests_sent();
         let mut rec = match method {
             EvalMethod::Search(_) | EvalMethod::Guide => {

@@ -277,16 +277,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
     let mut run = run;
     parts.name_in(&mut run)?;
     let c = settings(run, task)?;
-    let config = |m: w2s_core::Method, seed: u64| {
-        w2s_core::SearchConfig::new(
-            m,
-            c.search.max_new_tokens(),
-            c.search.beta(),
-            seed,
-            *c.search.sampling(),
-            c.search.stop().to_vec(),
-        )
-    };
+    let config = |m: w2s_core::Method, seed: u64| c.search.with_method(m, seed);
     for m in &methods {
         if let EvalMethod::Search(m) = m {
             config(*m, 0).map_err(|e| usage(format!("--methods {m}: {e}")))?;

@@ -228,7 +228,8 @@ fn with_method(base: &SearchConfig, method: Method, t: usize) -> Result<SearchCo
         base.seed(),
         *base.sampling(),
         base.stop().to_vec(),
-    )?)
+    )?
+    .with_chunk_end(base.chunk_end().filter(|_| method.chunk_len().is_some()))?)
 }
 
 /// Raw sampling of `rows` rows of `t` tokens with no search and no scoring: the wall
