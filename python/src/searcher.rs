@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use w2s_core::{BackendError, Role, ScoreRequest, Scorer, SearchOutput, ValueFn};
+use w2s_core::{BackendError, Role, SearchOutput, ValueFn};
 use w2s_engine::{in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings};
 
 use crate::errors::{to_py, value_error, Slot};
@@ -364,14 +364,8 @@ impl LocalScorer {
                 .map(|t| s.model().tokenize_response(t).len())
                 .max()
                 .unwrap_or(0);
-            s.begin(prompt, texts.len(), longest + 1)?;
-            let requests: Vec<ScoreRequest<'_>> = texts
-                .iter()
-                .zip(&ended)
-                .enumerate()
-                .map(|(row, (text, &ended))| ScoreRequest { row, text, ended })
-                .collect();
-            s.score(&requests)
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            w2s_core::score_texts(&mut *s, prompt, &texts, &ended, longest + 1)
         });
         got.map_err(|e| to_py(&self.slot, e.kind(), e.to_string()))
     }
@@ -497,28 +491,8 @@ pub fn resolve_model(spec: &str) -> PathBuf {
 #[pyfunction]
 #[pyo3(signature = (trace, html, gold=None))]
 pub fn trace_html(trace: PathBuf, html: PathBuf, gold: Option<&str>) -> PyResult<usize> {
-    let fail = |e: w2s_eval::EvalError| to_py(&Slot::default(), e.kind(), e.to_string());
-    let mut vader = match gold {
-        None => None,
-        Some("vader") => Some(w2s_eval::Vader::new()),
-        Some(other) => {
-            return Err(value_error(format!(
-                "gold {other:?}: the trace page scores candidates with \"vader\" only"
-            )))
-        }
-    };
-    let records = w2s_eval::read_traces(&trace).map_err(fail)?;
-    let page = w2s_eval::trace_page(
-        &records,
-        vader.as_mut().map(|v| v as &mut dyn w2s_core::GoldReward),
-    )
-    .map_err(fail)?;
-    w2s_eval::write_page(&html, &page).map_err(fail)?;
-    Ok(records
-        .iter()
-        .flat_map(|r| &r.trace.steps)
-        .map(|s| s.rows.len())
-        .sum())
+    w2s_eval::draw_traces(&trace, &html, gold)
+        .map_err(|e| to_py(&Slot::default(), e.kind(), e.to_string()))
 }
 
 /// Checks candidate guide pairs against the gold of the run directory `run` (see

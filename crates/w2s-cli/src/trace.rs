@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use w2s_eval::{read_traces, trace_page, write_page, Vader};
+use w2s_eval::draw_traces;
 
-use crate::fail::{usage, Fail};
+use crate::fail::Fail;
 
 /// Arguments of `w2s trace`.
 #[derive(Debug, Args)]
@@ -23,31 +23,7 @@ pub struct TraceArgs {
 }
 
 pub fn run(args: TraceArgs) -> Result<(), Fail> {
-    let mut vader = match args.gold.as_deref() {
-        None => None,
-        Some("vader") => Some(Vader::new()),
-        Some(other) => {
-            return Err(usage(format!(
-                "--gold {other}: the trace page scores candidates with vader only; \
-                 use `w2s guide-check` for the judge"
-            )))
-        }
-    };
-    let records = read_traces(&args.file)?;
-    let page = trace_page(
-        &records,
-        vader.as_mut().map(|v| v as &mut dyn w2s_core::GoldReward),
-    )?;
-    write_page(&args.html, &page)?;
-    let candidates: usize = records
-        .iter()
-        .flat_map(|r| &r.trace.steps)
-        .map(|s| s.rows.len())
-        .sum();
-    eprintln!(
-        "wrote {} ({} searches, {candidates} candidates)",
-        args.html.display(),
-        records.len()
-    );
+    let candidates = draw_traces(&args.file, &args.html, args.gold.as_deref())?;
+    eprintln!("wrote {} ({candidates} candidates)", args.html.display());
     Ok(())
 }

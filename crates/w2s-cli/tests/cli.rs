@@ -182,7 +182,7 @@ fn trace_weights_and_chunk_ends_that_cannot_work() {
             "--prompt",
             "hi",
         ],
-        "every --guide weight are 0",
+        "every weight is 0 (beta included)",
     );
     expect_usage_error(
         &["--guide", "{weight = 1}", "--prompt", "hi"],

@@ -4,88 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::eval::{eval_args, expect_usage_error, key, lines, prompts, scratch, w2s, W2S};
 
-const W2S: &str = env!("CARGO_BIN_EXE_w2s");
-
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("w2s-eval-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Three short prompts.
-fn prompts(dir: &Path) -> String {
-    let p = dir.join("prompts.jsonl");
-    std::fs::write(
-        &p,
-        "{\"id\": \"a\", \"prompt\": \"I rented this movie last weekend and\"}\n\
-         {\"id\": \"b\", \"prompt\": \"The first thing you notice about this film is\"}\n\
-         {\"id\": \"c\", \"prompt\": \"My friends told me to see this one because\"}\n",
-    )
-    .unwrap();
-    p.to_string_lossy().into_owned()
-}
-
-fn eval_args(prompts: &str, out: &Path, methods: &str) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "eval",
-        "--config",
-        &repo("configs/eval-sentiment-a.toml"),
-        "--prompts",
-        prompts,
-        "--methods",
-        methods,
-        "--seeds",
-        "1,2",
-        "--max-new-tokens",
-        "8",
-        "--threads",
-        "2",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    a.push(out.to_string_lossy().into_owned());
-    a
-}
-
-fn w2s(args: &[String]) -> Output {
-    Command::new(W2S)
-        .args(args)
-        .env_remove("W2S_LOG")
-        .output()
-        .expect("run w2s")
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn key(v: &Value) -> (String, u64, String) {
-    (
-        v["method"].as_str().unwrap().into(),
-        v["seed"].as_u64().unwrap(),
-        v["prompt_id"].as_str().unwrap().into(),
-    )
-}
+#[allow(dead_code)] // shared with the other test binaries
+mod support;
 
 #[test]
 fn a_run_killed_with_kill_9_resumes_without_duplicates_and_redoes_a_torn_line() {
@@ -214,19 +140,6 @@ fn a_run_killed_with_kill_9_resumes_without_duplicates_and_redoes_a_torn_line() 
 }
 
 /// Runs `args`, expecting exit 2 with one `error:` line that contains `needle`.
-fn expect_usage_error(args: &[String], needle: &str) {
-    let o = w2s(args);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
-    let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errs.len(), 1, "{stderr}");
-    assert!(
-        errs[0].contains(needle),
-        "expected {needle:?} in {stderr:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 #[test]
 fn bad_input_is_refused_with_exit_2_and_nothing_written_is_lost() {
     let dir = scratch("bad");
@@ -523,154 +436,4 @@ fn searches_in_flight_give_the_lines_of_one_at_a_time_and_a_kill_loses_only_unfi
     zero.extend(["--parallel".to_string(), "0".to_string()]);
     expect_usage_error(&zero, "at least 1");
     assert!(!dir.join("zero").join("results.jsonl").exists());
-}
-
-#[test]
-fn guide_check_rescores_a_run_with_its_own_pair_to_the_values_it_ranked_by() {
-    let dir = scratch("guide-check");
-    let p = prompts(&dir);
-    let out = dir.join("run");
-    let run = w2s(&eval_args(&p, &out, "sample,bon:3"));
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let cfg = repo("configs/eval-sentiment-a.toml");
-    // The same pair with its templates swapped: every value negated.
-    let flipped = "{name = \"flipped\", tuned = \"smollm2-135m-instruct\", \
-                   untuned = \"smollm2-135m-instruct\", \
-                   tuned_template = \"{prompt}\", \
-                   untuned_template = \"chat:Write a very positive movie review.||{prompt}\"}";
-    let (json, values) = (dir.join("check.json"), dir.join("values.jsonl"));
-    let args: Vec<String> = [
-        "guide-check",
-        "--run",
-        out.to_str().unwrap(),
-        "--config",
-        &cfg,
-        "--pair",
-        flipped,
-        "--threads",
-        "2",
-        "--bins",
-        "3",
-        "--json",
-        json.to_str().unwrap(),
-        "--values",
-        values.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let got = w2s(&args);
-    let stdout = String::from_utf8_lossy(&got.stdout);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    assert!(
-        stdout.contains("| eval-sentiment-a |") && stdout.contains("| flipped |"),
-        "{stdout}"
-    );
-    // The run's own pair gives each response the guide value the search ranked it by.
-    let records = lines(&out.join("results.jsonl"));
-    let rescored = lines(&values);
-    assert!(!rescored.is_empty());
-    for r in &rescored {
-        let own = r["values"]["eval-sentiment-a"].as_f64().unwrap();
-        let flipped = r["values"]["flipped"].as_f64().unwrap();
-        assert!((own + flipped).abs() < 1e-9, "{r}");
-        let rec = records
-            .iter()
-            .find(|l| l["prompt_id"] == r["prompt_id"] && l["response"] == r["response"])
-            .unwrap();
-        assert!(
-            (rec["guide"].as_f64().unwrap() - own).abs() < 1e-6,
-            "{rec} {r}"
-        );
-    }
-    let check: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let c = check["candidates"].as_array().unwrap();
-    assert_eq!(check["gold"], "vader");
-    assert!((c[0]["pearson"].as_f64().unwrap() + c[1]["pearson"].as_f64().unwrap()).abs() < 1e-9);
-    assert_eq!(c[0]["bins"].as_array().unwrap().len(), 3);
-    // Bad input: an empty or missing run directory, no candidate.
-    let empty = dir.join("empty");
-    std::fs::create_dir_all(&empty).unwrap();
-    for (args, needle) in [
-        (
-            vec![
-                "guide-check",
-                "--run",
-                empty.to_str().unwrap(),
-                "--config",
-                cfg.as_str(),
-            ],
-            "has no results.jsonl",
-        ),
-        (
-            vec!["guide-check", "--run", out.to_str().unwrap()],
-            "no candidate guide",
-        ),
-        (
-            vec![
-                "guide-check",
-                "--run",
-                out.to_str().unwrap(),
-                "--config",
-                cfg.as_str(),
-                "--gold",
-                "judge",
-            ],
-            "no gold named judge",
-        ),
-    ] {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        expect_usage_error(&args, needle);
-    }
-}
-
-#[test]
-fn an_eval_with_adaptive_chunk_ends_searches_with_them() {
-    // A threshold every distribution exceeds and minimum 3: CBS 2x2 branches every 3
-    // tokens instead of every 9, so its responses change; sampling has no chunks and
-    // does not.
-    let dir = scratch("adaptive");
-    let p = prompts(&dir);
-    let run = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let mut args = eval_args(&p, &out, "sample,cbs:2x2x9");
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let o = w2s(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let mut l = lines(&out.join("results.jsonl"));
-        l.sort_by_key(key);
-        l.into_iter()
-            .map(|v| {
-                let m = v["method"].as_str().unwrap().to_string();
-                (m, v["response"].as_str().unwrap().to_string())
-            })
-            .collect::<Vec<_>>()
-    };
-    let adaptive = run(
-        "adaptive",
-        &["--chunk-entropy", "0.000001", "--chunk-min", "3"],
-    );
-    let fixed = run("fixed", &[]);
-    let differ = |m: &str| {
-        adaptive
-            .iter()
-            .zip(&fixed)
-            .filter(|(a, f)| a.0 == m && a.1 != f.1)
-            .count()
-    };
-    assert_eq!(differ("sample"), 0);
-    assert!(
-        differ("cbs:2x2x9") > 0,
-        "the chunk ends made no difference: {adaptive:?}"
-    );
-    let run_json = std::fs::read_to_string(dir.join("adaptive/run.json")).unwrap();
-    assert!(run_json.contains("\"chunk_entropy\""), "{run_json}");
 }

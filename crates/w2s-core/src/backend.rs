@@ -121,3 +121,41 @@ pub trait Scorer {
     /// Tokens this scorer has run through its model since the last `begin`.
     fn tokens_evaluated(&self) -> u64;
 }
+
+/// Scores whole texts as responses to `prompt` from a fresh start (rescoring, not a
+/// search): `begin` with one row per text and room for `max_new` tokens each, then one
+/// `score` call; the end term is included where `ended`. An error if the lengths differ
+/// or the scorer returns another number of values.
+pub fn score_texts(
+    scorer: &mut dyn Scorer,
+    prompt: &str,
+    texts: &[&str],
+    ended: &[bool],
+    max_new: usize,
+) -> Result<Vec<f64>, BackendError> {
+    if texts.len() != ended.len() {
+        return Err(BackendError::new(
+            crate::ErrorKind::Input,
+            format!("{} texts but {} ended flags", texts.len(), ended.len()),
+        ));
+    }
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    scorer.begin(prompt, texts.len(), max_new)?;
+    let requests: Vec<ScoreRequest<'_>> = texts
+        .iter()
+        .zip(ended)
+        .enumerate()
+        .map(|(row, (text, &ended))| ScoreRequest { row, text, ended })
+        .collect();
+    let values = scorer.score(&requests)?;
+    if values.len() != texts.len() {
+        return Err(BackendError::internal(format!(
+            "{} scores for {} texts",
+            values.len(),
+            texts.len()
+        )));
+    }
+    Ok(values)
+}

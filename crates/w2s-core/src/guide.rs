@@ -209,6 +209,28 @@ where
     }
 }
 
+/// Checks the terms of a weighted guide: at least one, every weight finite, not all
+/// zero (every response would then have the same value).
+pub fn check_weights(terms: &[TermName]) -> Result<(), ConfigError> {
+    if terms.is_empty() {
+        return Err(ConfigError::Weights(
+            "a weighted guide needs at least one term".into(),
+        ));
+    }
+    if let Some(t) = terms.iter().find(|t| !t.weight.is_finite()) {
+        return Err(ConfigError::Weights(format!(
+            "the weight of {} is {}; weights must be finite numbers",
+            t.name, t.weight
+        )));
+    }
+    if terms.iter().all(|t| t.weight == 0.0) {
+        return Err(ConfigError::Weights(
+            "every weight is 0 (beta included), so every response would have the same value".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A guide that is a weighted sum of others: `sum_i weight_i * value_i`, e.g. a
 /// sentiment pair with weight 1 and a fluency pair with weight 0.5. Each term keeps its
 /// own state; the trace shows each term's value ([`Guide::last_terms`]).
@@ -221,22 +243,8 @@ impl<'g> WeightedSum<'g> {
     /// The sum of `terms`; an error if there are none, or a weight is not finite, or
     /// every weight is zero.
     pub fn new(terms: Vec<(TermName, Box<dyn Guide + 'g>)>) -> Result<Self, ConfigError> {
-        if terms.is_empty() {
-            return Err(ConfigError::Weights(
-                "a weighted guide needs at least one term".into(),
-            ));
-        }
-        if let Some((t, _)) = terms.iter().find(|(t, _)| !t.weight.is_finite()) {
-            return Err(ConfigError::Weights(format!(
-                "the weight of {} is {}; weights must be finite numbers",
-                t.name, t.weight
-            )));
-        }
-        if terms.iter().all(|(t, _)| t.weight == 0.0) {
-            return Err(ConfigError::Weights(
-                "every weight is 0, so every response would have the same value".into(),
-            ));
-        }
+        let names: Vec<TermName> = terms.iter().map(|(t, _)| t.clone()).collect();
+        check_weights(&names)?;
         Ok(WeightedSum {
             terms,
             last: Vec::new(),

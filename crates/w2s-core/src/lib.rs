@@ -75,13 +75,15 @@ mod template;
 pub mod text;
 mod trace;
 
-pub use backend::{Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer};
+pub use backend::{
+    score_texts, Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer,
+};
 pub use config::{
     defaults, shown_f32, EntropyEnd, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS,
 };
 pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
-pub use guide::{Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
+pub use guide::{check_weights, Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
 pub use interrupt::Interrupt;
 pub use rng::RowRng;
 pub use search::{

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
 
 use w2s_core::{
-    search_guided, search_with_progress, BackendError, ChatTurn, Chunk, ExtendRequest, Guide,
-    Interrupt, LogRatio, Models, Progress, PromptTemplate, ProposalSetup, Proposer, Role,
-    ScoreRequest, Scorer, SearchConfig, SearchOutput, TermName, WeightedSum,
+    score_texts, search_guided, search_with_progress, BackendError, ChatTurn, Guide, Interrupt,
+    LogRatio, Models, Progress, PromptTemplate, Role, ScoreRequest, Scorer, SearchConfig,
+    SearchOutput, TermName, WeightedSum,
 };
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
@@ -16,134 +16,8 @@ use w2s_remote::{RemoteProposer, RemoteScorer};
 use crate::custom::CustomScorers;
 use crate::error::EngineError;
 use crate::prompt_check::PromptCheck;
+use crate::roles::{SmallModel, Strong};
 use crate::spec::{EngineSpec, RoleSource, RoleSpec, ROLES};
-
-/// The strong model: llama.cpp in this process, or a remote engine.
-pub enum Strong {
-    /// A GGUF model on llama.cpp.
-    Local(LlamaProposer),
-    /// An OpenAI-compatible engine.
-    Remote(RemoteProposer),
-}
-
-/// A small guide model: llama.cpp in this process, a remote engine, or a scorer the
-/// caller supplies.
-pub enum SmallModel {
-    /// A GGUF model on llama.cpp.
-    Local(LlamaScorer),
-    /// An OpenAI-compatible engine that echoes log-probabilities.
-    Remote(RemoteScorer),
-    /// Any [`Scorer`] (e.g. a Python object), given to [`Engine::build_with`].
-    Custom(Box<dyn Scorer + Send>),
-}
-
-impl Proposer for Strong {
-    fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        match self {
-            Strong::Local(p) => p.begin(setup),
-            Strong::Remote(p) => p.begin(setup),
-        }
-    }
-    fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-        match self {
-            Strong::Local(p) => p.extend(requests),
-            Strong::Remote(p) => p.extend(requests),
-        }
-    }
-    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        match self {
-            Strong::Local(p) => p.reorder(parents),
-            Strong::Remote(p) => p.reorder(parents),
-        }
-    }
-}
-
-impl Scorer for SmallModel {
-    fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        match self {
-            SmallModel::Local(s) => s.begin(prompt, rows, max_new),
-            SmallModel::Remote(s) => s.begin(prompt, rows, max_new),
-            SmallModel::Custom(s) => s.begin(prompt, rows, max_new),
-        }
-    }
-    fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        match self {
-            SmallModel::Local(s) => s.score(requests),
-            SmallModel::Remote(s) => s.score(requests),
-            SmallModel::Custom(s) => s.score(requests),
-        }
-    }
-    fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        match self {
-            SmallModel::Local(s) => s.reorder(parents),
-            SmallModel::Remote(s) => s.reorder(parents),
-            SmallModel::Custom(s) => s.reorder(parents),
-        }
-    }
-    fn tokens_evaluated(&self) -> u64 {
-        match self {
-            SmallModel::Local(s) => s.tokens_evaluated(),
-            SmallModel::Remote(s) => s.tokens_evaluated(),
-            SmallModel::Custom(s) => s.tokens_evaluated(),
-        }
-    }
-}
-
-impl SmallModel {
-    /// Another scorer on the same model (a local one gets a context of its own).
-    fn replica(
-        &self,
-        role: Role,
-        spec: &RoleSpec,
-        threads: usize,
-    ) -> Result<SmallModel, EngineError> {
-        Ok(match self {
-            SmallModel::Local(s) => SmallModel::Local(LlamaScorer::new(
-                s.model().clone(),
-                spec.template.clone(),
-                threads,
-            )),
-            SmallModel::Remote(s) => SmallModel::Remote(
-                s.replica()
-                    .map_err(|source| EngineError::Remote { role, source })?,
-            ),
-            SmallModel::Custom(_) => {
-                return Err(EngineError::input(format!(
-                    "an engine whose {role} model is {} cannot be replicated",
-                    spec.describe()
-                )))
-            }
-        })
-    }
-
-    fn set_template(&mut self, template: PromptTemplate) {
-        match self {
-            SmallModel::Local(s) => s.set_template(template),
-            SmallModel::Remote(s) => s.set_template(template),
-            SmallModel::Custom(_) => {}
-        }
-    }
-
-    fn local_mut(&mut self) -> Option<&mut LlamaScorer> {
-        match self {
-            SmallModel::Local(s) => Some(s),
-            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
-        }
-    }
-
-    fn local_model(&self) -> Option<&Arc<Model>> {
-        match self {
-            SmallModel::Local(s) => Some(s.model()),
-            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
-        }
-    }
-    fn requests_sent(&self) -> u64 {
-        match self {
-            SmallModel::Local(_) | SmallModel::Custom(_) => 0,
-            SmallModel::Remote(s) => s.requests_sent(),
-        }
-    }
-}
 
 /// One more pair of a weighted guide.
 struct ExtraPair {
@@ -424,49 +298,30 @@ impl Engine {
                 ended.len()
             )));
         }
-        let mut out = Vec::with_capacity(texts.len());
-        // At most 64 rows a call, as a search has.
-        for (texts, ended) in texts.chunks(64).zip(ended.chunks(64)) {
-            let requests: Vec<ScoreRequest<'_>> = texts
-                .iter()
-                .zip(ended)
-                .enumerate()
-                .map(|(row, (text, &ended))| ScoreRequest { row, text, ended })
-                .collect();
-            let mut values = [Vec::new(), Vec::new()];
-            for (k, (role, model)) in [
-                (Role::Tuned, &mut self.tuned),
-                (Role::Untuned, &mut self.untuned),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let wrap = |source: BackendError| {
-                    EngineError::Search(w2s_core::SearchError::Backend { role, source })
-                };
-                // Room for the longest text in the model's own tokens (a remote scorer
-                // sizes nothing by it).
-                let longest = match model.local_model() {
-                    Some(m) => texts.iter().map(|t| m.tokenize_response(t).len()).max(),
-                    None => texts.iter().map(|t| t.len()).max(),
-                }
-                .unwrap_or(0);
-                let _cpu =
-                    crate::gate::hold_if(&self.gate, self.rank, model.local_model().is_some());
-                model
-                    .begin(prompt, texts.len(), longest + 1)
-                    .map_err(wrap)?;
-                values[k] = model.score(&requests).map_err(wrap)?;
-                if values[k].len() != texts.len() {
-                    return Err(EngineError::Search(w2s_core::SearchError::Contract {
-                        role,
-                        message: format!("{} scores for {} texts", values[k].len(), texts.len()),
-                    }));
-                }
+        let mut values = [Vec::new(), Vec::new()];
+        let roles = [
+            (Role::Tuned, &mut self.tuned),
+            (Role::Untuned, &mut self.untuned),
+        ];
+        for (k, (role, model)) in roles.into_iter().enumerate() {
+            // Room for the longest text in the model's own tokens (a remote scorer sizes
+            // nothing by it).
+            let longest = match model.local_model() {
+                Some(m) => texts.iter().map(|t| m.tokenize_response(t).len()).max(),
+                None => texts.iter().map(|t| t.len()).max(),
+            };
+            let _cpu = crate::gate::hold_if(&self.gate, self.rank, model.local_model().is_some());
+            // At most 64 rows a call, as a search has.
+            for (texts, ended) in texts.chunks(64).zip(ended.chunks(64)) {
+                let got = score_texts(model, prompt, texts, ended, longest.unwrap_or(0) + 1)
+                    .map_err(|source| {
+                        EngineError::Search(w2s_core::SearchError::Backend { role, source })
+                    })?;
+                values[k].extend(got);
             }
-            out.extend(values[0].iter().copied().zip(values[1].iter().copied()));
         }
-        Ok(out)
+        let [tuned, untuned] = values;
+        Ok(tuned.into_iter().zip(untuned).collect())
     }
 
     /// The earlier chat turns set by [`Engine::set_history`].

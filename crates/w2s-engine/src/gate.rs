@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, ScoreRequest, Scorer};
 
-use crate::engine::{SmallModel, Strong};
+use crate::roles::{SmallModel, Strong};
 
 /// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
 /// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use w2s_core::{defaults, EntropyEnd, Method, Role, SamplingParams, SearchConfig};
+use w2s_core::{
+    check_weights, defaults, EntropyEnd, Method, Role, SamplingParams, SearchConfig, TermName,
+};
 use w2s_llama::LoadOptions;
 
 use crate::error::EngineError;
@@ -240,14 +242,19 @@ impl RunSettings {
             .enumerate()
             .map(|(i, t)| t.check(i + 1))
             .collect::<Result<Vec<_>, _>>()?;
-        if !specs.is_empty()
-            && self.beta.unwrap_or(defaults::BETA) == 0.0
-            && specs.iter().all(|g| g.weight == 0.0)
-        {
-            return Err(EngineError::input(
-                "guide weights: beta and every --guide weight are 0, so every response would \
-                 have the same value",
-            ));
+        if !specs.is_empty() {
+            // The weights the search's WeightedSum checks, checked before any model loads.
+            let main = TermName {
+                name: "main".into(),
+                weight: self.beta.unwrap_or(defaults::BETA),
+            };
+            let terms: Vec<TermName> = std::iter::once(main)
+                .chain(specs.iter().map(|g| TermName {
+                    name: g.name.clone(),
+                    weight: g.weight,
+                }))
+                .collect();
+            check_weights(&terms)?;
         }
         Ok(specs)
     }

@@ -234,12 +234,6 @@ impl GuideTable {
     /// The checked pair; `n` numbers it in the default name.
     pub fn check(&self, n: usize) -> Result<GuideSpec, EngineError> {
         let name = self.name.clone().unwrap_or_else(|| format!("guide {n}"));
-        if !self.weight.is_finite() {
-            return Err(EngineError::input(format!(
-                "the weight of {name} is {}; weights must be finite numbers",
-                self.weight
-            )));
-        }
         let role = |r: Role, model: &str, template: &Option<String>| {
             RoleSpec::parse(r, Some(model), None, template.as_deref())
                 .map_err(|e| EngineError::input(format!("{name}: {e}")))

@@ -74,5 +74,7 @@ pub use report::report;
 pub use run::{evaluate, evaluate_with, EvalSpec, Plugins, Task};
 pub use store::{read_records, GoldScore, PairScore, Record, Timings};
 pub use summary::{summarize, Interval, MethodSummary, Paired, Summary};
-pub use trace_page::{candidate_texts, read_traces, trace_page, write_page, TraceRecord};
+pub use trace_page::{
+    candidate_texts, draw_traces, read_traces, trace_page, write_page, TraceRecord,
+};
 pub use winrate::{logistic_fit, WinRates};

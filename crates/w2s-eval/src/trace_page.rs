@@ -179,6 +179,30 @@ pub fn write_page(path: &Path, page: &str) -> Result<(), EvalError> {
         })
 }
 
+/// Reads the trace file `trace`, draws it into the page `html` (every candidate scored by
+/// `gold` where given: `vader`, the one cheap gold) and returns the number of candidates
+/// drawn: what `w2s trace` and `w2s.trace_html` do.
+pub fn draw_traces(trace: &Path, html: &Path, gold: Option<&str>) -> Result<usize, EvalError> {
+    let mut vader = match gold {
+        None => None,
+        Some("vader") => Some(crate::Vader::new()),
+        Some(other) => {
+            return Err(usage(format!(
+                "gold {other}: the trace page scores candidates with vader only; \
+                 use `w2s guide-check` for the judge"
+            )))
+        }
+    };
+    let records = read_traces(trace)?;
+    let page = trace_page(&records, vader.as_mut().map(|v| v as &mut dyn GoldReward))?;
+    write_page(html, &page)?;
+    Ok(records
+        .iter()
+        .flat_map(|r| &r.trace.steps)
+        .map(|s| s.rows.len())
+        .sum())
+}
+
 const PAGE: &str = include_str!("trace_page.html");
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
 pub mod bad_bodies;
+pub mod eval;
 pub mod server;
 pub mod vllm;
