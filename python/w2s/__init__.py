@@ -265,8 +265,8 @@ class Searcher:
             CLI's --guide table ("weight", "tuned", "untuned", optional "name",
             "tuned_template", "untuned_template"); the guide is then beta * (pair) +
             sum of weight * (pair).
-        chunk_entropy, chunk_min: adaptive chunk ends (local strong models), as the
-            CLI's --chunk-entropy / --chunk-min.
+        chunk_entropy, chunk_min: adaptive chunk ends, as the CLI's --chunk-entropy /
+            --chunk-min (a remote strong model's engine must return top log-probs).
         config: a TOML file with any of these settings (as `w2s --config`).
         strong_template, tuned_template, untuned_template: how each model is given
             the prompt: "... {prompt} ..." or "chat:USER||ASSISTANT-PREFIX".

@@ -218,18 +218,6 @@ fn trace_weights_and_chunk_ends_that_cannot_work() {
         &["--chunk-entropy", "2", "--method", "bon", "--prompt", "hi"],
         "bon:16 has no chunks",
     );
-    // A remote strong model cannot end chunks by entropy: refused before any request.
-    expect_usage_error(
-        &[
-            "--strong",
-            "http://127.0.0.1:9/v1#m",
-            "--chunk-entropy",
-            "2",
-            "--prompt",
-            "hi",
-        ],
-        "adaptive chunk ends need the strong model's whole next-token distribution",
-    );
 }
 
 #[test]

@@ -2,6 +2,13 @@
 //! unreachable endpoint is a runtime failure (exit 1) after the bounded retries. Searches
 //! against a real server are tested in crates/w2s-remote/tests.
 
+#[allow(dead_code)]
+#[path = "../../w2s-remote/tests/common/proxy.rs"]
+mod proxy;
+#[allow(dead_code)]
+#[path = "../../w2s-remote/tests/common/stub.rs"]
+mod stub;
+
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
@@ -113,4 +120,31 @@ fn eft_with_a_remote_role_is_refused_before_any_work() {
         stderr(&o)
     );
     assert!(!dir.join("run.json").exists(), "nothing is written");
+}
+
+#[test]
+fn adaptive_chunk_ends_on_an_engine_without_top_logprobs_are_an_input_error() {
+    // The engine answers, but with text only: nothing to read an entropy from.
+    let engine = stub::Stub::start("openai", None, |_| {
+        (200, stub::completion(&[(" and it was fine", "length")], 5))
+    });
+    let strong = format!("{}#m", engine.url);
+    let o = w2s(&[
+        "--strong",
+        &strong,
+        "--tuned",
+        "smollm2-135m-instruct",
+        "--untuned",
+        "smollm2-135m-instruct",
+        "--chunk-entropy",
+        "2",
+        "--max-new-tokens",
+        "10",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("need the engine's top log-probabilities") && err.lines().count() <= 2,
+        "{err}"
+    );
 }

@@ -366,6 +366,37 @@ fn the_chat_api_continues_the_assistant_message() {
     )
     .unwrap();
     assert!(!out.best().text.trim().is_empty(), "{:?}", out.best());
+    // Adaptive chunk ends and chunk log-probs through the chat shape of log-probs.
+    let adaptive = config
+        .with_chunk_end(Some(EntropyEnd::new(1, 1.0).unwrap()))
+        .unwrap()
+        .with_trace(true);
+    let out = search(
+        &adaptive,
+        PROMPT,
+        Models {
+            strong: &mut strong,
+            tuned: &mut tuned,
+            untuned: &mut untuned,
+        },
+    )
+    .unwrap();
+    let trace = out.trace.expect("traced");
+    let rows = || {
+        trace
+            .steps
+            .iter()
+            .flat_map(|s| &s.rows)
+            .filter(|r| r.tokens > 0)
+    };
+    assert!(
+        rows().all(|r| r.strong_logprob.is_some_and(|l| l < 0.0)),
+        "{trace:?}"
+    );
+    assert!(
+        rows().any(|r| r.finish.is_none() && r.tokens < 4),
+        "{trace:?}"
+    );
     // Continuing the final message: the text goes on from the prompt, not a new turn.
     let (status, reply) = vllm().post(
         "/v1/chat/completions",
@@ -470,4 +501,94 @@ fn eval_with_parallel_searches_bench_and_serve_run_on_vllm() {
         "1",
     ]));
     assert!(bench.contains("cbs:2x2x5"), "{bench}");
+}
+
+/// The text of the candidate before row `r` of step `s` of a trace added its chunk.
+fn text_before(steps: &[Value], s: usize, r: usize) -> String {
+    let mut chunks = Vec::new();
+    let mut at = steps[s]["rows"][r]["parent"].as_u64();
+    for step in steps[..s].iter().rev() {
+        let Some(p) = at else { break };
+        let row = &step["rows"][p as usize];
+        chunks.push(row["chunk"].as_str().unwrap().to_string());
+        at = row["parent"].as_u64();
+    }
+    chunks.reverse();
+    chunks.concat()
+}
+
+#[test]
+fn adaptive_chunk_ends_and_chunk_logprobs_come_from_vllms_top_logprobs() {
+    let _one = serial();
+    let dir = scratch("adaptive");
+    let cfg = config(&dir, &vllm().url, "prompt-logprobs", true);
+    let trace = dir.join("trace.jsonl");
+    let (threshold, min, cap) = (2.5, 2, 6);
+    ok(w2s(&[
+        "generate",
+        "--config",
+        &cfg,
+        "--method",
+        "cbs:2x2x6",
+        "--max-new-tokens",
+        "18",
+        "--chunk-entropy",
+        "2.5",
+        "--chunk-min",
+        "2",
+        "--seed",
+        "3",
+        "--prompt",
+        PROMPT,
+        "--trace",
+        trace.to_str().unwrap(),
+    ]));
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&trace).unwrap().trim()).unwrap();
+    let steps = line["trace"]["steps"].as_array().unwrap();
+    let model = Model::load(&f32_gguf(NAME), LoadOptions::default()).unwrap();
+    let mut local = LlamaScorer::new(model, PromptTemplate::new(IMDB).unwrap(), 1);
+    let prompt = IMDB.replace("{prompt}", PROMPT);
+    let (mut at_cut, mut gaps) = (Vec::new(), Vec::new());
+    for (s, step) in steps.iter().enumerate() {
+        for (r, row) in step["rows"].as_array().unwrap().iter().enumerate() {
+            let tokens = row["tokens"].as_u64().unwrap() as usize;
+            if tokens == 0 {
+                continue; // an ended candidate competing again
+            }
+            assert!(tokens <= cap, "{row}");
+            // The chunk's log-probability from vLLM against the same weights read locally.
+            let before = text_before(steps, s, r);
+            let chunk = row["chunk"].as_str().unwrap();
+            let lp = row["strong_logprob"]
+                .as_f64()
+                .expect("the chunk's log-probability");
+            let whole = score_once(&mut local, PROMPT, &format!("{before}{chunk}"), false).unwrap();
+            let head = score_once(&mut local, PROMPT, &before, false).unwrap();
+            gaps.push((lp - (whole - head)).abs() / tokens as f64);
+            if !row["finish"].is_null() || tokens == cap {
+                continue;
+            }
+            assert!(tokens >= min, "{row}");
+            let reply = completions(json!({"prompt": format!("{prompt}{before}{chunk}"),
+                "max_tokens": 1, "logprobs": 20}));
+            let tops = reply["choices"][0]["logprobs"]["top_logprobs"][0]
+                .as_object()
+                .unwrap();
+            let mut lps: Vec<f64> = tops.values().map(|v| v.as_f64().unwrap()).collect();
+            lps.sort_by(|a, b| b.total_cmp(a));
+            lps.truncate(20);
+            at_cut.push(sampling::entropy_lower_bound(lps));
+        }
+    }
+    gaps.sort_by(f64::total_cmp);
+    eprintln!("entropy bound at the early cuts: {at_cut:.2?}; per-token |vLLM - local| of chunk log-probs, sorted: {gaps:.3?}");
+    assert!(!at_cut.is_empty(), "no chunk ended early: {line}");
+    let above = at_cut.iter().filter(|&&h| h > threshold).count();
+    assert!(above * 4 >= at_cut.len() * 3, "{at_cut:?}");
+    // Most chunks read back token for token; a re-tokenised one may differ.
+    assert!(
+        gaps[gaps.len() / 2] < PER_TOKEN && gaps[gaps.len() - 1] < 1.0,
+        "{gaps:?}"
+    );
 }

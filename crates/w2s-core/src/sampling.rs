@@ -185,6 +185,35 @@ pub fn entropy(logits: &[f32]) -> f64 {
     (-expected).max(0.0)
 }
 
+/// A lower bound, in nats, on the entropy of a distribution known only by its largest
+/// log-probabilities (an engine's top log-probs): every unlisted outcome is at most as
+/// likely as the least likely listed one, and the least entropy the unlisted mass can
+/// have under that cap is as many outcomes at the cap as fit plus one of the rest.
+/// Exact when the listed mass is 1, and when the unlisted outcomes are equally likely as
+/// the least listed. Non-finite or positive values count as unlisted (an engine's `-inf`,
+/// rounding).
+pub fn entropy_lower_bound(top_logprobs: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut listed, mut h, mut cap) = (0f64, 0f64, 1f64);
+    for lp in top_logprobs {
+        if lp.is_finite() && lp <= 0.0 {
+            let p = lp.exp();
+            listed += p;
+            h -= p * lp;
+            cap = cap.min(p);
+        }
+    }
+    let rest = 1.0 - listed;
+    if rest > 1e-12 && cap > 0.0 {
+        let full = (rest / cap).floor();
+        let last = rest - full * cap;
+        h -= full * cap * cap.ln();
+        if last > 1e-12 {
+            h -= last * last.ln();
+        }
+    }
+    h.max(0.0)
+}
+
 /// The largest value (NaN ignored; -inf for an empty slice).
 fn max_f32(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
@@ -251,6 +280,43 @@ mod tests {
         assert!((entropy(&[3f32.ln(), 0.0]) - h).abs() < 1e-5);
         assert_eq!(entropy(&[]), 0.0);
         assert_eq!(entropy(&[f32::NEG_INFINITY]), 0.0);
+    }
+
+    #[test]
+    fn the_top_k_bound_is_exact_for_a_whole_distribution_and_below_otherwise() {
+        let h = -(0.75f64 * 0.75f64.ln() + 0.25 * 0.25f64.ln());
+        let whole = [0.75f64.ln(), 0.25f64.ln()];
+        assert!((entropy_lower_bound(whole) - h).abs() < 1e-9);
+        // 1000 equal outcomes known by their top 20: the rest fit 980 outcomes at the cap.
+        let lp = (1e-3f64).ln();
+        let bound = entropy_lower_bound(std::iter::repeat_n(lp, 20));
+        assert!((bound - 1000f64.ln()).abs() < 1e-6, "{bound}");
+        // One listed outcome at 0.5: the least-entropy rest is one more at 0.5.
+        assert!((entropy_lower_bound([0.5f64.ln()]) - 2f64.ln()).abs() < 1e-9);
+        // 0.6 listed: the rest (0.4) fits under the cap as one outcome.
+        let h = -(0.6f64 * 0.6f64.ln() + 0.4 * 0.4f64.ln());
+        assert!((entropy_lower_bound([0.6f64.ln()]) - h).abs() < 1e-9);
+        // The top k of a real distribution give at most its entropy, closer as k grows.
+        let logits: Vec<f32> = (0..500).map(|i| ((i * 37) % 101) as f32 / 9.0).collect();
+        let lse = log_sum_exp(&logits);
+        let mut lps: Vec<f64> = logits.iter().map(|&l| l as f64 - lse).collect();
+        lps.sort_by(|a, b| b.total_cmp(a));
+        let mut last = 0.0;
+        for k in [1, 5, 20, 100, 500] {
+            let b = entropy_lower_bound(lps[..k].iter().copied());
+            assert!(
+                b <= entropy(&logits) + 1e-6 && b >= last - 1e-9,
+                "k {k}: {b}"
+            );
+            last = b;
+        }
+        assert!((entropy_lower_bound(lps.iter().copied()) - entropy(&logits)).abs() < 1e-4);
+        // Missing values (an engine's -inf, rounding above 0) are skipped; nothing is 0.
+        assert_eq!(
+            entropy_lower_bound([f64::NEG_INFINITY, 1e-9, f64::NAN]),
+            0.0
+        );
+        assert_eq!(entropy_lower_bound([]), 0.0);
     }
 
     #[test]

@@ -121,6 +121,7 @@ mod proposer;
 mod reply;
 mod retry;
 mod scorer;
+mod tokens;
 
 pub use endpoint::{is_remote, Api, Endpoint, Engine, RemoteSpec, ScoreApi};
 pub use error::RemoteError;

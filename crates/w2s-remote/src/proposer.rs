@@ -3,14 +3,15 @@
 
 use serde_json::{json, Value};
 use w2s_core::{
-    BackendError, Chunk, ExtendRequest, FilledPrompt, PromptTemplate, ProposalSetup, Proposer,
-    SamplingParams,
+    BackendError, Chunk, EntropyEnd, ExtendRequest, FilledPrompt, PromptTemplate, ProposalSetup,
+    Proposer, SamplingParams,
 };
 
 use crate::client::Client;
 use crate::endpoint::{Api, Endpoint, Engine};
 use crate::error::RemoteError;
 use crate::reply::{advance, n_bound, parse_choices, Raw, RowText};
+use crate::tokens::{chunk_logprob, cut_at_entropy, TOP_LOGPROBS};
 
 /// A strong model on a remote engine, used as a black box that returns sampled text.
 ///
@@ -36,6 +37,10 @@ struct State {
     max_new: usize,
     sampling: SamplingParams,
     stop: Vec<String>,
+    /// Adaptive chunk ends, read from the engine's top log-probs.
+    chunk_end: Option<EntropyEnd>,
+    /// Chunks carry their log-probability (a trace).
+    logprobs: bool,
 }
 
 /// One HTTP request: the rows (request indices) it serves, its seed and budget.
@@ -100,14 +105,6 @@ impl RemoteProposer {
     }
 
     fn begin_inner(&mut self, setup: &ProposalSetup<'_>) -> Result<(), RemoteError> {
-        if setup.chunk_end.is_some() {
-            return Err(RemoteError::Unsupported(
-                "adaptive chunk ends need the strong model's whole next-token distribution, \
-                 which w2s reads only from a local GGUF strong model; drop --chunk-entropy or \
-                 run the strong model locally"
-                    .into(),
-            ));
-        }
         let prompt = self
             .template
             .fill(setup.prompt)
@@ -149,6 +146,8 @@ impl RemoteProposer {
             max_new: setup.max_new_tokens,
             sampling: *setup.sampling,
             stop: setup.stop.to_vec(),
+            chunk_end: setup.chunk_end,
+            logprobs: setup.logprobs,
         });
         Ok(())
     }
@@ -196,10 +195,21 @@ impl RemoteProposer {
         if !st.stop.is_empty() {
             body["stop"] = json!(st.stop);
         }
+        // Per-token log-probs: top ones for adaptive chunk ends, the sampled token's for a
+        // trace (pre-sampling on llama-server: the model's own distribution).
+        let per_token = st.chunk_end.is_some() || st.logprobs;
+        let top = if st.chunk_end.is_some() {
+            TOP_LOGPROBS
+        } else {
+            0
+        };
         match &st.prompt {
             FilledPrompt::Text(t) => {
                 body["prompt"] = json!(format!("{t}{row_text}"));
-                if n > 1 {
+                if per_token {
+                    let least = usize::from(engine == Engine::LlamaServer);
+                    body["logprobs"] = json!(top.max(least));
+                } else if n > 1 {
                     if engine == Engine::LlamaServer {
                         // `logprobs: 0` returns none there; the sampler's own candidates
                         // (post-sampling) are cheap, the full vocabulary is not.
@@ -225,7 +235,7 @@ impl RemoteProposer {
                 body["continue_final_message"] = json!(true);
                 body["add_generation_prompt"] = json!(false);
                 body["logprobs"] = json!(true);
-                body["top_logprobs"] = json!(0);
+                body["top_logprobs"] = json!(top);
             }
         }
         body
@@ -365,14 +375,30 @@ impl RemoteProposer {
             .ok_or_else(|| RemoteError::Usage("extend before begin".into()))?;
         let mut out = Vec::with_capacity(raws.len());
         for (req, raw) in raws.into_iter().enumerate() {
-            let raw = raw
+            let mut raw = raw
                 .ok_or_else(|| RemoteError::Usage("the engine returned too few samples".into()))?;
-            out.push(advance(
-                &mut st.rows[row_of[req]],
-                raw,
-                &st.stop,
-                st.max_new,
-            ));
+            if let Some(end) = st.chunk_end {
+                if raw
+                    .steps
+                    .as_ref()
+                    .is_none_or(|s| s.iter().all(|s| s.entropy.is_none()))
+                {
+                    return Err(RemoteError::Unsupported(format!(
+                        "adaptive chunk ends (--chunk-entropy) need the engine's top \
+                         log-probabilities, and {url} returned none: drop --chunk-entropy or \
+                         use an engine that returns them (vLLM, SGLang, llama-server)"
+                    )));
+                }
+                cut_at_entropy(&mut raw, end);
+            }
+            let logprob = if st.logprobs {
+                chunk_logprob(&raw)
+            } else {
+                None
+            };
+            let mut chunk = advance(&mut st.rows[row_of[req]], raw, &st.stop, st.max_new);
+            chunk.logprob = logprob;
+            out.push(chunk);
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@ use w2s_core::{Chunk, Finish};
 
 use crate::client::snippet;
 use crate::error::RemoteError;
+use crate::tokens::{parse_steps, Step};
 
 /// One row as the engine knows it.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,8 @@ pub(crate) struct Raw {
     pub(crate) text: String,
     pub(crate) tokens: usize,
     pub(crate) finish: Option<Finish>,
+    /// Its tokens with their log-probabilities, when the engine returned them.
+    pub(crate) steps: Option<Vec<Step>>,
 }
 
 /// Adds the engine's sample to the row and returns what the search gets of it.
@@ -47,6 +50,7 @@ pub(crate) fn advance(row: &mut RowText, raw: Raw, stop: &[String], max_new: usi
         mut text,
         tokens,
         mut finish,
+        ..
     } = raw;
     if finish.is_none() {
         let clean = text.trim_end_matches('\u{FFFD}').len();
@@ -194,6 +198,7 @@ pub(crate) fn parse_choices(
                 text: text.to_string(),
                 tokens,
                 finish,
+                steps: parse_steps(c),
             })
         })
         .collect()
@@ -211,6 +216,7 @@ mod tests {
             text: text.into(),
             tokens,
             finish,
+            steps: None,
         }
     }
 

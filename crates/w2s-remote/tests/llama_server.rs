@@ -442,3 +442,77 @@ fn n_above_the_slot_count_is_split_on_llama_server() {
         unknown.requests_sent()
     );
 }
+
+/// The text of the candidate before row `r` of step `s` added its chunk.
+fn text_before(trace: &Trace, s: usize, r: usize) -> String {
+    let mut chunks = Vec::new();
+    let mut at = trace.steps[s].rows[r].parent;
+    for step in trace.steps[..s].iter().rev() {
+        let Some(p) = at else { break };
+        chunks.push(step.rows[p].chunk.as_str());
+        at = step.rows[p].parent;
+    }
+    chunks.iter().rev().copied().collect()
+}
+
+/// The top-`k` entropy bound of the server's next-token distribution after `text`.
+fn entropy_after(server: &LlamaServer, text: &str, k: usize) -> f64 {
+    let body = json!({"model": "gemma", "prompt": text, "max_tokens": 1, "logprobs": k});
+    let (status, reply) = server.post("/v1/completions", &body).unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let v: Value = serde_json::from_str(&reply).unwrap();
+    let tops = v["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no top log-probs: {v}"))
+        .iter()
+        .map(|t| t["logprob"].as_f64().unwrap())
+        .collect::<Vec<_>>();
+    sampling::entropy_lower_bound(tops)
+}
+
+#[test]
+fn adaptive_chunk_ends_on_llama_server_fall_where_the_strong_model_is_unsure() {
+    let _turn = serial();
+    let server = LlamaServer::start(STRONG, "gemma", 1, &["--no-cache-prompt"]);
+    let mut strong = strong(&server.url, IMDB);
+    let mut guides = guides();
+    let (threshold, min, cap) = (2.5, 2, 8);
+    let cfg = config("cbs:2x2x8", 24, SamplingParams::default(), &[])
+        .with_chunk_end(Some(EntropyEnd::new(min, threshold).unwrap()))
+        .unwrap()
+        .with_trace(true);
+    let out = run(&mut strong, &mut guides, &cfg, PROMPT).unwrap();
+    check_output(&out, 24);
+    let trace = out.trace.expect("traced");
+    let prompt = IMDB.replace("{prompt}", PROMPT);
+    let (mut early, mut at_cut, mut at_cut_wide) = (0, Vec::new(), Vec::new());
+    for (s, step) in trace.steps.iter().enumerate() {
+        for (r, row) in step.rows.iter().enumerate() {
+            if row.tokens == 0 {
+                continue; // an ended candidate competing again
+            }
+            let lp = row.strong_logprob.expect("the chunk's log-probability");
+            assert!(lp.is_finite() && lp <= 0.0, "{row:?}");
+            assert!(row.tokens <= cap, "{row:?}");
+            if row.finish.is_some() || row.tokens == cap {
+                continue;
+            }
+            // Ended early: at least the minimum, and the engine unsure of what comes next.
+            assert!(row.tokens >= min, "{row:?}");
+            early += 1;
+            let text = format!("{prompt}{}{}", text_before(&trace, s, r), row.chunk);
+            at_cut.push(entropy_after(&server, &text, 20));
+            at_cut_wide.push(entropy_after(&server, &text, 1000));
+        }
+    }
+    eprintln!("entropy bound at the {early} early cuts, top 20: {at_cut:.2?}; top 1000: {at_cut_wide:.2?}");
+    assert!(early > 0, "no chunk ended early: {trace:?}");
+    // Re-reading the text may tokenise it a little differently from the sampled tokens,
+    // so a few cuts may fall just under; a cut off by a token would fall anywhere.
+    let mean = at_cut.iter().sum::<f64>() / at_cut.len() as f64;
+    let above = at_cut.iter().filter(|&&h| h > threshold).count();
+    assert!(
+        mean > threshold && above * 4 >= at_cut.len() * 3,
+        "{at_cut:?}"
+    );
+}

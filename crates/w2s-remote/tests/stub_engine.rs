@@ -326,3 +326,123 @@ fn character_completed_past_max_tokens_is_accepted() {
     .unwrap_err();
     assert!(e.to_string().contains("6 tokens for max_tokens = 2"), "{e}");
 }
+
+/// A legacy-shape completion with per-token log-probs: each token with its log-prob and
+/// either a sure next-token distribution (one outcome at 0.99) or an unsure one (five
+/// equal outcomes: entropy ln 5 = 1.61 nats).
+fn with_logprobs(tokens: &[(&str, bool)], finish: &str) -> Value {
+    let text: String = tokens.iter().map(|(t, _)| *t).collect();
+    let tops: Vec<Value> = tokens
+        .iter()
+        .map(|(t, unsure)| {
+            if *unsure {
+                json!({*t: -1.609, "a": -1.609, "b": -1.609, "c": -1.609, "d": -1.609})
+            } else {
+                json!({*t: -0.01})
+            }
+        })
+        .collect();
+    let lps: Vec<f64> = tokens
+        .iter()
+        .map(|(_, u)| if *u { -1.609 } else { -0.01 })
+        .collect();
+    let names: Vec<&str> = tokens.iter().map(|(t, _)| *t).collect();
+    json!({"object": "text_completion", "choices": [{"index": 0, "text": text,
+        "finish_reason": finish, "logprobs": {"tokens": names, "token_logprobs": lps,
+        "top_logprobs": tops}}], "usage": {"completion_tokens": tokens.len()}})
+}
+
+fn adaptive(max_new: usize, min: usize) -> SearchConfig {
+    SearchConfig::new(
+        Method::Cbs { w: 1, k: 1, l: 5 },
+        max_new,
+        1.0,
+        3,
+        SamplingParams::default(),
+        vec![],
+    )
+    .unwrap()
+    .with_chunk_end(Some(EntropyEnd::new(min, 1.0).unwrap()))
+    .unwrap()
+    .with_trace(true)
+}
+
+#[test]
+fn adaptive_chunk_ends_cut_a_remote_sample_at_its_first_unsure_token() {
+    let stub = Stub::start("vllm", None, |body| {
+        let prompt = prompt_of(body);
+        if prompt.ends_with("\nA:") {
+            let t = [
+                (" The", true),
+                (" film", false),
+                (" was", false),
+                (" great", true),
+                ("!", false),
+            ];
+            (200, with_logprobs(&t, "length"))
+        } else if prompt.ends_with("A: The film was") {
+            (
+                200,
+                with_logprobs(&[(" great", false), (" fun", false)], "stop"),
+            )
+        } else {
+            (
+                200,
+                completion(&[("(the cut text was not continued)", "stop")], 3),
+            )
+        }
+    });
+    let mut strong = proposer(&stub.url);
+    let out = search(
+        &adaptive(20, 2),
+        "how was it?",
+        Models {
+            strong: &mut strong,
+            tuned: &mut LengthScorer,
+            untuned: &mut Zero,
+        },
+    )
+    .unwrap();
+    // " The" is unsure but under the minimum; " great" ends the first chunk.
+    assert_eq!(out.best().text, " The film was great fun");
+    assert_eq!(out.best().strong_tokens, 5);
+    let trace = out.trace.expect("traced");
+    let chunks: Vec<(&str, usize)> = trace
+        .steps
+        .iter()
+        .map(|s| (s.rows[0].chunk.as_str(), s.rows[0].tokens))
+        .collect();
+    assert_eq!(chunks, [(" The film was", 3), (" great fun", 2)]);
+    // The chunk's log-probability is the sum over the tokens it kept.
+    let lp = trace.steps[0].rows[0].strong_logprob.unwrap();
+    assert!((lp - (-1.609 - 0.02)).abs() < 1e-9, "{lp}");
+    let bodies = stub.bodies();
+    assert!(
+        bodies.iter().all(|b| b["logprobs"] == json!(20)),
+        "{bodies:?}"
+    );
+}
+
+#[test]
+fn adaptive_chunk_ends_on_an_engine_without_top_logprobs_are_refused() {
+    let stub = Stub::start("openai", None, |_| {
+        (200, completion(&[(" fine", "length")], 5))
+    });
+    let mut strong = proposer(&stub.url);
+    let err = search(
+        &adaptive(20, 2),
+        "how was it?",
+        Models {
+            strong: &mut strong,
+            tuned: &mut LengthScorer,
+            untuned: &mut Zero,
+        },
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("need the engine's top log-probabilities"),
+        "{msg}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Input, "{msg}");
+}
