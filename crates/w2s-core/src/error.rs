@@ -189,6 +189,9 @@ pub enum SearchError {
     /// The caller asked the search to stop.
     #[error("the search was cancelled")]
     Cancelled,
+    /// A driver fed a [`crate::SearchState`] something it had not asked for.
+    #[error("the search was driven out of turn: {0}")]
+    OutOfTurn(String),
 }
 
 impl SearchError {
@@ -201,6 +204,7 @@ impl SearchError {
             SearchError::Guide { source } => source.kind(),
             SearchError::GuideContract(_) => ErrorKind::Internal,
             SearchError::Cancelled => ErrorKind::Cancelled,
+            SearchError::OutOfTurn(_) => ErrorKind::Internal,
         }
     }
 }

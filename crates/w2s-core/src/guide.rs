@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{ScoreRequest, Scorer};
 use crate::error::{BackendError, ConfigError, Role, SearchError};
-use crate::search::SearchStats;
+use crate::output::SearchStats;
 use crate::trace::TermName;
 
 /// The guide's value of one response so far.

@@ -68,9 +68,11 @@ mod error;
 mod gold;
 mod guide;
 mod interrupt;
+mod output;
 pub mod rng;
 pub mod sampling;
 mod search;
+mod state;
 mod template;
 pub mod text;
 mod trace;
@@ -85,10 +87,9 @@ pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
 pub use guide::{check_weights, Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
 pub use interrupt::Interrupt;
+pub use output::{Beam, Progress, SearchOutput, SearchStats};
 pub use rng::RowRng;
-pub use search::{
-    rank, search, search_guided, search_with_progress, Beam, Models, Progress, SearchOutput,
-    SearchStats,
-};
+pub use search::{search, search_guided, search_with_progress, Models};
+pub use state::{rank, Action, SearchState};
 pub use template::{ChatRole, ChatTurn, FilledPrompt, PromptTemplate};
 pub use trace::{TermName, Trace, TraceRow, TraceStep};
