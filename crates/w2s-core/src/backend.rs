@@ -76,6 +76,26 @@ pub trait Proposer {
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError>;
 }
 
+/// A strong model that serves several searches at once: each search (numbered by the
+/// driver) has its own rows, and one [`ProposerPool::extend`] samples the rows of many
+/// searches together (one batched decode on a local model, one batch of a GPU). See
+/// [`crate::search_many`].
+pub trait ProposerPool {
+    /// Starts search `search` (as [`Proposer::begin`]); a search number may be reused
+    /// once its search has [`ProposerPool::end`]ed.
+    fn begin(&mut self, search: usize, setup: &ProposalSetup<'_>) -> Result<(), BackendError>;
+    /// Extends the rows of several searches: `(search, requests)` pairs, each search at
+    /// most once; one chunk per request, in order.
+    fn extend(
+        &mut self,
+        requests: &mut [(usize, Vec<ExtendRequest<'_>>)],
+    ) -> Result<Vec<Vec<Chunk>>, BackendError>;
+    /// Renumbers the rows of search `search` (as [`Proposer::reorder`]).
+    fn reorder(&mut self, search: usize, parents: &[usize]) -> Result<(), BackendError>;
+    /// Frees what search `search` holds.
+    fn end(&mut self, search: usize);
+}
+
 /// Score the whole response of row `row` so far.
 #[derive(Debug, Clone, Copy)]
 pub struct ScoreRequest<'a> {

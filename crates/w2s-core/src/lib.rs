@@ -68,6 +68,7 @@ mod error;
 mod gold;
 mod guide;
 mod interrupt;
+mod many;
 mod output;
 pub mod rng;
 pub mod sampling;
@@ -78,7 +79,8 @@ pub mod text;
 mod trace;
 
 pub use backend::{
-    score_texts, Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ScoreRequest, Scorer,
+    score_texts, Chunk, ExtendRequest, Finish, ProposalSetup, Proposer, ProposerPool, ScoreRequest,
+    Scorer,
 };
 pub use config::{
     defaults, shown_f32, EntropyEnd, Method, SamplingParams, SearchConfig, MAX_SEARCH_ROWS,
@@ -87,6 +89,7 @@ pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
 pub use guide::{check_weights, Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
 pub use interrupt::Interrupt;
+pub use many::{search_many, ManyJob};
 pub use output::{Beam, Progress, SearchOutput, SearchStats};
 pub use rng::RowRng;
 pub use search::{search, search_guided, search_with_progress, Models};

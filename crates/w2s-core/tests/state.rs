@@ -156,3 +156,112 @@ fn a_repoll_asks_again_and_feeding_out_of_turn_is_an_error() {
     assert!(!state.is_done());
     assert!(SearchState::new(&config, "  ").is_err(), "an empty prompt");
 }
+
+/// A pool of one [`Letters`] per search number, counting its combined calls.
+#[derive(Default)]
+struct Pool {
+    slots: Vec<Letters>,
+    calls: usize,
+    widest: usize,
+    ended: Vec<usize>,
+}
+
+impl ProposerPool for Pool {
+    fn begin(&mut self, search: usize, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
+        while self.slots.len() <= search {
+            self.slots.push(letters());
+        }
+        self.slots[search] = letters();
+        self.slots[search].begin(setup)
+    }
+    fn extend(
+        &mut self,
+        requests: &mut [(usize, Vec<ExtendRequest<'_>>)],
+    ) -> Result<Vec<Vec<Chunk>>, BackendError> {
+        self.calls += 1;
+        self.widest = self.widest.max(requests.len());
+        requests
+            .iter_mut()
+            .map(|(s, r)| self.slots[*s].extend(r))
+            .collect()
+    }
+    fn reorder(&mut self, search: usize, parents: &[usize]) -> Result<(), BackendError> {
+        self.slots[search].reorder(parents)
+    }
+    fn end(&mut self, search: usize) {
+        self.ended.push(search);
+    }
+}
+
+fn job(config: &SearchConfig, prompt: &str) -> ManyJob {
+    ManyJob {
+        config: config.clone(),
+        prompt: prompt.to_string(),
+    }
+}
+
+/// `n` pairs, one per place in flight.
+fn pairs(n: usize) -> Vec<(Weights, Weights)> {
+    (0..n).map(|_| pair()).collect()
+}
+
+#[test]
+fn search_many_samples_searches_together_and_gives_each_its_own_result() {
+    let searches = [
+        (
+            config(Method::Cbs { w: 2, k: 3, l: 4 }, 20, 1).with_trace(true),
+            "one",
+        ),
+        (config(Method::Cbs { w: 4, k: 4, l: 5 }, 30, 2), "two"),
+        (config(Method::Bon { n: 6 }, 12, 3), "three"),
+        (config(Method::Cbs { w: 1, k: 2, l: 3 }, 15, 4), "four"),
+        (config(Method::Sample, 9, 5), "five"),
+    ];
+    let jobs = searches.iter().map(|(c, p)| job(c, p)).collect();
+    let mut pool = Pool::default();
+    let mut seen = vec![0; searches.len()];
+    let mut pairs = pairs(2);
+    let mut ratios: Vec<LogRatio<'_>> = pairs
+        .iter_mut()
+        .map(|(t, u)| LogRatio::new(t, u, 1.0))
+        .collect();
+    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    let results = search_many(jobs, &mut places, &mut pool, &mut |job, _| {
+        seen[job] += 1;
+        true
+    })
+    .unwrap();
+    for (((config, prompt), got), selections) in searches.iter().zip(results).zip(seen) {
+        let got = got.unwrap();
+        let one = alone(config, prompt);
+        assert_eq!(got.beams, one.beams, "{prompt}");
+        assert_eq!(got.trace, one.trace, "{prompt}");
+        assert_eq!(got.stats.chunks, one.stats.chunks);
+        assert!(selections >= 1, "{prompt}");
+    }
+    // Two searches in flight at a time, sharing calls; every search number freed.
+    assert_eq!(pool.widest, 2);
+    assert_eq!(pool.ended.len(), searches.len());
+}
+
+#[test]
+fn one_failing_or_cancelled_search_leaves_the_others_alone() {
+    let c = config(Method::Cbs { w: 2, k: 2, l: 3 }, 9, 1);
+    let jobs = vec![job(&c, "one"), job(&c, "   "), job(&c, "three")];
+    let mut pairs = pairs(3);
+    let mut ratios: Vec<LogRatio<'_>> = pairs
+        .iter_mut()
+        .map(|(t, u)| LogRatio::new(t, u, 1.0))
+        .collect();
+    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    let results = search_many(jobs, &mut places, &mut Pool::default(), &mut |job, _| {
+        job != 2
+    })
+    .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().beams, alone(&c, "one").beams);
+    assert!(matches!(
+        results[1],
+        Err(SearchError::Config(ConfigError::EmptyPrompt))
+    ));
+    assert!(matches!(results[2], Err(SearchError::Cancelled)));
+}

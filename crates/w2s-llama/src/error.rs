@@ -86,6 +86,9 @@ pub enum LlamaError {
     /// The search used the backend out of order (e.g. extend before begin).
     #[error("backend used out of order: {0}")]
     Usage(&'static str),
+    /// A search beyond what a pool of searches on one context was made for.
+    #[error("{0}")]
+    PoolLimit(String),
     /// Two models that must share a vocabulary do not.
     #[error("{0}")]
     Vocabulary(String),

@@ -13,26 +13,43 @@ use w2s_core::Interrupt;
 use crate::error::LlamaError;
 
 pub(crate) struct SeqBanks {
+    base: usize,
     cap: usize,
     bank: usize,
 }
 
 impl SeqBanks {
     pub(crate) fn new(rows: usize) -> Self {
+        SeqBanks::at(0, rows)
+    }
+
+    /// Banks for `rows` rows from sequence id `base` on (one search of several sharing a
+    /// context).
+    pub(crate) fn at(base: usize, rows: usize) -> Self {
         SeqBanks {
+            base,
             cap: rows.max(1),
             bank: 0,
         }
     }
 
-    /// Sequence ids the context needs.
+    /// Sequence ids the banks use (from their base).
     pub(crate) fn n_seq(&self) -> u32 {
         (2 * self.cap) as u32
     }
 
     /// Sequence id of row `row`.
     pub(crate) fn seq(&self, row: usize) -> i32 {
-        (self.bank * self.cap + row) as i32
+        (self.base + self.bank * self.cap + row) as i32
+    }
+
+    /// Drops every cell of both banks from the cache.
+    pub(crate) fn clear(&self, ctx: &mut LlamaContext<'_>) -> Result<(), LlamaError> {
+        for s in self.base..self.base + 2 * self.cap {
+            ctx.kv_cache_seq_rm(s as i32, None, None)
+                .map_err(|e| LlamaError::Cache(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// After the prompt was decoded into row 0, lets rows 1..rows share it.
@@ -63,7 +80,7 @@ impl SeqBanks {
             LlamaError::Cache(e.to_string())
         };
         for (i, &p) in parents.iter().enumerate() {
-            let dst = (next * self.cap + i) as i32;
+            let dst = (self.base + next * self.cap + i) as i32;
             ctx.kv_cache_seq_cp(self.seq(p), dst, None, None)
                 .map_err(cache)?;
         }

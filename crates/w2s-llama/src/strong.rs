@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use w2s_core::sampling::sample_token;
@@ -31,14 +32,20 @@ pub struct LlamaProposer {
 }
 
 struct State {
+    search: Search,
+    batch: LlamaBatch<'static>,
+}
+
+/// One search's rows on a llama.cpp context: the single proposer's, or one of a pool's
+/// ([`crate::LlamaProposerPool`]).
+pub(crate) struct Search {
     rows: Vec<Row>,
-    banks: SeqBanks,
+    pub(crate) banks: SeqBanks,
     prompt_len: usize,
     prompt_logits: Vec<f32>,
     sampling: SamplingParams,
     stop: Vec<String>,
     max_new: usize,
-    batch: LlamaBatch<'static>,
     chunk_end: Option<EntropyEnd>,
     logprobs: bool,
 }
@@ -89,7 +96,7 @@ impl LlamaProposer {
     pub fn sampled_tokens(&self, row: usize) -> &[(Vec<u8>, f64)] {
         self.state
             .as_ref()
-            .and_then(|s| s.rows.get(row))
+            .and_then(|s| s.search.rows.get(row))
             .map_or(&[], |r| r.sampled.as_slice())
     }
 
@@ -122,7 +129,7 @@ impl LlamaProposer {
 
     /// Tokens of the templated prompt of the last search (0 before any).
     pub fn last_prompt_tokens(&self) -> usize {
-        self.state.as_ref().map_or(0, |s| s.prompt_len)
+        self.state.as_ref().map_or(0, |s| s.search.prompt_len)
     }
 
     /// Frees the llama.cpp context (KV cache and buffers); the next search makes a new one.
@@ -132,19 +139,7 @@ impl LlamaProposer {
     }
 
     fn begin_inner(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        if setup.rows > MAX_SEQUENCES {
-            return Err(LlamaError::TooManyRows {
-                rows: setup.rows,
-                max: MAX_SEQUENCES,
-            }
-            .into());
-        }
-        let text = self.model.render(&self.template.fill(setup.prompt)?)?;
-        let prompt = self.model.tokenize_prompt(&text);
-        if prompt.is_empty() {
-            return Err(w2s_core::ConfigError::EmptyPrompt.into());
-        }
-        self.model.check_fits(prompt.len(), setup.max_new_tokens)?;
+        let prompt = prompt_tokens(&self.model, &self.template, setup)?;
         let n_ctx = prompt.len() + setup.rows * setup.max_new_tokens + 8;
         let n_batch = 512.max(setup.rows);
         let banks = SeqBanks::new(setup.rows);
@@ -157,26 +152,15 @@ impl LlamaProposer {
             self.threads,
         )?;
         let mut batch = LlamaBatch::new(n_batch, 1);
-        let prompt_logits = decode_prompt(
+        let search = Search::start(
             &mut engine.ctx,
             &mut batch,
             &prompt,
-            banks.seq(0),
+            setup,
+            banks,
             self.interrupt.as_deref(),
         )?;
-        banks.share_prompt(&mut engine.ctx, setup.rows)?;
-        self.state = Some(State {
-            rows: vec![Row::default(); setup.rows],
-            banks,
-            prompt_len: prompt.len(),
-            prompt_logits,
-            sampling: *setup.sampling,
-            stop: setup.stop.to_vec(),
-            max_new: setup.max_new_tokens,
-            batch,
-            chunk_end: setup.chunk_end,
-            logprobs: setup.logprobs,
-        });
+        self.state = Some(State { search, batch });
         Ok(())
     }
 
@@ -187,137 +171,237 @@ impl LlamaProposer {
         let (Some(engine), Some(st)) = (self.engine.as_mut(), self.state.as_mut()) else {
             return Err(LlamaError::Usage("extend before begin"));
         };
-        let vocab = engine.model.llama().vocab();
-        let mut produced = vec![0usize; requests.len()];
-        let mut finish: Vec<Option<Finish>> = vec![None; requests.len()];
-        let mut logit_at: Vec<Option<i32>> = vec![None; requests.len()];
-        let mut logprob = vec![0f64; requests.len()];
-        for req in requests.iter() {
-            if req.row >= st.rows.len() || st.rows[req.row].done {
-                return Err(LlamaError::Usage("extend of a missing or ended row"));
-            }
-        }
-        let steps = requests.iter().map(|r| r.max_tokens).max().unwrap_or(0);
-        let mut unsure = vec![false; requests.len()];
-        for _ in 0..steps {
-            // A cancelled search stops within one token of every row.
-            crate::seqs::check(self.interrupt.as_deref())?;
-            let active: Vec<bool> = requests
-                .iter()
-                .enumerate()
-                .map(|(i, req)| finish[i].is_none() && !unsure[i] && produced[i] < req.max_tokens)
-                .collect();
-            if !active.contains(&true) {
-                break;
-            }
-            // Feed every active row's pending token in one batch.
-            st.batch.clear();
-            for (i, req) in requests.iter().enumerate() {
-                logit_at[i] = None;
-                if !active[i] {
-                    continue;
-                }
-                let row = &st.rows[req.row];
-                if let Some(tok) = row.pending {
-                    let pos = (st.prompt_len + row.n_tokens - 1) as i32;
-                    logit_at[i] = Some(st.batch.n_tokens());
-                    st.batch
-                        .add(tok, pos, &[st.banks.seq(req.row)], true)
-                        .map_err(|e| LlamaError::Decode(e.to_string()))?;
-                }
-            }
-            if st.batch.n_tokens() > 0 {
-                engine
-                    .ctx
-                    .decode(&mut st.batch)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
-            }
-            // Sample one token for every active row.
-            for (i, req) in requests.iter_mut().enumerate() {
-                if !active[i] {
-                    continue;
-                }
-                let held = st.rows[req.row].held.take();
-                let logits = match (logit_at[i], &held) {
-                    (Some(b), _) => engine.ctx.get_logits_ith(b),
-                    (None, Some(h)) => h.as_slice(),
-                    (None, None) => &st.prompt_logits,
-                };
-                let row = &mut st.rows[req.row];
-                // Adaptive chunk ends: stop before a token the model is unsure of, and
-                // keep its distribution for the row's copies to sample from.
-                if let Some(end) = st.chunk_end {
-                    if produced[i] >= end.min_tokens()
-                        && w2s_core::sampling::entropy(logits) > end.entropy()
-                    {
-                        row.pending = None;
-                        row.held = Some(logits.to_vec());
-                        unsure[i] = true;
-                        continue;
-                    }
-                }
-                let tok = LlamaToken(sample_token(logits, &st.sampling, req.rng) as i32);
-                if self.record || st.logprobs {
-                    let lp = logits
-                        .get(tok.0.max(0) as usize)
-                        .copied()
-                        .unwrap_or(f32::NEG_INFINITY) as f64
-                        - w2s_core::sampling::log_sum_exp(logits);
-                    logprob[i] += lp;
-                    if self.record {
-                        row.sampled
-                            .push((vocab.token_to_piece(tok, true, None), lp));
-                    }
-                }
-                row.pending = None;
-                row.n_tokens += 1;
-                produced[i] += 1;
-                if vocab.is_eog(tok) {
-                    finish[i] = Some(Finish::Eos);
-                    continue;
-                }
-                let piece = row.utf8.push(&vocab.token_to_piece(tok, false, None));
-                if append_and_check_stop(row, &piece, &st.stop) {
-                    finish[i] = Some(Finish::Stop);
-                    continue;
-                }
-                row.pending = Some(tok);
-            }
-        }
-        let mut chunks = Vec::with_capacity(requests.len());
-        for (i, req) in requests.iter().enumerate() {
-            let row = &mut st.rows[req.row];
-            let ended = finish[i].is_some() || row.n_tokens >= st.max_new;
-            if ended && finish[i] != Some(Finish::Stop) {
-                let tail = row.utf8.finish();
-                if append_and_check_stop(row, &tail, &st.stop) {
-                    finish[i] = Some(Finish::Stop);
-                }
-            }
-            let end = if ended {
-                row.done = true;
-                row.text.len()
-            } else {
-                (row.text.len() - stop_prefix_len(&row.text, &st.stop)).max(row.emitted)
-            };
-            chunks.push(Chunk {
-                text: row.text[row.emitted..end].to_string(),
-                tokens: produced[i],
-                finish: finish[i],
-                logprob: st.logprobs.then_some(logprob[i]),
-            });
-            row.emitted = end;
-        }
-        Ok(chunks)
+        let mut jobs = [(&mut st.search, requests)];
+        let mut out = extend_searches(
+            &mut engine.ctx,
+            &engine.model,
+            &mut st.batch,
+            &mut jobs,
+            self.record,
+            self.interrupt.as_deref(),
+        )?;
+        Ok(out.pop().unwrap_or_default())
     }
 
     fn reorder_inner(&mut self, parents: &[usize]) -> Result<(), LlamaError> {
         let (Some(engine), Some(st)) = (self.engine.as_mut(), self.state.as_mut()) else {
             return Err(LlamaError::Usage("reorder before begin"));
         };
-        st.rows = st.banks.reorder(&mut engine.ctx, &st.rows, parents)?;
+        st.search.reorder(&mut engine.ctx, parents)
+    }
+}
+
+/// The templated prompt's tokens for `setup`, checked: rows within
+/// [`MAX_SEQUENCES`], a prompt that is not empty and fits the model with its new tokens.
+pub(crate) fn prompt_tokens(
+    model: &Model,
+    template: &PromptTemplate,
+    setup: &ProposalSetup<'_>,
+) -> Result<Vec<LlamaToken>, BackendError> {
+    if setup.rows > MAX_SEQUENCES {
+        return Err(LlamaError::TooManyRows {
+            rows: setup.rows,
+            max: MAX_SEQUENCES,
+        }
+        .into());
+    }
+    let text = model.render(&template.fill(setup.prompt)?)?;
+    let prompt = model.tokenize_prompt(&text);
+    if prompt.is_empty() {
+        return Err(w2s_core::ConfigError::EmptyPrompt.into());
+    }
+    model.check_fits(prompt.len(), setup.max_new_tokens)?;
+    Ok(prompt)
+}
+
+impl Search {
+    /// Decodes `prompt` into the banks' first row and shares it with the others.
+    pub(crate) fn start(
+        ctx: &mut LlamaContext<'static>,
+        batch: &mut LlamaBatch<'static>,
+        prompt: &[LlamaToken],
+        setup: &ProposalSetup<'_>,
+        banks: SeqBanks,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<Search, LlamaError> {
+        let prompt_logits = decode_prompt(ctx, batch, prompt, banks.seq(0), interrupt)?;
+        banks.share_prompt(ctx, setup.rows)?;
+        Ok(Search {
+            rows: vec![Row::default(); setup.rows],
+            banks,
+            prompt_len: prompt.len(),
+            prompt_logits,
+            sampling: *setup.sampling,
+            stop: setup.stop.to_vec(),
+            max_new: setup.max_new_tokens,
+            chunk_end: setup.chunk_end,
+            logprobs: setup.logprobs,
+        })
+    }
+
+    pub(crate) fn reorder(
+        &mut self,
+        ctx: &mut LlamaContext<'static>,
+        parents: &[usize],
+    ) -> Result<(), LlamaError> {
+        self.rows = self.banks.reorder(ctx, &self.rows, parents)?;
         Ok(())
     }
+}
+
+/// Samples the requested rows of several searches on one context: one decode per token
+/// step carries the rows of all of them. One list of chunks per search, in order.
+pub(crate) fn extend_searches(
+    ctx: &mut LlamaContext<'static>,
+    model: &Model,
+    batch: &mut LlamaBatch<'static>,
+    jobs: &mut [(&mut Search, &mut [ExtendRequest<'_>])],
+    record: bool,
+    interrupt: Option<&Interrupt>,
+) -> Result<Vec<Vec<Chunk>>, LlamaError> {
+    let vocab = model.llama().vocab();
+    for (search, requests) in jobs.iter() {
+        if requests
+            .iter()
+            .any(|r| r.row >= search.rows.len() || search.rows[r.row].done)
+        {
+            return Err(LlamaError::Usage("extend of a missing or ended row"));
+        }
+    }
+    // Every request of every search, as (search, request).
+    let items: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (_, r))| (0..r.len()).map(move |i| (j, i)))
+        .collect();
+    let n = items.len();
+    let mut produced = vec![0usize; n];
+    let mut finish: Vec<Option<Finish>> = vec![None; n];
+    let mut logit_at: Vec<Option<i32>> = vec![None; n];
+    let mut logprob = vec![0f64; n];
+    let mut unsure = vec![false; n];
+    let steps = items
+        .iter()
+        .map(|&(j, i)| jobs[j].1[i].max_tokens)
+        .max()
+        .unwrap_or(0);
+    for _ in 0..steps {
+        // A cancelled search stops within one token of every row.
+        crate::seqs::check(interrupt)?;
+        let active: Vec<bool> = items
+            .iter()
+            .enumerate()
+            .map(|(k, &(j, i))| {
+                finish[k].is_none() && !unsure[k] && produced[k] < jobs[j].1[i].max_tokens
+            })
+            .collect();
+        if !active.contains(&true) {
+            break;
+        }
+        // Feed every active row's pending token in one batch.
+        batch.clear();
+        for (k, &(j, i)) in items.iter().enumerate() {
+            logit_at[k] = None;
+            if !active[k] {
+                continue;
+            }
+            let (search, requests) = &jobs[j];
+            let row = &search.rows[requests[i].row];
+            if let Some(tok) = row.pending {
+                let pos = (search.prompt_len + row.n_tokens - 1) as i32;
+                logit_at[k] = Some(batch.n_tokens());
+                batch
+                    .add(tok, pos, &[search.banks.seq(requests[i].row)], true)
+                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            }
+        }
+        if batch.n_tokens() > 0 {
+            ctx.decode(batch)
+                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+        }
+        // Sample one token for every active row.
+        for (k, &(j, i)) in items.iter().enumerate() {
+            if !active[k] {
+                continue;
+            }
+            let (search, requests) = &mut jobs[j];
+            let req = &mut requests[i];
+            let held = search.rows[req.row].held.take();
+            let logits = match (logit_at[k], &held) {
+                (Some(b), _) => ctx.get_logits_ith(b),
+                (None, Some(h)) => h.as_slice(),
+                (None, None) => &search.prompt_logits,
+            };
+            let row = &mut search.rows[req.row];
+            // Adaptive chunk ends: stop before a token the model is unsure of, and keep
+            // its distribution for the row's copies to sample from.
+            if let Some(end) = search.chunk_end {
+                if produced[k] >= end.min_tokens()
+                    && w2s_core::sampling::entropy(logits) > end.entropy()
+                {
+                    row.pending = None;
+                    row.held = Some(logits.to_vec());
+                    unsure[k] = true;
+                    continue;
+                }
+            }
+            let tok = LlamaToken(sample_token(logits, &search.sampling, req.rng) as i32);
+            if record || search.logprobs {
+                let lp = logits
+                    .get(tok.0.max(0) as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY) as f64
+                    - w2s_core::sampling::log_sum_exp(logits);
+                logprob[k] += lp;
+                if record {
+                    row.sampled
+                        .push((vocab.token_to_piece(tok, true, None), lp));
+                }
+            }
+            row.pending = None;
+            row.n_tokens += 1;
+            produced[k] += 1;
+            if vocab.is_eog(tok) {
+                finish[k] = Some(Finish::Eos);
+                continue;
+            }
+            let piece = row.utf8.push(&vocab.token_to_piece(tok, false, None));
+            if append_and_check_stop(row, &piece, &search.stop) {
+                finish[k] = Some(Finish::Stop);
+                continue;
+            }
+            row.pending = Some(tok);
+        }
+    }
+    let mut out: Vec<Vec<Chunk>> = jobs
+        .iter()
+        .map(|(_, r)| Vec::with_capacity(r.len()))
+        .collect();
+    for (k, &(j, i)) in items.iter().enumerate() {
+        let (search, requests) = &mut jobs[j];
+        let row = &mut search.rows[requests[i].row];
+        let ended = finish[k].is_some() || row.n_tokens >= search.max_new;
+        if ended && finish[k] != Some(Finish::Stop) {
+            let tail = row.utf8.finish();
+            if append_and_check_stop(row, &tail, &search.stop) {
+                finish[k] = Some(Finish::Stop);
+            }
+        }
+        let end = if ended {
+            row.done = true;
+            row.text.len()
+        } else {
+            (row.text.len() - stop_prefix_len(&row.text, &search.stop)).max(row.emitted)
+        };
+        out[j].push(Chunk {
+            text: row.text[row.emitted..end].to_string(),
+            tokens: produced[k],
+            finish: finish[k],
+            logprob: search.logprobs.then_some(logprob[k]),
+        });
+        row.emitted = end;
+    }
+    Ok(out)
 }
 
 /// Appends `piece` to the row's text; if a stop string now appears, cuts the text there

@@ -1,0 +1,206 @@
+//! Many searches stepped together: a driver of [`SearchState`]s that samples the rows of
+//! every search due for a chunk in one call of a [`ProposerPool`] (one batched decode of
+//! a local strong model), each place in flight with a guide of its own. A search that
+//! ends frees its place for the next job at once, so the pool stays full (continuous
+//! batching).
+
+use std::time::Instant;
+
+use crate::backend::ProposerPool;
+use crate::config::SearchConfig;
+use crate::error::{Role, SearchError};
+use crate::guide::{backend, timed, Guide};
+use crate::output::{Progress, SearchOutput, SearchStats};
+use crate::state::{Action, SearchState};
+
+/// One search of [`search_many`]: its settings and prompt.
+#[derive(Debug, Clone)]
+pub struct ManyJob {
+    /// The search's settings.
+    pub config: SearchConfig,
+    /// The prompt, as the user gave it.
+    pub prompt: String,
+}
+
+struct Running {
+    job: usize,
+    state: SearchState,
+    stats: SearchStats,
+    started: Instant,
+}
+
+/// Runs `jobs` with one search in flight per guide of `guides` (the place's guide serves
+/// each search that runs there, one after another: [`Guide::begin`] starts it afresh),
+/// the strong rows of all of them sampled together by `strong`, whose search numbers are
+/// the places; one result per job, in job order. `progress(job, p)`
+/// is called after each selection of a job's search; `false` cancels that search (its
+/// result is [`SearchError::Cancelled`]). A job's own failure (its prompt, its guide)
+/// is its result; a failure of the shared strong model ends the whole call with `Err`.
+///
+/// Each search's result is what [`crate::search_guided`] gives for it alone with the same
+/// strong model, whenever that model's samples of a row do not depend on which other rows
+/// share its batch (true of the deterministic backends; a real model's batched kernels
+/// may differ in the last bits). A combined call's time is shared equally among the
+/// searches in it ([`SearchStats::strong_time`]).
+pub fn search_many(
+    jobs: Vec<ManyJob>,
+    guides: &mut [&mut dyn Guide],
+    strong: &mut dyn ProposerPool,
+    progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
+) -> Result<Vec<Result<SearchOutput, SearchError>>, SearchError> {
+    let mut results: Vec<Option<Result<SearchOutput, SearchError>>> =
+        (0..jobs.len()).map(|_| None).collect();
+    if guides.is_empty() && !jobs.is_empty() {
+        return Err(SearchError::OutOfTurn(
+            "no guide: no search can be in flight".into(),
+        ));
+    }
+    let mut queue = jobs.into_iter().enumerate();
+    let mut running: Vec<Option<Running>> = (0..guides.len()).map(|_| None).collect();
+    loop {
+        for (slot, place) in running.iter_mut().enumerate() {
+            while place.is_none() {
+                let Some((job, spec)) = queue.next() else {
+                    break;
+                };
+                match start(slot, job, spec, &mut *guides[slot], strong) {
+                    Ok(run) => *place = Some(run),
+                    Err(e) => {
+                        strong.end(slot);
+                        results[job] = Some(Err(e));
+                    }
+                }
+            }
+        }
+        if running.iter().all(Option::is_none) {
+            break;
+        }
+        // Every search up to its next chunk (or its end).
+        let mut due = vec![false; running.len()];
+        for (slot, place) in running.iter_mut().enumerate() {
+            let Some(run) = place.as_mut() else { continue };
+            let guide = &mut *guides[slot];
+            match advance(slot, run, guide, strong, progress) {
+                Ok(true) => due[slot] = true,
+                outcome => {
+                    if let Some(run) = place.take() {
+                        let job = run.job;
+                        results[job] = Some(outcome.map(|_| finish(run, guide)));
+                    }
+                    strong.end(slot);
+                }
+            }
+        }
+        // Their chunks in one call: polling again asks for the same rows.
+        let mut batch = Vec::new();
+        for (slot, place) in running.iter_mut().enumerate() {
+            if let (true, Some(run)) = (due[slot], place.as_mut()) {
+                if let Action::Extend(requests) = run.state.poll() {
+                    batch.push((slot, requests));
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let t = Instant::now();
+        let chunks = strong.extend(&mut batch).map_err(backend(Role::Strong))?;
+        let asked: Vec<usize> = batch.iter().map(|(slot, _)| *slot).collect();
+        drop(batch);
+        if chunks.len() != asked.len() {
+            return Err(SearchError::Contract {
+                role: Role::Strong,
+                message: format!(
+                    "chunks for {} searches, asked {}",
+                    chunks.len(),
+                    asked.len()
+                ),
+            });
+        }
+        let share = t.elapsed() / asked.len() as u32;
+        for (slot, chunks) in asked.into_iter().zip(chunks) {
+            let Some(run) = running[slot].as_mut() else {
+                continue;
+            };
+            run.stats.strong_time += share;
+            if let Err(e) = run.state.feed_chunks(chunks) {
+                results[run.job] = Some(Err(e));
+                running[slot] = None;
+                strong.end(slot);
+            }
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(SearchError::Cancelled)))
+        .collect())
+}
+
+fn start(
+    slot: usize,
+    job: usize,
+    spec: ManyJob,
+    guide: &mut dyn Guide,
+    strong: &mut dyn ProposerPool,
+) -> Result<Running, SearchError> {
+    let started = Instant::now();
+    let ManyJob { config, prompt } = spec;
+    let mut state = SearchState::new(&config, &prompt)?;
+    let mut stats = SearchStats::default();
+    timed(&mut stats.strong_time, || {
+        strong.begin(slot, &state.proposal_setup())
+    })
+    .map_err(backend(Role::Strong))?;
+    guide.begin(&prompt, state.rows(), config.max_new_tokens(), &mut stats)?;
+    state.set_terms(guide.terms());
+    Ok(Running {
+        job,
+        state,
+        stats,
+        started,
+    })
+}
+
+/// Serves the search's guide and reorders until it wants a chunk (`true`) or has ended.
+fn advance(
+    slot: usize,
+    run: &mut Running,
+    guide: &mut dyn Guide,
+    strong: &mut dyn ProposerPool,
+    progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
+) -> Result<bool, SearchError> {
+    loop {
+        match run.state.poll() {
+            Action::Extend(_) => return Ok(true),
+            Action::Score(requests) => {
+                let values = guide.score(&requests, &mut run.stats)?;
+                let terms = guide.last_terms().to_vec();
+                run.state.feed_scores(values, &terms)?;
+            }
+            Action::Selected(p) => {
+                if !progress(run.job, &p) {
+                    return Err(SearchError::Cancelled);
+                }
+            }
+            Action::Reorder(parents) => {
+                timed(&mut run.stats.strong_time, || strong.reorder(slot, parents))
+                    .map_err(backend(Role::Strong))?;
+                guide.reorder(parents, &mut run.stats)?;
+                run.state.reordered();
+            }
+            Action::Done => return Ok(false),
+        }
+    }
+}
+
+fn finish(run: Running, guide: &mut dyn Guide) -> SearchOutput {
+    let Running {
+        state,
+        mut stats,
+        started,
+        ..
+    } = run;
+    guide.finish(&mut stats);
+    stats.total_time = started.elapsed();
+    state.finish(stats)
+}
