@@ -9,7 +9,9 @@ use clap::Args;
 use serde_json::json;
 use w2s_core::SearchOutput;
 
-use w2s_engine::{in_flight, parallel_for, Engine, RunSettings};
+use w2s_engine::{
+    can_pool, in_flight, parallel_for, search_pooled, Engine, EngineError, RunSettings,
+};
 use w2s_eval::{read_jsonl, PromptItem, TraceRecord};
 
 use crate::fail::{usage, Fail};
@@ -35,9 +37,10 @@ pub struct GenerateArgs {
     /// After each plain response, print its guide value, counters and timings to stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
-    /// With --prompts: searches in flight at once, each on an engine of its own over the
-    /// shared models; output stays in the file's order [default: 1 when the strong model
-    /// is local, 8 when it is remote; at most 64].
+    /// With --prompts: searches in flight at once, each with small models of its own over
+    /// the shared models (a local strong model samples the rows of all of them in one
+    /// decode); output stays in the file's order [default: 1 when the strong model is
+    /// local, 8 when it is remote; at most 64].
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
     /// Record every step of each search (candidates, their values, kept or pruned) as one
@@ -88,39 +91,50 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
     let mut finished: BTreeMap<usize, SearchOutput> = BTreeMap::new();
     let mut next = 0;
     let mut failed: Option<Fail> = None;
-    in_flight(
-        &mut engines,
-        items.iter().enumerate(),
-        |engine, (i, item)| (i, engine.search(&settings.search, &item.prompt)),
-        |(i, result)| {
-            match result {
-                Ok(r) => {
-                    finished.insert(i, r);
-                }
-                Err(e) => {
-                    failed = Some(e.into());
-                    return ControlFlow::Break(());
-                }
+    let mut on_result = |i: usize, result: Result<SearchOutput, EngineError>| {
+        match result {
+            Ok(r) => {
+                finished.insert(i, r);
             }
-            while let Some(result) = finished.remove(&next) {
-                let item = &items[next];
-                let traced = trace.as_mut().and_then(|file| {
-                    TraceRecord::new(&item.id, &item.prompt, &settings.search, &result)
-                        .map(|r| r.write(file))
-                });
-                if let Some(Err(e)) = traced {
-                    failed = Some(e.into());
-                    return ControlFlow::Break(());
-                }
-                if let Err(e) = shape.print(&mut out, item, &settings.search, &result) {
-                    failed = Some(e);
-                    return ControlFlow::Break(());
-                }
-                next += 1;
+            Err(e) => {
+                failed = Some(e.into());
+                return ControlFlow::Break(());
             }
-            ControlFlow::Continue(())
-        },
-    );
+        }
+        while let Some(result) = finished.remove(&next) {
+            let item = &items[next];
+            let traced = trace.as_mut().and_then(|file| {
+                TraceRecord::new(&item.id, &item.prompt, &settings.search, &result)
+                    .map(|r| r.write(file))
+            });
+            if let Some(Err(e)) = traced {
+                failed = Some(e.into());
+                return ControlFlow::Break(());
+            }
+            if let Err(e) = shape.print(&mut out, item, &settings.search, &result) {
+                failed = Some(e);
+                return ControlFlow::Break(());
+            }
+            next += 1;
+        }
+        ControlFlow::Continue(())
+    };
+    if parallel > 1 && can_pool(&engines[0]) {
+        // A local strong model: the searches in flight share one context of it, their
+        // rows sampled in one decode per token (faster than workers taking turns).
+        let jobs: Vec<_> = items
+            .iter()
+            .map(|item| (settings.search.clone(), item.prompt.clone()))
+            .collect();
+        search_pooled(&mut engines, &jobs, &mut |_, _| true, &mut on_result)?;
+    } else {
+        in_flight(
+            &mut engines,
+            items.iter().enumerate(),
+            |engine, (i, item)| (i, engine.search(&settings.search, &item.prompt)),
+            |(i, result)| on_result(i, result),
+        );
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok(()),

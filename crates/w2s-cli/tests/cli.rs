@@ -514,3 +514,43 @@ fn quantize_writes_a_loadable_q8_0_copy_and_refuses_bad_input() {
     }
     let _ = std::fs::remove_file(&out_path);
 }
+
+#[test]
+fn bench_in_flight_compares_workers_with_pooled_decodes() {
+    let cfg = config_path();
+    let args = |n: &str| {
+        w2s(&[
+            "bench",
+            "--config",
+            &cfg,
+            "--methods",
+            "cbs:2x2x3",
+            "--max-new-tokens",
+            "6",
+            "--repeats",
+            "1",
+            "--limit",
+            "2",
+            "--json",
+            "--in-flight",
+            n,
+        ])
+    };
+    let out = args("1,2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r["searches"], 2);
+        assert!(r["workers_s"].as_f64().unwrap() > 0.0 && r["pooled_s"].as_f64().unwrap() > 0.0);
+        let tokens = r["pooled_strong_tokens"].as_u64().unwrap();
+        assert!(tokens > 0 && tokens <= 2 * 4 * 6, "{r}");
+    }
+    let bad = args("0");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("from 1 to 64"));
+}

@@ -324,3 +324,75 @@ fn a_weighted_guide_shows_each_term_and_weight_zero_changes_nothing() {
     assert_eq!(a.len(), b.len());
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9));
 }
+
+#[test]
+fn searches_in_flight_share_the_strong_models_decodes_and_keep_the_files_order() {
+    // With a local strong model, --parallel 3 samples the rows of three searches in one
+    // decode per token: every answer comes back, in the file's order, with its trace.
+    let prompts = scratch("pooled.jsonl");
+    let lines: String = (0..4)
+        .map(|i| format!("{{\"id\": \"p{i}\", \"prompt\": \"I rented movie number {i} and\"}}\n"))
+        .collect();
+    std::fs::write(&prompts, lines).unwrap();
+    let run = |parallel: &str, name: &str| {
+        let trace = scratch(name);
+        let cfg = config_path();
+        let out = Command::new(env!("CARGO_BIN_EXE_w2s"))
+            .args([
+                "generate",
+                "--config",
+                &cfg,
+                "--prompts",
+                prompts.to_str().unwrap(),
+                "--json",
+                "-w",
+                "2",
+                "-k",
+                "2",
+                "-l",
+                "4",
+                "--max-new-tokens",
+                "12",
+                "--parallel",
+                parallel,
+                "--trace",
+                trace.to_str().unwrap(),
+            ])
+            .env("W2S_LOG", "info")
+            .output()
+            .unwrap();
+        let out = ok(out);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            log.contains("share one context of the strong model"),
+            parallel != "1",
+            "{log}"
+        );
+        let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let traces: Vec<Value> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (answers, traces)
+    };
+    let (pooled, traces) = run("3", "pooled-trace.jsonl");
+    let (alone, _) = run("1", "alone-trace.jsonl");
+    let ids = |v: &[Value]| v.iter().map(|a| a["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&pooled), ["p0", "p1", "p2", "p3"]);
+    assert_eq!(ids(&traces), ids(&pooled));
+    assert_eq!(ids(&alone), ids(&pooled));
+    for (p, t) in pooled.iter().zip(&traces) {
+        assert!(!p["text"].as_str().unwrap().is_empty(), "{p}");
+        assert_eq!(t["text"], p["text"]);
+        let rows = t["trace"]["steps"][0]["rows"].as_array().unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| r["strong_logprob"].as_f64().is_some_and(|l| l < 0.0)),
+            "{t}"
+        );
+    }
+}

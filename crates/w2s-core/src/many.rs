@@ -4,6 +4,7 @@
 //! ends frees its place for the next job at once, so the pool stays full (continuous
 //! batching).
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::backend::ProposerPool;
@@ -32,16 +33,7 @@ struct Running {
 /// Runs `jobs` with one search in flight per guide of `guides` (the place's guide serves
 /// each search that runs there, one after another: [`Guide::begin`] starts it afresh),
 /// the strong rows of all of them sampled together by `strong`, whose search numbers are
-/// the places; one result per job, in job order. `progress(job, p)`
-/// is called after each selection of a job's search; `false` cancels that search (its
-/// result is [`SearchError::Cancelled`]). A job's own failure (its prompt, its guide)
-/// is its result; a failure of the shared strong model ends the whole call with `Err`.
-///
-/// Each search's result is what [`crate::search_guided`] gives for it alone with the same
-/// strong model, whenever that model's samples of a row do not depend on which other rows
-/// share its batch (true of the deterministic backends; a real model's batched kernels
-/// may differ in the last bits). A combined call's time is shared equally among the
-/// searches in it ([`SearchStats::strong_time`]).
+/// the places; one result per job, in job order. See [`search_many_each`].
 pub fn search_many(
     jobs: Vec<ManyJob>,
     guides: &mut [&mut dyn Guide],
@@ -50,6 +42,35 @@ pub fn search_many(
 ) -> Result<Vec<Result<SearchOutput, SearchError>>, SearchError> {
     let mut results: Vec<Option<Result<SearchOutput, SearchError>>> =
         (0..jobs.len()).map(|_| None).collect();
+    search_many_each(jobs, guides, strong, progress, &mut |job, r| {
+        results[job] = Some(r);
+        ControlFlow::Continue(())
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(SearchError::Cancelled)))
+        .collect())
+}
+
+/// [`search_many`], each job's result handed to `done(job, result)` as its search ends
+/// (in finishing order); `done` returning [`ControlFlow::Break`] ends the call at once,
+/// the searches still running dropped. `progress(job, p)` is called after each selection
+/// of a job's search; `false` cancels that search (its result is
+/// [`SearchError::Cancelled`]). A job's own failure (its prompt, its guide) is its
+/// result; a failure of the shared strong model ends the call with `Err`.
+///
+/// Each search's result is what [`crate::search_guided`] gives for it alone with the same
+/// strong model, whenever that model's samples of a row do not depend on which other rows
+/// share its batch (true of the deterministic backends; a real model's batched kernels
+/// may round differently). A combined call's time is shared equally among the searches
+/// in it ([`SearchStats::strong_time`]).
+pub fn search_many_each(
+    jobs: Vec<ManyJob>,
+    guides: &mut [&mut dyn Guide],
+    strong: &mut dyn ProposerPool,
+    progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
+    done: &mut dyn FnMut(usize, Result<SearchOutput, SearchError>) -> ControlFlow<()>,
+) -> Result<(), SearchError> {
     if guides.is_empty() && !jobs.is_empty() {
         return Err(SearchError::OutOfTurn(
             "no guide: no search can be in flight".into(),
@@ -57,9 +78,10 @@ pub fn search_many(
     }
     let mut queue = jobs.into_iter().enumerate();
     let mut running: Vec<Option<Running>> = (0..guides.len()).map(|_| None).collect();
-    loop {
+    let mut stopped = false;
+    while !stopped {
         for (slot, place) in running.iter_mut().enumerate() {
-            while place.is_none() {
+            while place.is_none() && !stopped {
                 let Some((job, spec)) = queue.next() else {
                     break;
                 };
@@ -67,25 +89,27 @@ pub fn search_many(
                     Ok(run) => *place = Some(run),
                     Err(e) => {
                         strong.end(slot);
-                        results[job] = Some(Err(e));
+                        stopped = done(job, Err(e)).is_break();
                     }
                 }
             }
         }
-        if running.iter().all(Option::is_none) {
+        if stopped || running.iter().all(Option::is_none) {
             break;
         }
         // Every search up to its next chunk (or its end).
         let mut due = vec![false; running.len()];
         for (slot, place) in running.iter_mut().enumerate() {
-            let Some(run) = place.as_mut() else { continue };
+            let Some(run) = place.as_mut().filter(|_| !stopped) else {
+                continue;
+            };
             let guide = &mut *guides[slot];
             match advance(slot, run, guide, strong, progress) {
                 Ok(true) => due[slot] = true,
                 outcome => {
                     if let Some(run) = place.take() {
                         let job = run.job;
-                        results[job] = Some(outcome.map(|_| finish(run, guide)));
+                        stopped |= done(job, outcome.map(|_| finish(run, guide))).is_break();
                     }
                     strong.end(slot);
                 }
@@ -94,7 +118,7 @@ pub fn search_many(
         // Their chunks in one call: polling again asks for the same rows.
         let mut batch = Vec::new();
         for (slot, place) in running.iter_mut().enumerate() {
-            if let (true, Some(run)) = (due[slot], place.as_mut()) {
+            if let (true, Some(run)) = (due[slot] && !stopped, place.as_mut()) {
                 if let Action::Extend(requests) = run.state.poll() {
                     batch.push((slot, requests));
                 }
@@ -119,21 +143,24 @@ pub fn search_many(
         }
         let share = t.elapsed() / asked.len() as u32;
         for (slot, chunks) in asked.into_iter().zip(chunks) {
-            let Some(run) = running[slot].as_mut() else {
+            let Some(run) = running[slot].as_mut().filter(|_| !stopped) else {
                 continue;
             };
             run.stats.strong_time += share;
             if let Err(e) = run.state.feed_chunks(chunks) {
-                results[run.job] = Some(Err(e));
+                let job = run.job;
                 running[slot] = None;
                 strong.end(slot);
+                stopped |= done(job, Err(e)).is_break();
             }
         }
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(SearchError::Cancelled)))
-        .collect())
+    for (slot, place) in running.iter_mut().enumerate() {
+        if place.take().is_some() {
+            strong.end(slot);
+        }
+    }
+    Ok(())
 }
 
 fn start(

@@ -265,3 +265,32 @@ fn one_failing_or_cancelled_search_leaves_the_others_alone() {
     ));
     assert!(matches!(results[2], Err(SearchError::Cancelled)));
 }
+
+#[test]
+fn a_done_that_breaks_ends_the_call_and_frees_every_place() {
+    let c = config(Method::Cbs { w: 2, k: 2, l: 3 }, 12, 1);
+    let jobs = (0..5).map(|i| job(&c, &format!("p{i}"))).collect();
+    let mut pairs = pairs(2);
+    let mut ratios: Vec<LogRatio<'_>> = pairs
+        .iter_mut()
+        .map(|(t, u)| LogRatio::new(t, u, 1.0))
+        .collect();
+    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    let mut pool = Pool::default();
+    let mut got = Vec::new();
+    search_many_each(
+        jobs,
+        &mut places,
+        &mut pool,
+        &mut |_, _| true,
+        &mut |job, r| {
+            got.push((job, r.is_ok()));
+            std::ops::ControlFlow::Break(())
+        },
+    )
+    .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let mut ended = pool.ended.clone();
+    ended.sort();
+    assert_eq!(ended, [0, 1], "the finished place and the dropped one");
+}

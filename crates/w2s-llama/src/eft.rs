@@ -179,11 +179,8 @@ impl ProxyTuner {
                 batch.clear();
                 batch
                     .add(tok, (prompt_lens[i] + n - 1) as i32, &[0], true)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
-                engine
-                    .ctx
-                    .decode(&mut batch)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
+                engine.ctx.decode(&mut batch).map_err(LlamaError::from)?;
                 logits[i].clear();
                 logits[i].extend_from_slice(engine.ctx.get_logits_ith(0));
                 times[i] += t.elapsed();

@@ -79,10 +79,13 @@ pub enum LlamaError {
     },
     /// A forward pass failed.
     #[error("llama.cpp decode failed: {0}")]
-    Decode(String),
+    Decode(#[from] llama_cpp_2::DecodeError),
+    /// More tokens for a batch than it was made for (a bug of the backend's bookkeeping).
+    #[error("llama.cpp batch: {0}")]
+    Batch(#[from] llama_cpp_2::llama_batch::BatchAddError),
     /// A KV cache operation failed.
     #[error("llama.cpp KV cache operation failed: {0}")]
-    Cache(String),
+    Cache(#[from] llama_cpp_2::context::kv_cache::KvCacheConversionError),
     /// The search used the backend out of order (e.g. extend before begin).
     #[error("backend used out of order: {0}")]
     Usage(&'static str),
@@ -108,6 +111,7 @@ impl LlamaError {
         match self {
             LlamaError::Init(_)
             | LlamaError::Decode(_)
+            | LlamaError::Batch(_)
             | LlamaError::Cache(_)
             | LlamaError::Usage(_)
             | LlamaError::Context { .. } => ErrorKind::Internal,

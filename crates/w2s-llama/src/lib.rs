@@ -57,7 +57,7 @@ pub use local::{LocalModels, LocalSpec};
 pub use model::{LoadOptions, Model};
 pub use pairwise::{letter_probs, PairJudge, Verdict};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
-pub use pool::LlamaProposerPool;
+pub use pool::{templated_prompt_tokens, LlamaProposerPool};
 pub use quantize::{requantize, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer, ScorerProfile};

@@ -229,10 +229,9 @@ impl PairJudge {
             for &(tok, pos, seq, logits) in &work[start..end] {
                 batch
                     .add(tok, pos as i32, &[seq], logits)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
             }
-            ctx.decode(&mut batch)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            ctx.decode(&mut batch).map_err(LlamaError::from)?;
             for (i, &(_, _, seq, logits)) in work[start..end].iter().enumerate() {
                 if logits {
                     last_logits[seq as usize] = ctx.get_logits_ith(i as i32).to_vec();
@@ -240,7 +239,7 @@ impl PairJudge {
             }
             if end == shared_end && shared > 0 {
                 ctx.kv_cache_seq_cp(0, 1, None, None)
-                    .map_err(|e| LlamaError::Cache(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
             }
             start = end;
         }

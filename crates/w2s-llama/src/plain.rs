@@ -200,12 +200,9 @@ impl PlainModel {
             for (j, &tok) in piece.iter().enumerate() {
                 batch
                     .add(tok, (c * size + j) as i32, &[0], true)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
             }
-            engine
-                .ctx
-                .decode(&mut batch)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            engine.ctx.decode(&mut batch).map_err(LlamaError::from)?;
             for (j, &tok) in piece.iter().enumerate() {
                 let lp = (!last_logits.is_empty()).then(|| logprob(&last_logits, tok));
                 push(&mut out, &mut text, tok, lp);
@@ -222,11 +219,8 @@ impl PlainModel {
             batch.clear();
             batch
                 .add(tok, (tokens.len() + step) as i32, &[0], true)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
-            engine
-                .ctx
-                .decode(&mut batch)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                .map_err(LlamaError::from)?;
+            engine.ctx.decode(&mut batch).map_err(LlamaError::from)?;
             last_logits = engine.ctx.get_logits_ith(0).to_vec();
         }
         Ok((text, out))

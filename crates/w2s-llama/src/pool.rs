@@ -164,3 +164,14 @@ impl ProposerPool for LlamaProposerPool {
         }
     }
 }
+
+/// Tokens of `prompt` read through `template` by `model`: what a pool's `prompt_tokens`
+/// must hold.
+pub fn templated_prompt_tokens(
+    model: &Model,
+    template: &PromptTemplate,
+    prompt: &str,
+) -> Result<usize, BackendError> {
+    let text = model.render(&template.fill(prompt)?)?;
+    Ok(model.tokenize_prompt(&text).len())
+}

@@ -98,12 +98,9 @@ pub fn raw_batch_sample(
             let pos = (prompt.len() + step - 1) as i32;
             batch
                 .add(tok, pos, &[banks.seq(r)], true)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                .map_err(LlamaError::from)?;
         }
-        engine
-            .ctx
-            .decode(&mut batch)
-            .map_err(|e| LlamaError::Decode(e.to_string()))?;
+        engine.ctx.decode(&mut batch).map_err(LlamaError::from)?;
         for (r, rng) in rngs.iter_mut().enumerate() {
             let logits = engine.ctx.get_logits_ith(r as i32);
             last[r] = LlamaToken(sample_token(logits, sampling, rng) as i32);

@@ -268,7 +268,7 @@ impl LlamaScorer {
 
     fn score_inner(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, LlamaError> {
         match self.try_score(requests) {
-            Err(LlamaError::Decode(msg)) if msg == DecodeError::NoKvCacheSlot.to_string() => {
+            Err(LlamaError::Decode(DecodeError::NoKvCacheSlot)) => {
                 // A row's text needed more small-model tokens than planned: grow the
                 // context, start every row afresh and score again.
                 let st = self
@@ -356,7 +356,7 @@ impl LlamaScorer {
                 engine_of(&mut self.engine)?
                     .ctx
                     .kv_cache_seq_rm(seq, Some(first_pos as u32), None)
-                    .map_err(|e| LlamaError::Cache(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
                 self.profile.cache += t.elapsed();
             }
             row.lps.truncate(d);
@@ -415,13 +415,10 @@ impl LlamaScorer {
             for f in piece {
                 st.batch
                     .add(f.token, f.pos, &[f.seq], f.out != Out::Nothing)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
             }
             let t = lap(&mut prof.copies, t);
-            engine
-                .ctx
-                .decode(&mut st.batch)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            engine.ctx.decode(&mut st.batch).map_err(LlamaError::from)?;
             let mut t = lap(&mut prof.decode, t);
             prof.decodes += 1;
             self.evaluated += piece.len() as u64;

@@ -47,7 +47,7 @@ impl SeqBanks {
     pub(crate) fn clear(&self, ctx: &mut LlamaContext<'_>) -> Result<(), LlamaError> {
         for s in self.base..self.base + 2 * self.cap {
             ctx.kv_cache_seq_rm(s as i32, None, None)
-                .map_err(|e| LlamaError::Cache(e.to_string()))?;
+                .map_err(LlamaError::from)?;
         }
         Ok(())
     }
@@ -60,7 +60,7 @@ impl SeqBanks {
     ) -> Result<(), LlamaError> {
         for r in 1..rows {
             ctx.kv_cache_seq_cp(self.seq(0), self.seq(r), None, None)
-                .map_err(|e| LlamaError::Cache(e.to_string()))?;
+                .map_err(LlamaError::from)?;
         }
         Ok(())
     }
@@ -76,9 +76,7 @@ impl SeqBanks {
             return Err(LlamaError::Usage("reorder names a missing row"));
         }
         let next = 1 - self.bank;
-        let cache = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| {
-            LlamaError::Cache(e.to_string())
-        };
+        let cache = LlamaError::from;
         for (i, &p) in parents.iter().enumerate() {
             let dst = (self.base + next * self.cap + i) as i32;
             ctx.kv_cache_seq_cp(self.seq(p), dst, None, None)
@@ -122,13 +120,12 @@ pub(crate) fn decode_prompt(
             let is_last = pos + 1 == tokens.len();
             batch
                 .add(tok, pos as i32, &[seq], is_last)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                .map_err(LlamaError::from)?;
             if is_last {
                 last = j as i32;
             }
         }
-        ctx.decode(batch)
-            .map_err(|e| LlamaError::Decode(e.to_string()))?;
+        ctx.decode(batch).map_err(LlamaError::from)?;
     }
     Ok(ctx.get_logits_ith(last).to_vec())
 }

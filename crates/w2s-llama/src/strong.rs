@@ -312,12 +312,11 @@ pub(crate) fn extend_searches(
                 logit_at[k] = Some(batch.n_tokens());
                 batch
                     .add(tok, pos, &[search.banks.seq(requests[i].row)], true)
-                    .map_err(|e| LlamaError::Decode(e.to_string()))?;
+                    .map_err(LlamaError::from)?;
             }
         }
         if batch.n_tokens() > 0 {
-            ctx.decode(batch)
-                .map_err(|e| LlamaError::Decode(e.to_string()))?;
+            ctx.decode(batch).map_err(LlamaError::from)?;
         }
         // Sample one token for every active row.
         for (k, &(j, i)) in items.iter().enumerate() {

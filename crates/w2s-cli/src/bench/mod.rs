@@ -15,6 +15,7 @@ use w2s_llama::{raw_batch_sample, RawBatch, ScorerProfile};
 
 use crate::fail::{usage, Fail};
 
+mod inflight;
 mod tables;
 use tables::print_tables;
 
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// 200, 800 new tokens at W*K = 4 (one prompt, one repeat each).
     #[arg(long)]
     pub scales: bool,
+    /// Instead: N searches in flight as N workers against pooled decodes on one context
+    /// (e.g. 1,4,8), with the first method over --limit searches (the prompts cycled).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub in_flight: Vec<usize>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -140,6 +145,17 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
             prompt: p.clone().unwrap_or_else(|| DEFAULT_PROMPT.into()),
         }],
     };
+    if !args.in_flight.is_empty() {
+        return inflight::run(
+            &args.in_flight,
+            &settings,
+            methods[0],
+            &items,
+            args.limit,
+            args.repeats,
+            args.json,
+        );
+    }
     let mut models = Engine::build(&settings.engine)?;
     let t = settings.search.max_new_tokens();
 

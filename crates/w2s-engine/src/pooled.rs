@@ -1,0 +1,110 @@
+//! Searches in flight on one context of a local strong model: the rows of every search
+//! due for a chunk sampled in one decode per token ([`w2s_core::search_many`] over a
+//! [`LlamaProposerPool`]), each place in flight guided by the pair of an engine of its
+//! own. The alternative is N workers ([`crate::in_flight`]), each with its own context,
+//! whose decodes take turns at the compute gate.
+
+use std::ops::ControlFlow;
+
+use w2s_core::{
+    search_many_each, Guide, LogRatio, ManyJob, Progress, Role, SearchConfig, SearchOutput,
+};
+use w2s_llama::{templated_prompt_tokens, LlamaProposerPool};
+
+use crate::{Engine, EngineError};
+
+/// Whether `engine` can run pooled: a local strong model guided by the tuned / untuned
+/// pair alone (no custom guide, no more pairs).
+pub fn can_pool(engine: &Engine) -> bool {
+    engine.local_model(Role::Strong).is_some()
+        && !engine.has_custom_guide()
+        && engine.spec().guides.is_empty()
+}
+
+/// Runs `jobs` with one search in flight per engine of `engines` (each place's guide is
+/// that engine's pair; [`Engine::replicas`] makes them), the strong rows of all of them
+/// sampled in one decode per token on a context made for these jobs. Each job's result
+/// goes to `done(job, result)` as its search ends; `done` returning
+/// [`ControlFlow::Break`] ends the call (see [`w2s_core::search_many_each`]). An input
+/// error if an engine cannot pool ([`can_pool`]) or the jobs do not share one beta; a
+/// failure of the strong model ends the call with it.
+pub fn search_pooled(
+    engines: &mut [Engine],
+    jobs: &[(SearchConfig, String)],
+    progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
+    done: &mut dyn FnMut(usize, Result<SearchOutput, EngineError>) -> ControlFlow<()>,
+) -> Result<(), EngineError> {
+    let Some(first) = engines.first() else {
+        return Err(EngineError::input("no engine to search with"));
+    };
+    if !engines.iter().all(can_pool) {
+        return Err(EngineError::input(
+            "pooled searches need a local strong model guided by the tuned / untuned pair alone",
+        ));
+    }
+    let beta = jobs.first().map_or(1.0, |(c, _)| c.beta());
+    if jobs.iter().any(|(c, _)| c.beta() != beta) {
+        return Err(EngineError::input("pooled searches must share one beta"));
+    }
+    let model = first
+        .local_model(Role::Strong)
+        .ok_or_else(|| EngineError::input("no local strong model"))?
+        .clone();
+    let template = first.template(Role::Strong).clone();
+    let mut prompt_tokens = 0;
+    for (_, prompt) in jobs {
+        let n = templated_prompt_tokens(&model, &template, prompt).map_err(|e| {
+            EngineError::Search(w2s_core::SearchError::Backend {
+                role: Role::Strong,
+                source: e,
+            })
+        })?;
+        prompt_tokens = prompt_tokens.max(n);
+    }
+    let rows = jobs
+        .iter()
+        .map(|(c, _)| c.method().rows())
+        .max()
+        .unwrap_or(1);
+    let max_new = jobs
+        .iter()
+        .map(|(c, _)| c.max_new_tokens())
+        .max()
+        .unwrap_or(1);
+    let threads = first.spec().threads;
+    let places = engines.len().min(jobs.len()).max(1);
+    let mut pool = LlamaProposerPool::new(
+        model,
+        template,
+        threads,
+        places,
+        rows,
+        max_new,
+        prompt_tokens,
+    )
+    .map_err(|source| EngineError::Local {
+        role: Role::Strong,
+        source,
+    })?;
+    tracing::info!(
+        places,
+        jobs = jobs.len(),
+        "searches in flight share one context of the strong model"
+    );
+    let mut ratios: Vec<LogRatio<'_>> = engines[..places]
+        .iter_mut()
+        .map(|e| LogRatio::new(&mut e.tuned, &mut e.untuned, beta))
+        .collect();
+    let mut guides: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    let jobs = jobs
+        .iter()
+        .map(|(config, prompt)| ManyJob {
+            config: config.clone(),
+            prompt: prompt.clone(),
+        })
+        .collect();
+    search_many_each(jobs, &mut guides, &mut pool, progress, &mut |job, r| {
+        done(job, r.map_err(EngineError::from))
+    })?;
+    Ok(())
+}
