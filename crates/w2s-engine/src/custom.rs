@@ -8,9 +8,6 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::spec::EngineSpec;
 
-/// Supplies the scorer of a [`crate::RoleSource::Custom`] role when an engine is built.
-pub type CustomScorers<'a> = &'a mut dyn FnMut(Role) -> Option<Box<dyn Scorer + Send>>;
-
 /// The scorer of a role that a custom guide ([`Engine::set_guide`]) makes unused: every
 /// call is an internal error, so a search that reached it would say so.
 pub struct UnusedScorer(pub Role);

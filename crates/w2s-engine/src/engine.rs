@@ -13,10 +13,9 @@ use w2s_core::{
 use w2s_llama::{LlamaProposer, LlamaScorer, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
 
-use crate::custom::CustomScorers;
 use crate::error::EngineError;
 use crate::prompt_check::PromptCheck;
-use crate::roles::{SmallModel, Strong};
+use crate::roles::{CustomScorers, SmallModel, Strong};
 use crate::spec::{EngineSpec, RoleSource, RoleSpec, ROLES};
 
 /// One more pair of a weighted guide.

@@ -8,7 +8,7 @@ use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, Scor
 use crate::roles::{SmallModel, Strong};
 
 /// A lock that hands the CPU to the waiting search that arrived first (the lowest rank,
-/// see [`Engine::set_rank`]). Searches in flight together therefore do not interleave
+/// which the engine gives each search it starts). Searches in flight together therefore do not interleave
 /// their forward passes while the oldest can run (each keeps its buffers warm, and they
 /// finish in arrival order, as one at a time would); when the oldest waits on a remote
 /// engine, the next one runs.

@@ -48,13 +48,13 @@ mod roles;
 mod settings;
 mod spec;
 
-pub use custom::{CustomParts, CustomScorers, UnusedScorer};
+pub use custom::{CustomParts, UnusedScorer};
 pub use engine::Engine;
 pub use error::EngineError;
 pub use gate::{ComputeGate, CpuTurn, OrderedGate};
 pub use inflight::{default_parallel, in_flight, parallel_for, MAX_PARALLEL};
 pub use pooled::{can_pool, search_pooled};
 pub use prompt_check::{PromptCheck, PromptTokens};
-pub use roles::{SmallModel, Strong};
+pub use roles::{CustomScorers, SmallModel, Strong};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, GuideSpec, GuideTable, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -14,6 +14,9 @@ use w2s_remote::{RemoteProposer, RemoteScorer};
 use crate::error::EngineError;
 use crate::spec::RoleSpec;
 
+/// Supplies the scorer of a [`crate::RoleSource::Custom`] role when an engine is built.
+pub type CustomScorers<'a> = &'a mut dyn FnMut(Role) -> Option<Box<dyn Scorer + Send>>;
+
 /// The strong model: llama.cpp in this process, or a remote engine.
 pub enum Strong {
     /// A GGUF model on llama.cpp.

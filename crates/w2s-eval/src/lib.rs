@@ -54,8 +54,10 @@ mod render;
 mod report;
 mod run;
 mod scoring;
+mod stats;
 mod store;
 mod summary;
+mod task;
 mod trace_page;
 mod winrate;
 

@@ -13,9 +13,9 @@ use crate::error::{usage, EvalError};
 use crate::methods::EvalMethod;
 use crate::progress::Progress;
 use crate::prompts::PromptItem;
-use crate::run::Task;
 use crate::scoring::Scoring;
 use crate::store::{Record, Store, Timings};
+use crate::task::Task;
 
 /// What every line's generation reads.
 pub(crate) struct LineContext<'a> {

@@ -12,8 +12,8 @@
 use serde::Serialize;
 use w2s_core::RowRng;
 
+use crate::stats::{bootstrap_by_prompt, pearson, Interval, BOOTSTRAP_SEED, RESAMPLES};
 use crate::store::Record;
-use crate::summary::{bootstrap_by_prompt, Interval, BOOTSTRAP_SEED, RESAMPLES};
 
 /// A method's win rates against the reference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -109,7 +109,7 @@ pub fn win_rates(rs: &[&Record], all: &[Record]) -> Option<WinRates> {
                 .iter()
                 .filter_map(|r| Some(r.pair.as_ref()?.reference_chars as f64)),
         ),
-        guide_judge_corr: crate::summary::pearson(&margins, &verdicts),
+        guide_judge_corr: pearson(&margins, &verdicts),
     })
 }
 

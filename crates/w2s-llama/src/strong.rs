@@ -43,11 +43,19 @@ pub(crate) struct Search {
     pub(crate) banks: SeqBanks,
     prompt_len: usize,
     prompt_logits: Vec<f32>,
+    params: Params,
+}
+
+/// How a search samples.
+struct Params {
     sampling: SamplingParams,
     stop: Vec<String>,
     max_new: usize,
     chunk_end: Option<EntropyEnd>,
+    /// Each chunk's log-probability is asked for.
     logprobs: bool,
+    /// Every sampled token is recorded (piece and log-probability).
+    record: bool,
 }
 
 #[derive(Clone, Default)]
@@ -231,11 +239,14 @@ impl Search {
             banks,
             prompt_len: prompt.len(),
             prompt_logits,
-            sampling: *setup.sampling,
-            stop: setup.stop.to_vec(),
-            max_new: setup.max_new_tokens,
-            chunk_end: setup.chunk_end,
-            logprobs: setup.logprobs,
+            params: Params {
+                sampling: *setup.sampling,
+                stop: setup.stop.to_vec(),
+                max_new: setup.max_new_tokens,
+                chunk_end: setup.chunk_end,
+                logprobs: setup.logprobs,
+                record: false,
+            },
         })
     }
 
@@ -260,6 +271,9 @@ pub(crate) fn extend_searches(
     interrupt: Option<&Interrupt>,
 ) -> Result<Vec<Vec<Chunk>>, LlamaError> {
     let vocab = model.llama().vocab();
+    for (search, _) in jobs.iter_mut() {
+        search.params.record = record;
+    }
     for (search, requests) in jobs.iter() {
         if requests
             .iter()
@@ -332,44 +346,17 @@ pub(crate) fn extend_searches(
                 (None, None) => &search.prompt_logits,
             };
             let row = &mut search.rows[req.row];
-            // Adaptive chunk ends: stop before a token the model is unsure of, and keep
-            // its distribution for the row's copies to sample from.
-            if let Some(end) = search.chunk_end {
-                if produced[k] >= end.min_tokens()
-                    && w2s_core::sampling::entropy(logits) > end.entropy()
-                {
-                    row.pending = None;
-                    row.held = Some(logits.to_vec());
-                    unsure[k] = true;
-                    continue;
+            match take_token(row, logits, &search.params, produced[k], req.rng, &vocab) {
+                Took::Unsure => unsure[k] = true,
+                Took::Token {
+                    logprob: lp,
+                    finish: f,
+                } => {
+                    logprob[k] += lp;
+                    produced[k] += 1;
+                    finish[k] = f;
                 }
             }
-            let tok = LlamaToken(sample_token(logits, &search.sampling, req.rng) as i32);
-            if record || search.logprobs {
-                let lp = logits
-                    .get(tok.0.max(0) as usize)
-                    .copied()
-                    .unwrap_or(f32::NEG_INFINITY) as f64
-                    - w2s_core::sampling::log_sum_exp(logits);
-                logprob[k] += lp;
-                if record {
-                    row.sampled
-                        .push((vocab.token_to_piece(tok, true, None), lp));
-                }
-            }
-            row.pending = None;
-            row.n_tokens += 1;
-            produced[k] += 1;
-            if vocab.is_eog(tok) {
-                finish[k] = Some(Finish::Eos);
-                continue;
-            }
-            let piece = row.utf8.push(&vocab.token_to_piece(tok, false, None));
-            if append_and_check_stop(row, &piece, &search.stop) {
-                finish[k] = Some(Finish::Stop);
-                continue;
-            }
-            row.pending = Some(tok);
         }
     }
     let mut out: Vec<Vec<Chunk>> = jobs
@@ -379,28 +366,111 @@ pub(crate) fn extend_searches(
     for (k, &(j, i)) in items.iter().enumerate() {
         let (search, requests) = &mut jobs[j];
         let row = &mut search.rows[requests[i].row];
-        let ended = finish[k].is_some() || row.n_tokens >= search.max_new;
-        if ended && finish[k] != Some(Finish::Stop) {
-            let tail = row.utf8.finish();
-            if append_and_check_stop(row, &tail, &search.stop) {
-                finish[k] = Some(Finish::Stop);
-            }
-        }
-        let end = if ended {
-            row.done = true;
-            row.text.len()
-        } else {
-            (row.text.len() - stop_prefix_len(&row.text, &search.stop)).max(row.emitted)
-        };
-        out[j].push(Chunk {
-            text: row.text[row.emitted..end].to_string(),
-            tokens: produced[k],
-            finish: finish[k],
-            logprob: search.logprobs.then_some(logprob[k]),
-        });
-        row.emitted = end;
+        out[j].push(close_chunk(
+            row,
+            &search.params,
+            produced[k],
+            finish[k],
+            logprob[k],
+        ));
     }
     Ok(out)
+}
+
+/// The chunk a row's step gave: its new text (a possible stop string's start held back
+/// unless the row ended), tokens, finish and log-probability.
+fn close_chunk(
+    row: &mut Row,
+    params: &Params,
+    tokens: usize,
+    mut finish: Option<Finish>,
+    logprob: f64,
+) -> Chunk {
+    let ended = finish.is_some() || row.n_tokens >= params.max_new;
+    if ended && finish != Some(Finish::Stop) {
+        let tail = row.utf8.finish();
+        if append_and_check_stop(row, &tail, &params.stop) {
+            finish = Some(Finish::Stop);
+        }
+    }
+    let end = if ended {
+        row.done = true;
+        row.text.len()
+    } else {
+        (row.text.len() - stop_prefix_len(&row.text, &params.stop)).max(row.emitted)
+    };
+    let chunk = Chunk {
+        text: row.text[row.emitted..end].to_string(),
+        tokens,
+        finish,
+        logprob: params.logprobs.then_some(logprob),
+    };
+    row.emitted = end;
+    chunk
+}
+
+/// What a row did with its next-token distribution.
+enum Took {
+    /// The model is unsure (adaptive chunk ends): the chunk ends before this token, and
+    /// the row keeps the distribution for its copies to sample from.
+    Unsure,
+    /// A token was sampled: its log-probability (0 when not asked for) and whether it
+    /// ended the row.
+    Token {
+        logprob: f64,
+        finish: Option<Finish>,
+    },
+}
+
+/// Samples the next token of `row` (its `produced`-th of this chunk) from `logits`.
+fn take_token(
+    row: &mut Row,
+    logits: &[f32],
+    params: &Params,
+    produced: usize,
+    rng: &mut w2s_core::RowRng,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+) -> Took {
+    if let Some(end) = params.chunk_end {
+        if produced >= end.min_tokens() && w2s_core::sampling::entropy(logits) > end.entropy() {
+            row.pending = None;
+            row.held = Some(logits.to_vec());
+            return Took::Unsure;
+        }
+    }
+    let tok = LlamaToken(sample_token(logits, &params.sampling, rng) as i32);
+    let mut logprob = 0.0;
+    if params.record || params.logprobs {
+        logprob = logits
+            .get(tok.0.max(0) as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY) as f64
+            - w2s_core::sampling::log_sum_exp(logits);
+        if params.record {
+            row.sampled
+                .push((vocab.token_to_piece(tok, true, None), logprob));
+        }
+    }
+    row.pending = None;
+    row.n_tokens += 1;
+    if vocab.is_eog(tok) {
+        return Took::Token {
+            logprob,
+            finish: Some(Finish::Eos),
+        };
+    }
+    let piece = row.utf8.push(&vocab.token_to_piece(tok, false, None));
+    if append_and_check_stop(row, &piece, &params.stop) {
+        return Took::Token {
+            logprob,
+            finish: Some(Finish::Stop),
+        };
+    }
+    row.pending = Some(tok);
+    Took::Token {
+        logprob,
+        finish: None,
+    }
 }
 
 /// Appends `piece` to the row's text; if a stop string now appears, cuts the text there

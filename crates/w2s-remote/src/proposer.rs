@@ -369,6 +369,16 @@ impl RemoteProposer {
                 })
                 .collect();
         }
+        self.chunks(raws, &row_of, &url)
+    }
+
+    /// Each request's sample, cut where adaptive chunk ends say, appended to its row.
+    fn chunks(
+        &mut self,
+        raws: Vec<Option<Raw>>,
+        row_of: &[usize],
+        url: &str,
+    ) -> Result<Vec<Chunk>, RemoteError> {
         let st = self
             .state
             .as_mut()

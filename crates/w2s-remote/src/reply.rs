@@ -9,7 +9,8 @@ use w2s_core::{Chunk, Finish};
 
 use crate::client::snippet;
 use crate::error::RemoteError;
-use crate::tokens::{parse_steps, Step};
+use crate::tokens::parse_steps;
+pub(crate) use crate::tokens::Raw;
 
 /// One row as the engine knows it.
 #[derive(Debug, Clone, Default)]
@@ -23,16 +24,6 @@ pub(crate) struct RowText {
     pub(crate) tokens: usize,
     /// The row has ended.
     pub(crate) done: bool,
-}
-
-/// What the engine returned for one sample, before the row's own bookkeeping.
-#[derive(Debug, Clone)]
-pub(crate) struct Raw {
-    pub(crate) text: String,
-    pub(crate) tokens: usize,
-    pub(crate) finish: Option<Finish>,
-    /// Its tokens with their log-probabilities, when the engine returned them.
-    pub(crate) steps: Option<Vec<Step>>,
 }
 
 /// Adds the engine's sample to the row and returns what the search gets of it.

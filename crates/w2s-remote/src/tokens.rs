@@ -1,5 +1,5 @@
-//! The per-token log-probabilities an engine returns with a sample, and what w2s reads
-//! from them: the chunk's log-probability under the strong model (for a trace) and
+//! A sample as an engine returned it, with the per-token log-probabilities it may carry,
+//! and what w2s reads from them: the chunk's log-probability under the strong model (for a trace) and
 //! adaptive chunk ends (the sample cut before the first token, after the minimum, whose
 //! next-token distribution has a high entropy).
 //!
@@ -20,10 +20,20 @@ use serde_json::Value;
 use w2s_core::sampling::entropy_lower_bound;
 use w2s_core::EntropyEnd;
 
-use crate::reply::Raw;
+use w2s_core::Finish;
 
 /// Top log-probs asked per position for adaptive chunk ends (vLLM's default cap).
 pub(crate) const TOP_LOGPROBS: usize = 20;
+
+/// What the engine returned for one sample, before the row's own bookkeeping.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    pub(crate) text: String,
+    pub(crate) tokens: usize,
+    pub(crate) finish: Option<Finish>,
+    /// Its tokens with their log-probabilities, when the engine returned them.
+    pub(crate) steps: Option<Vec<Step>>,
+}
 
 /// One sampled token as the engine reported it.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +175,6 @@ pub(crate) fn chunk_logprob(raw: &Raw) -> Option<f64> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use w2s_core::Finish;
 
     fn raw(text: &str, finish: Option<Finish>, steps: Vec<Step>) -> Raw {
         Raw {

@@ -5,6 +5,7 @@
 mod completions;
 mod health;
 pub(crate) mod plain;
+mod reply;
 mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};

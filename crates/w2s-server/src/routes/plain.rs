@@ -71,7 +71,7 @@ pub(super) async fn answer(
     guard.done = true;
     let body = body(app, &req, outcome.map_err(|f| failure_error(app, f))?)?;
     app.metrics.request(200, "ok");
-    Ok(super::completions::with_ignored(
+    Ok(super::reply::with_ignored(
         Json(body).into_response(),
         &req.ignored,
     ))

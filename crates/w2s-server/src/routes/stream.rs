@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
 
-use super::completions::{id, w2s_json};
+use super::reply::{id, w2s_json};
 use super::{created, failure_error, finish_reason, Guard};
 use crate::api::{CheckedRequest, Endpoint};
 use crate::worker::{Event, Outcome};
