@@ -439,6 +439,7 @@ pub fn evaluate(
             parts,
             golds,
             cancel: Some(cancel),
+            events: Some(Box::new(w2s_eval::print_to_stderr)),
         };
         w2s_eval::evaluate_with(spec, plugins)
     })?;

@@ -76,7 +76,7 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         }
         prompts.truncate(n);
     }
-    w2s_eval::evaluate(EvalSpec {
+    let spec = EvalSpec {
         task: args.task,
         run: args.run,
         prompts,
@@ -90,7 +90,12 @@ pub fn run(args: EvalArgs) -> Result<(), Fail> {
         force: args.force,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         parallel: args.parallel,
-    })?;
+    };
+    let plugins = w2s_eval::Plugins {
+        events: Some(Box::new(w2s_eval::print_to_stderr)),
+        ..Default::default()
+    };
+    w2s_eval::evaluate_with(spec, plugins)?;
     Ok(())
 }
 

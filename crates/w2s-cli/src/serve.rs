@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use w2s_server::{serve, ServeConfig};
+use w2s_server::{serve, ServeConfig, ServeEvent};
 
 use w2s_engine::RunSettings;
 
@@ -147,18 +147,24 @@ pub fn run(args: ServeArgs) -> Result<(), Fail> {
             code: 1,
             message: format!("cannot start the async runtime: {e}"),
         })?;
-    runtime.block_on(serve(cfg, settings.engine)).map_err(|e| {
-        let code = if matches!(
-            e,
-            w2s_server::ServeError::Models(_) | w2s_server::ServeError::Bind { .. }
-        ) {
-            2
-        } else {
-            1
-        };
-        Fail {
-            code,
-            message: e.to_string(),
-        }
-    })
+    let say = |event: ServeEvent| match event {
+        ServeEvent::Listening(addr) => eprintln!("listening on http://{addr}"),
+        ServeEvent::Draining => eprintln!("shutting down: draining in-flight requests"),
+    };
+    runtime
+        .block_on(serve(cfg, settings.engine, &say))
+        .map_err(|e| {
+            let code = if matches!(
+                e,
+                w2s_server::ServeError::Models(_) | w2s_server::ServeError::Bind { .. }
+            ) {
+                2
+            } else {
+                1
+            };
+            Fail {
+                code,
+                message: e.to_string(),
+            }
+        })
 }

@@ -70,6 +70,7 @@ pub use guide_check::{
 };
 pub use methods::{parse_methods, parse_seeds, EvalMethod};
 pub use outdir::{RESULTS_FILE, RUN_FILE};
+pub use progress::{print_to_stderr, to_tracing, EvalEvent, EvalEvents};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
 pub use render::{to_json, to_markdown};
 pub use report::report;

@@ -11,7 +11,7 @@ use w2s_llama::{Model, ProxyTuner};
 
 use crate::error::{usage, EvalError};
 use crate::methods::EvalMethod;
-use crate::progress::Progress;
+use crate::progress::{EvalEvents, Progress};
 use crate::prompts::PromptItem;
 use crate::scoring::Scoring;
 use crate::store::{Record, Store, Timings};
@@ -182,6 +182,7 @@ pub(crate) struct Sink {
     pub store: Store,
     pub scoring: Scoring,
     pub progress: Progress,
+    pub events: EvalEvents,
     pub reference: Option<String>,
     pub waiting: Vec<(Record, &'static str, Instant)>,
 }
@@ -236,7 +237,7 @@ impl Sink {
             started.elapsed().as_secs_f64()
         );
         self.store.append(rec)?;
-        self.progress.tick(&label);
+        (self.events)(self.progress.tick(&label));
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{usage, EvalError};
+use crate::progress::EvalEvent;
 
 pub const RUN_FILE: &str = "run.json";
 pub const RESULTS_FILE: &str = "results.jsonl";
@@ -97,7 +98,12 @@ fn read_settings(dir: &Path) -> Result<Option<Value>, EvalError> {
 }
 
 /// Refuses early (before models load) a directory holding another run, unless `force`.
-pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), EvalError> {
+pub fn check(
+    dir: &Path,
+    settings: &Value,
+    force: bool,
+    events: &mut dyn FnMut(EvalEvent<'_>),
+) -> Result<(), EvalError> {
     if dir.exists() && !dir.is_dir() {
         return Err(usage(format!(
             "--out {} is a file, not a directory",
@@ -118,7 +124,7 @@ pub fn check(dir: &Path, settings: &Value, force: bool) -> Result<(), EvalError>
     let old = match read_settings(dir) {
         Ok(o) => o,
         Err(e) if force => {
-            eprintln!("warning: {e}");
+            events(EvalEvent::Note(&format!("warning: {e}")));
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -146,6 +152,7 @@ pub fn prepare(
     settings: &Value,
     info: &Value,
     force: bool,
+    events: &mut dyn FnMut(EvalEvent<'_>),
 ) -> Result<PathBuf, EvalError> {
     let cannot = |what: &str, e: std::io::Error| {
         usage(format!(
@@ -168,7 +175,10 @@ pub fn prepare(
                 std::fs::rename(&from, aside.join(f)).map_err(|e| cannot("move old files", e))?;
             }
         }
-        eprintln!("moved the earlier run to {}", aside.display());
+        events(EvalEvent::Note(&format!(
+            "moved the earlier run to {}",
+            aside.display()
+        )));
     }
     let body = serde_json::json!({"settings": settings, "info": info});
     let text = serde_json::to_string_pretty(&body).map_err(|e| usage(e.to_string()))?;
@@ -229,8 +239,8 @@ mod tests {
         let old = json!({"settings": {"beta": 1.0, "gold": ["vader"], "judge": null}, "info": {}});
         std::fs::write(dir.join(RUN_FILE), old.to_string()).unwrap();
         std::fs::write(dir.join(RESULTS_FILE), "").unwrap();
-        check(&dir, &json!({"beta": 1.0}), false).unwrap();
-        assert!(check(&dir, &json!({"beta": 2.0}), false).is_err());
+        check(&dir, &json!({"beta": 1.0}), false, &mut |_| {}).unwrap();
+        assert!(check(&dir, &json!({"beta": 2.0}), false, &mut |_| {}).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -249,12 +259,14 @@ mod tests {
             &dir,
             &json!({"strong": "s.gguf", "tuned": "http://h/v1#t"}),
             false,
+            &mut |_| {},
         )
         .unwrap();
         assert!(check(
             &dir,
             &json!({"strong": "t.gguf", "tuned": "http://h/v1#t"}),
-            false
+            false,
+            &mut |_| {}
         )
         .is_err());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -271,15 +283,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("w2s-outdir-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (a, b) = (json!({"beta": 1.0}), json!({"beta": 2.0}));
-        check(&dir, &a, false).unwrap();
-        let results = prepare(&dir, &a, &json!({}), false).unwrap();
+        check(&dir, &a, false, &mut |_| {}).unwrap();
+        let results = prepare(&dir, &a, &json!({}), false, &mut |_| {}).unwrap();
         std::fs::write(&results, "kept\n").unwrap();
-        check(&dir, &a, false).unwrap();
-        let e = check(&dir, &b, false).unwrap_err();
+        check(&dir, &a, false, &mut |_| {}).unwrap();
+        let e = check(&dir, &b, false, &mut |_| {}).unwrap_err();
         assert_eq!(e.kind(), w2s_core::ErrorKind::Input);
         assert!(e.to_string().contains("beta: 1.0 -> 2.0"), "{e}");
-        check(&dir, &b, true).unwrap();
-        prepare(&dir, &b, &json!({}), true).unwrap();
+        check(&dir, &b, true, &mut |_| {}).unwrap();
+        prepare(&dir, &b, &json!({}), true, &mut |_| {}).unwrap();
         assert!(!results.exists());
         let moved = std::fs::read_to_string(dir.join("previous-1").join(RESULTS_FILE)).unwrap();
         assert_eq!(moved, "kept\n");

@@ -1,14 +1,88 @@
-//! Progress of a run: a bar with ETA redrawn in place on a terminal, plain log lines
-//! otherwise (one per finished line, for log files).
+//! What a run tells its caller as it goes ([`EvalEvent`]): notes, and each finished line
+//! with the count and an ETA. The library only hands the events over; [`print_to_stderr`]
+//! is the rendering `w2s eval` and Python's `w2s.evaluate` choose (a bar redrawn in place
+//! on a terminal, one plain line per finished line otherwise, for log files).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+/// What a run tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum EvalEvent<'a> {
+    /// A note of one line (an earlier run moved aside, lines to do, where the report is).
+    Note(&'a str),
+    /// A line finished; `what` names it.
+    Line {
+        /// Which line, and what it gave.
+        what: &'a str,
+        /// Lines finished in this session, this one included.
+        done: usize,
+        /// Lines this session has to do.
+        total: usize,
+        /// Since the session started.
+        elapsed: Duration,
+        /// Estimated time left, from this session's pace.
+        eta: Option<Duration>,
+    },
+}
+
+/// Where a run's events go: a caller's function, or `tracing` (level info) when none.
+pub type EvalEvents = Box<dyn FnMut(EvalEvent<'_>) + Send>;
+
+/// The events of a run as `tracing` records: the default when the caller gives none.
+pub fn to_tracing(event: EvalEvent<'_>) {
+    match event {
+        EvalEvent::Note(note) => tracing::info!("{note}"),
+        EvalEvent::Line {
+            what, done, total, ..
+        } => tracing::info!(done, total, "{what}"),
+    }
+}
+
+/// Writes a run's events to stderr: notes as lines; finished lines as a bar with ETA
+/// redrawn in place on a terminal, or one plain line each otherwise.
+pub fn print_to_stderr(event: EvalEvent<'_>) {
+    let mut err = std::io::stderr().lock();
+    match event {
+        EvalEvent::Note(note) => {
+            let _ = writeln!(err, "{note}");
+        }
+        EvalEvent::Line {
+            what,
+            done,
+            total,
+            elapsed,
+            eta,
+        } => {
+            let eta = eta.map_or_else(|| "?".into(), duration);
+            let elapsed = duration(elapsed);
+            if std::io::stderr().is_terminal() {
+                let width = 30;
+                let filled = width * done / total.max(1);
+                let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
+                let _ = write!(
+                    err,
+                    "\r\x1b[2K[{bar}] {done}/{total} {elapsed} elapsed, ETA {eta} | {what}"
+                );
+                if done == total {
+                    let _ = writeln!(err);
+                }
+            } else {
+                let _ = writeln!(
+                    err,
+                    "[{done}/{total}] {what} ({elapsed} elapsed, ETA {eta})"
+                );
+            }
+        }
+    }
+    let _ = err.flush();
+}
+
+/// Counts a session's finished lines.
 pub struct Progress {
     total: usize,
     done: usize,
     started: Instant,
-    tty: bool,
 }
 
 /// `1h02m`, `3m05s`, `12s`.
@@ -28,7 +102,6 @@ impl Progress {
             total,
             done: 0,
             started: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
         }
     }
 
@@ -41,32 +114,16 @@ impl Progress {
         })
     }
 
-    /// One line finished: `what` names it.
-    pub fn tick(&mut self, what: &str) {
+    /// One line finished: `what` names it; the event to hand over.
+    pub fn tick<'a>(&mut self, what: &'a str) -> EvalEvent<'a> {
         self.done = (self.done + 1).min(self.total);
-        let eta = self.eta().map_or_else(|| "?".into(), duration);
-        let elapsed = duration(self.started.elapsed());
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let width = 30;
-            let filled = width * self.done / self.total.max(1);
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
-            let _ = write!(
-                err,
-                "\r\x1b[2K[{bar}] {}/{} {elapsed} elapsed, ETA {eta} | {what}",
-                self.done, self.total
-            );
-            if self.done == self.total {
-                let _ = writeln!(err);
-            }
-        } else {
-            let _ = writeln!(
-                err,
-                "[{}/{}] {what} ({elapsed} elapsed, ETA {eta})",
-                self.done, self.total
-            );
+        EvalEvent::Line {
+            what,
+            done: self.done,
+            total: self.total,
+            elapsed: self.started.elapsed(),
+            eta: self.eta(),
         }
-        let _ = err.flush();
     }
 }
 

@@ -20,7 +20,7 @@ use crate::golds::GoldKind;
 use crate::line::{LineContext, Sink, Worker};
 use crate::methods::EvalMethod;
 use crate::outdir::{self, model_name};
-use crate::progress::Progress;
+use crate::progress::{to_tracing, EvalEvent, EvalEvents, Progress};
 use crate::prompts::PromptItem;
 use crate::scoring::Scoring;
 use crate::store::Store;
@@ -75,6 +75,9 @@ pub struct Plugins {
     /// Set to stop the run: the line in progress stops within a token of the local
     /// models (or at its next chunk) and is redone on resume; every finished line is kept.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Where the run's notes and finished lines go ([`crate::print_to_stderr`] draws
+    /// them as `w2s eval` does); `None`: `tracing`.
+    pub events: Option<EvalEvents>,
 }
 
 /// Merges flags and config, with the task's default templates.
@@ -200,7 +203,9 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         parts,
         golds: custom_golds,
         cancel,
+        events,
     } = plugins;
+    let mut events = events.unwrap_or_else(|| Box::new(to_tracing));
     let cancelled = || cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
     if methods.is_empty() || seeds.is_empty() || golds.len() + custom_golds.len() == 0 {
         return Err(usage(
@@ -280,7 +285,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
     let reference_name = reference.map(|r| r.to_string());
     let settings = fingerprint(&c, task, &prompts);
     let scoring_info = scoring_settings(&golds, &custom_names, &judge, reference_name.as_deref());
-    outdir::check(&out, &settings, force)?;
+    outdir::check(&out, &settings, force, &mut events)?;
 
     let parallel = w2s_engine::parallel_for(&c.engine, parallel)?;
 
@@ -328,14 +333,14 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         "seeds": seeds,
         "scoring": scoring_info,
     });
-    let results = outdir::prepare(&out, &settings, &info, force)?;
+    let results = outdir::prepare(&out, &settings, &info, force, &mut events)?;
     let store = Store::open(&results)?;
     if store.torn_bytes > 0 {
-        eprintln!(
+        events(EvalEvent::Note(&format!(
             "cut a torn last line ({} bytes) from {}; it is redone",
             store.torn_bytes,
             results.display()
-        );
+        )));
     }
     // The reference goes first on each (seed, prompt): the others are judged against it.
     let mut order = methods.clone();
@@ -361,7 +366,7 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         }
     }
     let total = seeds.len() * methods.len() * prompts.len();
-    eprintln!(
+    events(EvalEvent::Note(&format!(
         "{} of {total} lines to do ({} already in {}{})",
         todo.len() - rescore,
         total - todo.len() + rescore,
@@ -371,11 +376,12 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         } else {
             String::new()
         }
-    );
+    )));
     let mut sink = Sink {
         store,
         scoring,
         progress: Progress::new(todo.len()),
+        events,
         reference: reference.map(|r| r.to_string()),
         waiting: Vec::new(),
     };
@@ -432,6 +438,9 @@ pub fn evaluate_with(spec: EvalSpec, plugins: Plugins) -> Result<Summary, EvalEr
         ));
     }
     let summary = crate::report::write(&out, sink.store.records())?;
-    eprintln!("report: {}", out.join("report.md").display());
+    (sink.events)(EvalEvent::Note(&format!(
+        "report: {}",
+        out.join("report.md").display()
+    )));
     Ok(summary)
 }

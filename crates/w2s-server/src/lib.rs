@@ -162,10 +162,23 @@ pub(crate) struct App {
     pub ignored_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// What a running server tells its caller (the front end says it as it likes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEvent {
+    /// Bound and accepting connections at this address (the models may still load).
+    Listening(SocketAddr),
+    /// A shutdown signal came: new requests get 503, in-flight ones are finishing.
+    Draining,
+}
+
 /// Loads the models on a worker thread, binds, serves until SIGINT/SIGTERM, then drains
 /// (new requests get 503; in-flight ones finish up to the shutdown timeout) and returns.
-/// Prints `listening on http://ADDR` to stderr once bound.
-pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError> {
+/// `on_event` hears when it is bound and when it starts draining.
+pub async fn serve(
+    cfg: ServeConfig,
+    spec: EngineSpec,
+    on_event: &(dyn Fn(ServeEvent) + Sync),
+) -> Result<(), ServeError> {
     let mut upstreams: Vec<Upstream> = Vec::new();
     for role in spec.remote_roles() {
         if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
@@ -227,7 +240,7 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    eprintln!("listening on http://{local}");
+    on_event(ServeEvent::Listening(local));
 
     let (load_fail_tx, load_fail_rx) = tokio::sync::oneshot::channel::<String>();
     tokio::task::spawn_blocking(move || {
@@ -253,7 +266,7 @@ pub async fn serve(cfg: ServeConfig, spec: EngineSpec) -> Result<(), ServeError>
     };
     app.shutting_down.store(true, Ordering::SeqCst);
     if failed.is_none() {
-        eprintln!("shutting down: draining in-flight requests");
+        on_event(ServeEvent::Draining);
         let until = tokio::time::Instant::now() + app.cfg.shutdown_timeout;
         while app.metrics.in_flight_requests.load(Ordering::SeqCst) > 0
             && tokio::time::Instant::now() < until
