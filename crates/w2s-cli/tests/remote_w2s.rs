@@ -19,7 +19,7 @@ use w2s_core::{
     SearchConfig,
 };
 use w2s_llama::{resolve_model, score_once, LlamaScorer, LoadOptions, Model};
-use w2s_remote::{Engine, RemoteProposer, RemoteScorer, RemoteSpec};
+use w2s_remote::{EngineKind, RemoteProposer, RemoteScorer, RemoteSpec};
 
 const PROMPT: &str = "I rented this movie last weekend and";
 const POSITIVE_CHATML: &str =
@@ -86,7 +86,7 @@ fn a_w2s_server_scores_a_model_without_bos_as_local_scoring_does() {
                 );
             }
         }
-        assert_eq!(remote.engine(), Some(Engine::W2s));
+        assert_eq!(remote.engine(), Some(EngineKind::W2s));
     }
 }
 

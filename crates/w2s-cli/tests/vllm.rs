@@ -117,7 +117,7 @@ fn vllm_is_detected_and_honours_the_sampling_fields() {
             logprobs: false,
         })
         .unwrap();
-    assert_eq!(strong.engine(), Some(w2s_remote::Engine::Vllm));
+    assert_eq!(strong.engine(), Some(w2s_remote::EngineKind::Vllm));
 }
 
 /// Per-token log-probabilities of `text` after `prompt` from the local scorer.
@@ -197,7 +197,7 @@ fn scores_on_vllm_equal_local_scoring_of_the_same_weights() {
                     "{score_api:?} {text:?} ended={ended}: vLLM {r} local {l}"
                 );
             }
-            assert_eq!(remote.engine(), Some(w2s_remote::Engine::Vllm));
+            assert_eq!(remote.engine(), Some(w2s_remote::EngineKind::Vllm));
         }
     }
     eprintln!("largest per-token difference: {worst:.2e} nats over {tokens_compared} tokens");

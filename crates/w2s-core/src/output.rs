@@ -13,7 +13,7 @@ use crate::trace::Trace;
 pub struct Beam {
     /// The response text (prompt excluded).
     pub text: String,
-    /// Guide value: beta * (tuned_logprob - untuned_logprob), or another [`Guide`]'s value.
+    /// Guide value: beta * (tuned_logprob - untuned_logprob), or another [`crate::Guide`]'s value.
     pub score: f64,
     /// log pi_tuned(response | prompt), EOS included when the row ended (NaN when the
     /// guide is not the tuned / untuned pair).
@@ -47,7 +47,7 @@ pub struct SearchStats {
     /// Time in the untuned model.
     #[serde(serialize_with = "secs")]
     pub untuned_time: Duration,
-    /// Time in a guide other than the tuned / untuned pair (see [`Guide`]).
+    /// Time in a guide other than the tuned / untuned pair (see [`crate::Guide`]).
     #[serde(serialize_with = "secs", skip_serializing_if = "Duration::is_zero")]
     pub guide_time: Duration,
     /// Wall time of the whole search.
@@ -66,7 +66,7 @@ pub struct SearchOutput {
     pub beams: Vec<Beam>,
     /// Counters and timings.
     pub stats: SearchStats,
-    /// Every selection step, when asked for ([`SearchConfig::with_trace`]).
+    /// Every selection step, when asked for ([`crate::SearchConfig::with_trace`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
 }

@@ -1,47 +1,4 @@
-//! The search as a state machine with no I/O: it says what it needs next ("sample these
-//! rows", "value these responses", "renumber the rows", "a selection was made", "done")
-//! and takes the results; a driver calls the models. [`crate::search_guided`] drives one
-//! search over one set of backends; a driver may as well step many searches and serve
-//! their requests together (one batch of a GPU, one decode of a loaded model).
-//! Cancelling is not polling again.
-//!
-//! ```
-//! use w2s_core::*;
-//! # struct Echo;
-//! # impl Proposer for Echo {
-//! #     fn begin(&mut self, _: &ProposalSetup<'_>) -> Result<(), BackendError> { Ok(()) }
-//! #     fn extend(&mut self, r: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-//! #         Ok(r.iter().map(|r| Chunk { text: "a".repeat(r.max_tokens), tokens: r.max_tokens,
-//! #             finish: None, logprob: None }).collect())
-//! #     }
-//! #     fn reorder(&mut self, _: &[usize]) -> Result<(), BackendError> { Ok(()) }
-//! # }
-//! let config = SearchConfig::new(Method::Cbs { w: 2, k: 2, l: 3 }, 6, 1.0, 7,
-//!     SamplingParams::default(), vec![]).unwrap();
-//! let mut state = SearchState::new(&config, "Once upon a time").unwrap();
-//! let mut strong = Echo;
-//! strong.begin(&state.proposal_setup()).unwrap();
-//! loop {
-//!     match state.poll() {
-//!         Action::Extend(mut requests) => {
-//!             let chunks = strong.extend(&mut requests).unwrap();
-//!             state.feed_chunks(chunks).unwrap();
-//!         }
-//!         Action::Score(requests) => {
-//!             let values = requests.iter().map(|r| GuideScore::value(r.text.len() as f64)).collect();
-//!             state.feed_scores(values, &[]).unwrap();
-//!         }
-//!         Action::Selected(progress) => assert!(progress.chunk >= 1),
-//!         Action::Reorder(parents) => {
-//!             strong.reorder(parents).unwrap();
-//!             state.reordered();
-//!         }
-//!         Action::Done => break,
-//!     }
-//! }
-//! let out = state.finish(SearchStats::default());
-//! assert_eq!(out.best().text, "aaaaaa");
-//! ```
+//! The search as a state machine with no I/O ([`SearchState`]).
 
 use crate::backend::{Chunk, ExtendRequest, Finish, ProposalSetup, ScoreRequest};
 use crate::config::SearchConfig;
@@ -82,7 +39,50 @@ enum Phase {
     Done,
 }
 
-/// One search's rows and where it is; see the [module](self) docs.
+/// The search as a state machine with no I/O: it says what it needs next ("sample these
+/// rows", "value these responses", "renumber the rows", "a selection was made", "done")
+/// and takes the results; a driver calls the models. [`crate::search_guided`] drives one
+/// search over one set of backends; a driver may as well step many searches and serve
+/// their requests together (one batch of a GPU, one decode of a loaded model).
+/// Cancelling is not polling again.
+///
+/// ```
+/// use w2s_core::*;
+/// # struct Echo;
+/// # impl Proposer for Echo {
+/// #     fn begin(&mut self, _: &ProposalSetup<'_>) -> Result<(), BackendError> { Ok(()) }
+/// #     fn extend(&mut self, r: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
+/// #         Ok(r.iter().map(|r| Chunk { text: "a".repeat(r.max_tokens), tokens: r.max_tokens,
+/// #             finish: None, logprob: None }).collect())
+/// #     }
+/// #     fn reorder(&mut self, _: &[usize]) -> Result<(), BackendError> { Ok(()) }
+/// # }
+/// let config = SearchConfig::new(Method::Cbs { w: 2, k: 2, l: 3 }, 6, 1.0, 7,
+///     SamplingParams::default(), vec![]).unwrap();
+/// let mut state = SearchState::new(&config, "Once upon a time").unwrap();
+/// let mut strong = Echo;
+/// strong.begin(&state.proposal_setup()).unwrap();
+/// loop {
+///     match state.poll() {
+///         Action::Extend(mut requests) => {
+///             let chunks = strong.extend(&mut requests).unwrap();
+///             state.feed_chunks(chunks).unwrap();
+///         }
+///         Action::Score(requests) => {
+///             let values = requests.iter().map(|r| GuideScore::value(r.text.len() as f64)).collect();
+///             state.feed_scores(values, &[]).unwrap();
+///         }
+///         Action::Selected(progress) => assert!(progress.chunk >= 1),
+///         Action::Reorder(parents) => {
+///             strong.reorder(parents).unwrap();
+///             state.reordered();
+///         }
+///         Action::Done => break,
+///     }
+/// }
+/// let out = state.finish(SearchStats::default());
+/// assert_eq!(out.best().text, "aaaaaa");
+/// ```
 #[derive(Debug, Clone)]
 pub struct SearchState {
     config: SearchConfig,

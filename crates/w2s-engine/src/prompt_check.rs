@@ -25,7 +25,7 @@ impl PromptCheck {
     }
 
     /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
-    /// [`Engine::set_history`]).
+    /// [`crate::Engine::set_history`]).
     pub fn check_chat(
         &self,
         history: &[ChatTurn],

@@ -32,7 +32,7 @@ pub enum SmallModel {
     Local(LlamaScorer),
     /// An OpenAI-compatible engine that echoes log-probabilities.
     Remote(RemoteScorer),
-    /// Any [`Scorer`] (e.g. a Python object), given to [`Engine::build_with`].
+    /// Any [`Scorer`] (e.g. a Python object), given to [`crate::Engine::build_with`].
     Custom(Box<dyn Scorer + Send>),
 }
 

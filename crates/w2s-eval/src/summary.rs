@@ -141,7 +141,7 @@ fn order_methods(names: &mut [&str]) {
     });
 }
 
-/// Summarises records: methods in [`method_rank`] order (so the first method, the one
+/// Summarises records: methods in `method_rank` order (so the first method, the one
 /// the others are paired against, is `sample` when the run has it), golds in the first
 /// record's order (the first is primary).
 pub fn summarize(records: &[Record]) -> Summary {

@@ -13,7 +13,7 @@ use w2s_core::text::{find_stop, stop_search_start, Utf8Accumulator};
 use w2s_core::{Finish, PromptTemplate, RowRng, SamplingParams};
 
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::decode_prompt;
 
 /// Checks that two models have the same token list (same count, same text of every
@@ -70,7 +70,7 @@ pub struct EftOutput {
 struct Part {
     model: Arc<Model>,
     template: PromptTemplate,
-    engine: Option<Engine>,
+    engine: Option<ModelContext>,
 }
 
 /// Proxy tuning over three models that share one vocabulary.
@@ -130,7 +130,7 @@ impl ProxyTuner {
             let n_ctx = u32::try_from(tokens.len() + max_new + 8)
                 .map_err(|_| LlamaError::Usage("context too large"))?;
             let engine =
-                Engine::ensure(&mut part.engine, &part.model, n_ctx, 1, 512, self.threads)?;
+                ModelContext::ensure(&mut part.engine, &part.model, n_ctx, 1, 512, self.threads)?;
             logits.push(decode_prompt(
                 &mut engine.ctx,
                 &mut batch,

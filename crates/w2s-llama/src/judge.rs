@@ -10,7 +10,7 @@ use w2s_core::sampling::log_sum_exp;
 
 use crate::chat::Message;
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::decode_prompt;
 
 /// Lowest and highest rating: single digits, one token each in common vocabularies.
@@ -31,7 +31,7 @@ pub struct Judge {
     rubric: Rubric,
     threads: i32,
     digits: Vec<(LlamaToken, f64)>,
-    engine: Option<Engine>,
+    engine: Option<ModelContext>,
 }
 
 impl Judge {
@@ -94,7 +94,8 @@ impl Judge {
         self.model.check_fits(tokens.len(), 1)?;
         let n_ctx =
             u32::try_from(tokens.len() + 8).map_err(|_| LlamaError::Usage("context too large"))?;
-        let engine = Engine::ensure(&mut self.engine, &self.model, n_ctx, 1, 512, self.threads)?;
+        let engine =
+            ModelContext::ensure(&mut self.engine, &self.model, n_ctx, 1, 512, self.threads)?;
         let mut batch = LlamaBatch::new(512, 1);
         let logits = decode_prompt(&mut engine.ctx, &mut batch, &tokens, 0, None)?;
         Ok(expected_rating(&logits, &self.digits))

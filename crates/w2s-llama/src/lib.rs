@@ -7,6 +7,16 @@
 //! - [`LlamaScorer`], a small model: scores each beam incrementally from its own KV cache,
 //!   re-evaluating only from the first token whose id changed.
 //!
+//! - [`LlamaProposerPool`], the strong model for several searches at once (driven by
+//!   [`w2s_core::search_many`]): their rows on one context, sampled in one decode per token.
+//! - [`ProxyTuner`], emulated fine-tuning (EFT): the strong model's logits moved by a tuned
+//!   / untuned pair's difference at every token.
+//! - The judges of the evaluation harness: [`Judge`] (a rubric score) and [`PairJudge`]
+//!   (which of two answers is better, with the letters' probabilities).
+//! - [`PlainModel`], plain completions for the server's non-search requests; the bench's
+//!   raw batched sampling loop ([`raw_batch_sample`]); [`requantize`] (GGUF weight types);
+//!   [`split_response`] (where a response starts in a joint tokenisation).
+//!
 //! The strong model and the small pair may use different tokenizers: text is handed over,
 //! never token ids, and never split inside a UTF-8 character.
 //!

@@ -284,7 +284,7 @@ pub(crate) fn check_file(path: &Path) -> Result<(), LlamaError> {
 pub(crate) const MAX_UBATCH: u32 = 128;
 
 /// A llama.cpp context together with the model it borrows.
-pub(crate) struct Engine {
+pub(crate) struct ModelContext {
     // Field order matters: the context is dropped before the model it points into.
     pub(crate) ctx: LlamaContext<'static>,
     pub(crate) model: Arc<Model>,
@@ -292,14 +292,14 @@ pub(crate) struct Engine {
     pub(crate) n_seq: u32,
 }
 
-impl Engine {
+impl ModelContext {
     pub(crate) fn new(
         model: Arc<Model>,
         n_ctx: u32,
         n_seq: u32,
         n_batch: u32,
         threads: i32,
-    ) -> Result<Engine, LlamaError> {
+    ) -> Result<ModelContext, LlamaError> {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx.max(64)))
             .with_n_batch(n_batch)
@@ -320,7 +320,7 @@ impl Engine {
         // keep in the same struct; `ctx` is declared first, so it is dropped first, and the
         // model is never moved or mutated while the context exists.
         let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
-        Ok(Engine {
+        Ok(ModelContext {
             ctx,
             model,
             n_ctx,
@@ -331,13 +331,13 @@ impl Engine {
     /// Reuses `slot` if it fits `n_ctx` and `n_seq` (its cache cleared), else makes a new
     /// context there; returns it.
     pub(crate) fn ensure<'a>(
-        slot: &'a mut Option<Engine>,
+        slot: &'a mut Option<ModelContext>,
         model: &Arc<Model>,
         n_ctx: u32,
         n_seq: u32,
         n_batch: u32,
         threads: i32,
-    ) -> Result<&'a mut Engine, LlamaError> {
+    ) -> Result<&'a mut ModelContext, LlamaError> {
         let fits = slot
             .as_ref()
             .is_some_and(|e| e.n_ctx >= n_ctx && e.n_seq >= n_seq);
@@ -347,7 +347,13 @@ impl Engine {
             }
         } else {
             *slot = None; // free the old one first
-            *slot = Some(Engine::new(model.clone(), n_ctx, n_seq, n_batch, threads)?);
+            *slot = Some(ModelContext::new(
+                model.clone(),
+                n_ctx,
+                n_seq,
+                n_batch,
+                threads,
+            )?);
         }
         slot.as_mut().ok_or(LlamaError::Usage("no context"))
     }

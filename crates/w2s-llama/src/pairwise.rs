@@ -15,7 +15,7 @@ use w2s_core::sampling::log_sum_exp;
 
 use crate::chat::Message;
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 
 /// What the judge is told about its task.
 const SYSTEM: &str =
@@ -66,7 +66,7 @@ pub struct PairJudge {
     model: Arc<Model>,
     threads: i32,
     letters: [LlamaToken; 2],
-    engine: Option<Engine>,
+    engine: Option<ModelContext>,
 }
 
 impl PairJudge {
@@ -104,9 +104,9 @@ impl PairJudge {
     }
 
     /// A context of at least `cells` KV cells for `n_seq` sequences, its cache empty.
-    fn context(&mut self, cells: usize, n_seq: u32) -> Result<&mut Engine, LlamaError> {
+    fn context(&mut self, cells: usize, n_seq: u32) -> Result<&mut ModelContext, LlamaError> {
         let n_ctx = u32::try_from(cells).map_err(|_| LlamaError::Usage("context too large"))?;
-        Engine::ensure(
+        ModelContext::ensure(
             &mut self.engine,
             &self.model,
             n_ctx,

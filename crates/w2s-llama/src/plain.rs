@@ -12,7 +12,7 @@ use w2s_core::{
 };
 
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::strong::LlamaProposer;
 
 /// One sampled continuation.
@@ -173,7 +173,7 @@ impl PlainModel {
         }
         self.model.check_fits(tokens.len(), max_tokens)?;
         let n_ctx = (tokens.len() + max_tokens + 8) as u32;
-        let mut engine = Engine::new(self.model.clone(), n_ctx, 1, 512, self.threads as i32)?;
+        let mut engine = ModelContext::new(self.model.clone(), n_ctx, 1, 512, self.threads as i32)?;
         let mut size = engine.ctx.n_batch().max(1) as usize;
         if self.interrupt.is_some() {
             size = size.min(crate::seqs::INTERRUPTIBLE_PIECE);

@@ -9,7 +9,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use w2s_core::{BackendError, Chunk, ExtendRequest, PromptTemplate, ProposalSetup, ProposerPool};
 
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::SeqBanks;
 use crate::strong::{extend_searches, prompt_tokens, Search};
 
@@ -20,7 +20,7 @@ const MAX_SEQ: usize = 256;
 pub struct LlamaProposerPool {
     model: Arc<Model>,
     template: PromptTemplate,
-    engine: Engine,
+    engine: ModelContext,
     batch: LlamaBatch<'static>,
     searches: Vec<Option<Search>>,
     rows: usize,
@@ -51,7 +51,7 @@ impl LlamaProposerPool {
         }
         let n_ctx = searches * (prompt_tokens + rows * max_new + 8);
         let n_batch = 512.max(searches * rows);
-        let engine = Engine::new(
+        let engine = ModelContext::new(
             model.clone(),
             u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?,
             (searches * 2 * rows) as u32,

@@ -17,7 +17,7 @@ use w2s_core::sampling::sample_token;
 use w2s_core::{PromptTemplate, RowRng, SamplingParams};
 
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::{decode_prompt, SeqBanks};
 
 /// What the raw loop did.
@@ -71,7 +71,7 @@ pub fn raw_batch_sample(
     let mut banks = SeqBanks::new(rows);
     let n_ctx = (prompt.len() + rows * tokens + 8) as u32;
     let n_batch = 512.max(rows);
-    let mut engine = Engine::new(
+    let mut engine = ModelContext::new(
         model.clone(),
         n_ctx,
         banks.n_seq(),

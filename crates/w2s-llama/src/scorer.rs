@@ -20,7 +20,7 @@ use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
 use crate::boundary::{anchor_of, response_tokens, Anchor};
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::{decode_prompt, SeqBanks};
 use crate::strong::MAX_SEQUENCES;
 
@@ -54,7 +54,7 @@ pub struct LlamaScorer {
     model: Arc<Model>,
     template: PromptTemplate,
     threads: i32,
-    engine: Option<Engine>,
+    engine: Option<ModelContext>,
     state: Option<State>,
     evaluated: u64,
     interrupt: Option<Arc<Interrupt>>,
@@ -237,7 +237,7 @@ impl LlamaScorer {
     ) -> Result<(), LlamaError> {
         let banks = SeqBanks::new(rows);
         let n_ctx = u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?;
-        let engine = Engine::ensure(
+        let engine = ModelContext::ensure(
             &mut self.engine,
             &self.model,
             n_ctx,
@@ -454,7 +454,7 @@ impl LlamaScorer {
     }
 }
 
-fn engine_of(engine: &mut Option<Engine>) -> Result<&mut Engine, LlamaError> {
+fn engine_of(engine: &mut Option<ModelContext>) -> Result<&mut ModelContext, LlamaError> {
     engine
         .as_mut()
         .ok_or(LlamaError::Usage("score before begin"))

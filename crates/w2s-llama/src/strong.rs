@@ -14,7 +14,7 @@ use w2s_core::{
 };
 
 use crate::error::LlamaError;
-use crate::model::{Engine, Model};
+use crate::model::{Model, ModelContext};
 use crate::seqs::{decode_prompt, SeqBanks};
 
 /// Most rows one llama.cpp context serves (two banks of sequence ids within its 256).
@@ -25,7 +25,7 @@ pub struct LlamaProposer {
     model: Arc<Model>,
     template: PromptTemplate,
     threads: i32,
-    engine: Option<Engine>,
+    engine: Option<ModelContext>,
     state: Option<State>,
     record: bool,
     interrupt: Option<Arc<Interrupt>>,
@@ -151,7 +151,7 @@ impl LlamaProposer {
         let n_ctx = prompt.len() + setup.rows * setup.max_new_tokens + 8;
         let n_batch = 512.max(setup.rows);
         let banks = SeqBanks::new(setup.rows);
-        let engine = Engine::ensure(
+        let engine = ModelContext::ensure(
             &mut self.engine,
             &self.model,
             u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?,

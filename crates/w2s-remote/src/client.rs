@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use w2s_core::RowRng;
 
-use crate::endpoint::{Endpoint, Engine};
+use crate::endpoint::{Endpoint, EngineKind};
 use crate::error::RemoteError;
 use crate::retry::{parse_retry_after, Next};
 
@@ -79,14 +79,14 @@ impl Client {
 
     /// The engine, asking the server once if the endpoint says `auto`; also checks that
     /// the server lists the model (when it lists any).
-    pub(crate) fn resolve_engine(&self) -> Result<Engine, RemoteError> {
+    pub(crate) fn resolve_engine(&self) -> Result<EngineKind, RemoteError> {
         let ctx = self.ctx.clone();
         let listing = self.block_on(async move { ctx.send("models", None).await })??;
         let ep = &self.ctx.ep;
         let data = listing.get("data").and_then(Value::as_array);
         let Some(data) = data else {
             return Ok(match ep.engine {
-                Engine::Auto => Engine::OpenAi,
+                EngineKind::Auto => EngineKind::OpenAi,
                 e => e,
             });
         };
@@ -111,11 +111,11 @@ impl Client {
             .and_then(|m| m.get("owned_by")?.as_str())
             .unwrap_or("");
         let engine = match ep.engine {
-            Engine::Auto => Engine::from_owned_by(owner),
+            EngineKind::Auto => EngineKind::from_owned_by(owner),
             e => e,
         };
         // llama-cpp-python serves whatever is loaded under any name it is asked for.
-        if !ids.is_empty() && !ids.contains(&ep.model) && engine != Engine::LlamaCppPython {
+        if !ids.is_empty() && !ids.contains(&ep.model) && engine != EngineKind::LlamaCppPython {
             return Err(RemoteError::UnknownModel {
                 url: ep.base.clone(),
                 model: ep.model.clone(),

@@ -11,10 +11,10 @@ use crate::retry::RetryPolicy;
 /// Which engine serves the endpoint; it decides a few request details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Engine {
+pub enum EngineKind {
     /// Ask `GET /v1/models` once: vLLM, SGLang and w2s name themselves in `owned_by`,
     /// llama.cpp's `llama-server` answers `owned_by: "llamacpp"` and llama-cpp-python
-    /// `owned_by: "me"`; anything else is [`Engine::OpenAi`].
+    /// `owned_by: "me"`; anything else is [`EngineKind::OpenAi`].
     #[default]
     Auto,
     /// The OpenAI API as documented (hosted APIs): no `top_k`.
@@ -38,26 +38,26 @@ pub enum Engine {
     W2s,
 }
 
-impl Engine {
+impl EngineKind {
     /// Whether the engine takes `top_k`.
     pub(crate) fn takes_top_k(self) -> bool {
-        !matches!(self, Engine::OpenAi | Engine::Auto)
+        !matches!(self, EngineKind::OpenAi | EngineKind::Auto)
     }
     /// Whether the engine honours `n` (if it does not, missing samples are fetched with
     /// parallel requests anyway). An engine may still cap `n` (llama-server at its slot
     /// count): larger groups are split, see [`crate::RemoteProposer`].
     pub(crate) fn honours_n(self) -> bool {
-        !matches!(self, Engine::LlamaCppPython)
+        !matches!(self, EngineKind::LlamaCppPython)
     }
     /// The engine named by a `/v1/models` entry's `owned_by`.
-    pub(crate) fn from_owned_by(owned_by: &str) -> Engine {
+    pub(crate) fn from_owned_by(owned_by: &str) -> EngineKind {
         match owned_by {
-            "vllm" => Engine::Vllm,
-            "sglang" => Engine::Sglang,
-            "me" | "llama-cpp-python" => Engine::LlamaCppPython,
-            "llamacpp" | "llama.cpp" | "llama-server" => Engine::LlamaServer,
-            "w2s" => Engine::W2s,
-            _ => Engine::OpenAi,
+            "vllm" => EngineKind::Vllm,
+            "sglang" => EngineKind::Sglang,
+            "me" | "llama-cpp-python" => EngineKind::LlamaCppPython,
+            "llamacpp" | "llama.cpp" | "llama-server" => EngineKind::LlamaServer,
+            "w2s" => EngineKind::W2s,
+            _ => EngineKind::OpenAi,
         }
     }
 }
@@ -114,7 +114,7 @@ pub struct RemoteSpec {
     pub max_concurrency: usize,
     /// Which engine serves it.
     #[serde(default)]
-    pub engine: Engine,
+    pub engine: EngineKind,
     /// The strong model's endpoint kind.
     #[serde(default)]
     pub api: Api,
@@ -163,7 +163,7 @@ impl RemoteSpec {
             max_retries: default_retries(),
             max_backoff_s: default_max_backoff(),
             max_concurrency: default_concurrency(),
-            engine: Engine::Auto,
+            engine: EngineKind::Auto,
             api: Api::Completions,
             score_api: ScoreApi::Echo,
             eos_text: None,
@@ -261,7 +261,7 @@ pub struct Endpoint {
     pub(crate) request_timeout: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) max_concurrency: usize,
-    pub(crate) engine: Engine,
+    pub(crate) engine: EngineKind,
     pub(crate) api: Api,
     pub(crate) score_api: ScoreApi,
     pub(crate) eos_text: Option<String>,
@@ -285,20 +285,20 @@ mod tests {
     #[test]
     fn engines_are_told_apart_by_owned_by() {
         for (owner, engine) in [
-            ("vllm", Engine::Vllm),
-            ("sglang", Engine::Sglang),
-            ("me", Engine::LlamaCppPython),
-            ("llama-cpp-python", Engine::LlamaCppPython),
-            ("llamacpp", Engine::LlamaServer),
-            ("w2s", Engine::W2s),
-            ("openai", Engine::OpenAi),
-            ("", Engine::OpenAi),
+            ("vllm", EngineKind::Vllm),
+            ("sglang", EngineKind::Sglang),
+            ("me", EngineKind::LlamaCppPython),
+            ("llama-cpp-python", EngineKind::LlamaCppPython),
+            ("llamacpp", EngineKind::LlamaServer),
+            ("w2s", EngineKind::W2s),
+            ("openai", EngineKind::OpenAi),
+            ("", EngineKind::OpenAi),
         ] {
-            assert_eq!(Engine::from_owned_by(owner), engine, "{owner}");
+            assert_eq!(EngineKind::from_owned_by(owner), engine, "{owner}");
         }
-        assert!(Engine::W2s.takes_top_k() && Engine::W2s.honours_n());
-        assert!(!Engine::OpenAi.takes_top_k() && !Engine::LlamaCppPython.honours_n());
-        assert!(Engine::LlamaServer.takes_top_k() && Engine::LlamaServer.honours_n());
+        assert!(EngineKind::W2s.takes_top_k() && EngineKind::W2s.honours_n());
+        assert!(!EngineKind::OpenAi.takes_top_k() && !EngineKind::LlamaCppPython.honours_n());
+        assert!(EngineKind::LlamaServer.takes_top_k() && EngineKind::LlamaServer.honours_n());
     }
 
     #[test]
@@ -348,12 +348,12 @@ mod tests {
             r#"{"url":"http://h:1/v1","model":"m","engine":"llama-cpp-python","eos_text":"<|im_end|>"}"#,
         )
         .unwrap();
-        assert_eq!(s.engine, Engine::LlamaCppPython);
+        assert_eq!(s.engine, EngineKind::LlamaCppPython);
         assert_eq!(s.max_retries, 4);
         let s: RemoteSpec =
             serde_json::from_str(r#"{"url":"http://h:1/v1","model":"m","engine":"llama-server"}"#)
                 .unwrap();
-        assert_eq!(s.engine, Engine::LlamaServer);
+        assert_eq!(s.engine, EngineKind::LlamaServer);
         assert!(
             serde_json::from_str::<RemoteSpec>(r#"{"url":"u","model":"m","key":"x"}"#).is_err()
         );

@@ -76,7 +76,7 @@
 //! (`stop_reason`, vLLM) or stop strings were set.
 //!
 //! ## llama.cpp's `llama-server`
-//! Detected by `owned_by: "llamacpp"` in `GET /v1/models` ([`Engine::LlamaServer`]). It
+//! Detected by `owned_by: "llamacpp"` in `GET /v1/models` ([`EngineKind::LlamaServer`]). It
 //! takes `top_k` (sent always, 0 = off) and `seed`, and is given the sampler chain
 //! (`samplers: ["temperature", "top_k", "top_p"]`) so that its default min-p and top-k
 //! do not apply. It does not echo prompt log-probabilities, so it cannot be a remote
@@ -123,7 +123,7 @@ mod retry;
 mod scorer;
 mod tokens;
 
-pub use endpoint::{is_remote, Api, Endpoint, Engine, RemoteSpec, ScoreApi};
+pub use endpoint::{is_remote, Api, Endpoint, EngineKind, RemoteSpec, ScoreApi};
 pub use error::RemoteError;
 pub use proposer::RemoteProposer;
 pub use retry::RetryPolicy;

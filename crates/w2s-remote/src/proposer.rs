@@ -8,7 +8,7 @@ use w2s_core::{
 };
 
 use crate::client::Client;
-use crate::endpoint::{Api, Endpoint, Engine};
+use crate::endpoint::{Api, Endpoint, EngineKind};
 use crate::error::RemoteError;
 use crate::reply::{advance, n_bound, parse_choices, Raw, RowText};
 use crate::tokens::{chunk_logprob, cut_at_entropy, TOP_LOGPROBS};
@@ -25,7 +25,7 @@ use crate::tokens::{chunk_logprob, cut_at_entropy, TOP_LOGPROBS};
 pub struct RemoteProposer {
     client: Client,
     template: PromptTemplate,
-    engine: Option<Engine>,
+    engine: Option<EngineKind>,
     use_n: bool,
     n_cap: Option<usize>,
     state: Option<State>,
@@ -94,7 +94,7 @@ impl RemoteProposer {
     }
 
     /// The engine (after the first `begin`, resolved if it was `auto`).
-    pub fn engine(&self) -> Option<Engine> {
+    pub fn engine(&self) -> Option<EngineKind> {
         self.engine
     }
 
@@ -128,14 +128,14 @@ impl RemoteProposer {
         }
         if self.engine.is_none() {
             let engine = self.client.resolve_engine()?;
-            if api == Api::Chat && !matches!(engine, Engine::Vllm | Engine::Sglang) {
+            if api == Api::Chat && !matches!(engine, EngineKind::Vllm | EngineKind::Sglang) {
                 return Err(RemoteError::Unsupported(format!(
                     "api = \"chat\" continues the assistant's message with continue_final_message, \
                      which {engine:?} does not support; use api = \"completions\" with a plain template"
                 )));
             }
             self.use_n = engine.honours_n();
-            if engine == Engine::LlamaServer {
+            if engine == EngineKind::LlamaServer {
                 self.n_cap = self.slots();
             }
             self.engine = Some(engine);
@@ -184,7 +184,7 @@ impl RemoteProposer {
             "seed": seed,
         });
         let engine = self.engine.unwrap_or_default();
-        if engine == Engine::LlamaServer {
+        if engine == EngineKind::LlamaServer {
             // Its default chain adds min-p 0.05 and top-k 40 and puts the temperature
             // last; w2s's sampler is temperature, then top-k (0 = off), then top-p.
             body["top_k"] = json!(s.top_k());
@@ -207,10 +207,10 @@ impl RemoteProposer {
             FilledPrompt::Text(t) => {
                 body["prompt"] = json!(format!("{t}{row_text}"));
                 if per_token {
-                    let least = usize::from(engine == Engine::LlamaServer);
+                    let least = usize::from(engine == EngineKind::LlamaServer);
                     body["logprobs"] = json!(top.max(least));
                 } else if n > 1 {
-                    if engine == Engine::LlamaServer {
+                    if engine == EngineKind::LlamaServer {
                         // `logprobs: 0` returns none there; the sampler's own candidates
                         // (post-sampling) are cheap, the full vocabulary is not.
                         body["logprobs"] = json!(1);

@@ -6,7 +6,7 @@ use w2s_core::{BackendError, FilledPrompt, PromptTemplate, ScoreRequest, Scorer}
 
 use crate::align::{response_logprob, response_span, Echoed};
 use crate::client::{snippet, Client};
-use crate::endpoint::{Endpoint, Engine, ScoreApi};
+use crate::endpoint::{Endpoint, EngineKind, ScoreApi};
 use crate::error::RemoteError;
 
 /// A scorer on a remote engine (the tuned or the untuned model of a guide pair).
@@ -17,7 +17,7 @@ use crate::error::RemoteError;
 pub struct RemoteScorer {
     client: Client,
     template: PromptTemplate,
-    engine: Option<Engine>,
+    engine: Option<EngineKind>,
     prompt: Option<String>,
     rows: usize,
     evaluated: u64,
@@ -63,7 +63,7 @@ impl RemoteScorer {
     }
 
     /// The engine (after the first `begin`, resolved if it was `auto`).
-    pub fn engine(&self) -> Option<Engine> {
+    pub fn engine(&self) -> Option<EngineKind> {
         self.engine
     }
 
@@ -83,13 +83,15 @@ impl RemoteScorer {
         };
         if self.engine.is_none() {
             let engine = self.client.resolve_engine()?;
-            if engine == Engine::LlamaServer {
+            if engine == EngineKind::LlamaServer {
                 return Err(RemoteError::Unsupported(format!(
                     "{} is llama.cpp's llama-server, which returns log-probabilities of generated                      tokens only (it refuses echo): it cannot score given text. Run this guide model                      locally, or serve it with vLLM, llama-cpp-python (--logits_all true) or w2s serve",
                     self.client.ctx.ep.base
                 )));
             }
-            if engine == Engine::LlamaCppPython && self.client.ctx.ep.score_api == ScoreApi::Echo {
+            if engine == EngineKind::LlamaCppPython
+                && self.client.ctx.ep.score_api == ScoreApi::Echo
+            {
                 self.check_adds_bos()?;
             }
             self.engine = Some(engine);

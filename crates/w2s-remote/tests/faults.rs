@@ -20,7 +20,7 @@ fn scorer(url: &str, timeout_s: f64) -> RemoteScorer {
     spec.max_retries = 2;
     spec.max_backoff_s = 2.0;
     spec.request_timeout_s = timeout_s;
-    spec.engine = Engine::LlamaCppPython;
+    spec.engine = EngineKind::LlamaCppPython;
     RemoteScorer::new(
         spec.check().unwrap(),
         PromptTemplate::new(TEMPLATE).unwrap(),

@@ -158,7 +158,7 @@ fn cbs_on_llama_server_with_local_guides() {
         out.stats.strong_time.as_secs_f64(),
         (out.stats.tuned_time + out.stats.untuned_time).as_secs_f64(),
     );
-    assert_eq!(strong.engine(), Some(Engine::LlamaServer));
+    assert_eq!(strong.engine(), Some(EngineKind::LlamaServer));
     assert_eq!(strong.n_cap(), Some(4), "total_slots of GET /props");
     check_output(&out, max_new);
     let best = out.best();
@@ -428,7 +428,7 @@ fn n_above_the_slot_count_is_split_on_llama_server() {
     // An engine w2s is not told about: the cap is learnt from the first 400 and the
     // refused request is sent again, split; the search does not fail.
     let mut s = spec(&server.url);
-    s.engine = Engine::OpenAi;
+    s.engine = EngineKind::OpenAi;
     let mut unknown =
         RemoteProposer::new(s.check().unwrap(), PromptTemplate::new(IMDB).unwrap()).unwrap();
     let out = run(&mut unknown, &mut guides, &cfg, PROMPT).unwrap();

@@ -83,7 +83,7 @@ fn check_equal(name: &str, template: &str, eos: &str) {
             );
         }
     }
-    assert_eq!(remote.engine(), Some(Engine::LlamaCppPython));
+    assert_eq!(remote.engine(), Some(EngineKind::LlamaCppPython));
 }
 
 #[test]

@@ -219,7 +219,7 @@ fn n_above_the_engine_cap_is_split_after_its_400() {
     let stub2 = Stub::start("llamacpp", Some(props), capped(2, calls2.clone()));
     let mut strong2 = proposer(&stub2.url);
     let out2 = run(&mut strong2, Method::Cbs { w: 1, k: 4, l: 5 }, 10, &[]);
-    assert_eq!(strong2.engine(), Some(Engine::LlamaServer));
+    assert_eq!(strong2.engine(), Some(EngineKind::LlamaServer));
     assert_eq!(strong2.n_cap(), Some(2));
     assert_eq!(stub2.gets(), vec!["/v1/models", "/props"]);
     let ns2: Vec<usize> = stub2.bodies().iter().map(n_of).collect();

@@ -1,9 +1,11 @@
 //! # w2s-server: weak-to-strong search behind the OpenAI API
 //!
 //! `POST /v1/completions` and `POST /v1/chat/completions` answer with text chosen by the
-//! search; any OpenAI client gets aligned output by changing its base URL. Model forward
-//! passes run on one dedicated worker thread fed by a queue whose admitted cost
-//! (W*K*max_tokens) is capped: beyond it a request gets 429 with `Retry-After` at once.
+//! search; any OpenAI client gets aligned output by changing its base URL. Searches run on
+//! worker threads (`--parallel` of them, each with contexts of its own over the shared
+//! models, their local forward passes taking turns at a compute gate), fed by a queue
+//! whose admitted cost (W*K*max_tokens) is capped: beyond it a request gets 429 with
+//! `Retry-After` at once.
 //! Every body is validated into a checked request before any model work; errors have the
 //! OpenAI shape. A client that disconnects cancels its search within one chunk.
 //!
@@ -15,7 +17,7 @@
 //! ```no_run
 //! # async fn run(spec: w2s_engine::EngineSpec) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = w2s_server::ServeConfig::new(w2s_core::SearchConfig::default());
-//! w2s_server::serve(config, spec).await?;
+//! w2s_server::serve(config, spec, &|event| eprintln!("{event:?}")).await?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
