@@ -355,32 +355,22 @@ fn the_chat_api_continues_the_assistant_message() {
         vec![],
     )
     .unwrap();
-    let out = search(
-        &config,
-        PROMPT,
-        Models {
+    let mut run = |config: &SearchConfig| {
+        let models = Models {
             strong: &mut strong,
             tuned: &mut tuned,
             untuned: &mut untuned,
-        },
-    )
-    .unwrap();
+        };
+        search(config, PROMPT, models).unwrap()
+    };
+    let out = run(&config);
     assert!(!out.best().text.trim().is_empty(), "{:?}", out.best());
     // Adaptive chunk ends and chunk log-probs through the chat shape of log-probs.
     let adaptive = config
         .with_chunk_end(Some(EntropyEnd::new(1, 1.0).unwrap()))
         .unwrap()
         .with_trace(true);
-    let out = search(
-        &adaptive,
-        PROMPT,
-        Models {
-            strong: &mut strong,
-            tuned: &mut tuned,
-            untuned: &mut untuned,
-        },
-    )
-    .unwrap();
+    let out = run(&adaptive);
     let trace = out.trace.expect("traced");
     let rows = || {
         trace

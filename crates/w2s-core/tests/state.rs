@@ -200,9 +200,15 @@ fn job(config: &SearchConfig, prompt: &str) -> ManyJob {
     }
 }
 
-/// `n` pairs, one per place in flight.
-fn pairs(n: usize) -> Vec<(Weights, Weights)> {
-    (0..n).map(|_| pair()).collect()
+/// Calls `f` with `n` places in flight, each guided by the log-ratio of a pair of its own.
+fn with_places<R>(n: usize, f: impl FnOnce(&mut [&mut dyn Guide]) -> R) -> R {
+    let mut pairs: Vec<(Weights, Weights)> = (0..n).map(|_| pair()).collect();
+    let mut ratios: Vec<LogRatio<'_>> = pairs
+        .iter_mut()
+        .map(|(t, u)| LogRatio::new(t, u, 1.0))
+        .collect();
+    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    f(&mut places)
 }
 
 #[test]
@@ -220,15 +226,11 @@ fn search_many_samples_searches_together_and_gives_each_its_own_result() {
     let jobs = searches.iter().map(|(c, p)| job(c, p)).collect();
     let mut pool = Pool::default();
     let mut seen = vec![0; searches.len()];
-    let mut pairs = pairs(2);
-    let mut ratios: Vec<LogRatio<'_>> = pairs
-        .iter_mut()
-        .map(|(t, u)| LogRatio::new(t, u, 1.0))
-        .collect();
-    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
-    let results = search_many(jobs, &mut places, &mut pool, &mut |job, _| {
-        seen[job] += 1;
-        true
+    let results = with_places(2, |places| {
+        search_many(jobs, places, &mut pool, &mut |job, _| {
+            seen[job] += 1;
+            true
+        })
     })
     .unwrap();
     for (((config, prompt), got), selections) in searches.iter().zip(results).zip(seen) {
@@ -248,14 +250,8 @@ fn search_many_samples_searches_together_and_gives_each_its_own_result() {
 fn one_failing_or_cancelled_search_leaves_the_others_alone() {
     let c = config(Method::Cbs { w: 2, k: 2, l: 3 }, 9, 1);
     let jobs = vec![job(&c, "one"), job(&c, "   "), job(&c, "three")];
-    let mut pairs = pairs(3);
-    let mut ratios: Vec<LogRatio<'_>> = pairs
-        .iter_mut()
-        .map(|(t, u)| LogRatio::new(t, u, 1.0))
-        .collect();
-    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
-    let results = search_many(jobs, &mut places, &mut Pool::default(), &mut |job, _| {
-        job != 2
+    let results = with_places(3, |places| {
+        search_many(jobs, places, &mut Pool::default(), &mut |job, _| job != 2)
     })
     .unwrap();
     assert_eq!(results[0].as_ref().unwrap().beams, alone(&c, "one").beams);
@@ -270,24 +266,14 @@ fn one_failing_or_cancelled_search_leaves_the_others_alone() {
 fn a_done_that_breaks_ends_the_call_and_frees_every_place() {
     let c = config(Method::Cbs { w: 2, k: 2, l: 3 }, 12, 1);
     let jobs = (0..5).map(|i| job(&c, &format!("p{i}"))).collect();
-    let mut pairs = pairs(2);
-    let mut ratios: Vec<LogRatio<'_>> = pairs
-        .iter_mut()
-        .map(|(t, u)| LogRatio::new(t, u, 1.0))
-        .collect();
-    let mut places: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
     let mut pool = Pool::default();
     let mut got = Vec::new();
-    search_many_each(
-        jobs,
-        &mut places,
-        &mut pool,
-        &mut |_, _| true,
-        &mut |job, r| {
+    with_places(2, |places| {
+        search_many_each(jobs, places, &mut pool, &mut |_, _| true, &mut |job, r| {
             got.push((job, r.is_ok()));
             std::ops::ControlFlow::Break(())
-        },
-    )
+        })
+    })
     .unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     let mut ended = pool.ended.clone();

@@ -67,6 +67,16 @@ fn n_of(body: &Value) -> usize {
     body["n"].as_u64().unwrap_or(1) as usize
 }
 
+/// A search of "how was it?" on `strong`, guided by the length of the text.
+fn guided(strong: &mut RemoteProposer, config: &SearchConfig) -> Result<SearchOutput, SearchError> {
+    let models = Models {
+        strong,
+        tuned: &mut LengthScorer,
+        untuned: &mut Zero,
+    };
+    search(config, "how was it?", models)
+}
+
 fn run(strong: &mut RemoteProposer, method: Method, max_new: usize, stop: &[&str]) -> SearchOutput {
     let config = SearchConfig::new(
         method,
@@ -77,16 +87,7 @@ fn run(strong: &mut RemoteProposer, method: Method, max_new: usize, stop: &[&str
         stop.iter().map(|s| s.to_string()).collect(),
     )
     .unwrap();
-    search(
-        &config,
-        "how was it?",
-        Models {
-            strong,
-            tuned: &mut LengthScorer,
-            untuned: &mut Zero,
-        },
-    )
-    .unwrap()
+    guided(strong, &config).unwrap()
 }
 
 #[test]
@@ -247,16 +248,7 @@ fn a_cap_it_cannot_learn_is_a_clear_error() {
         vec![],
     )
     .unwrap();
-    let e = search(
-        &config,
-        "how was it?",
-        Models {
-            strong: &mut strong,
-            tuned: &mut LengthScorer,
-            untuned: &mut Zero,
-        },
-    )
-    .unwrap_err();
+    let e = guided(&mut strong, &config).unwrap_err();
     assert!(e.to_string().contains("n is not supported"), "{e}");
     assert_eq!(stub.bodies().len(), 1);
 }
@@ -314,16 +306,7 @@ fn character_completed_past_max_tokens_is_accepted() {
         vec![],
     )
     .unwrap();
-    let e = search(
-        &config,
-        "how was it?",
-        Models {
-            strong: &mut strong,
-            tuned: &mut LengthScorer,
-            untuned: &mut Zero,
-        },
-    )
-    .unwrap_err();
+    let e = guided(&mut strong, &config).unwrap_err();
     assert!(e.to_string().contains("6 tokens for max_tokens = 2"), "{e}");
 }
 
@@ -393,16 +376,7 @@ fn adaptive_chunk_ends_cut_a_remote_sample_at_its_first_unsure_token() {
         }
     });
     let mut strong = proposer(&stub.url);
-    let out = search(
-        &adaptive(20, 2),
-        "how was it?",
-        Models {
-            strong: &mut strong,
-            tuned: &mut LengthScorer,
-            untuned: &mut Zero,
-        },
-    )
-    .unwrap();
+    let out = guided(&mut strong, &adaptive(20, 2)).unwrap();
     // " The" is unsure but under the minimum; " great" ends the first chunk.
     assert_eq!(out.best().text, " The film was great fun");
     assert_eq!(out.best().strong_tokens, 5);
@@ -429,16 +403,7 @@ fn adaptive_chunk_ends_on_an_engine_without_top_logprobs_are_refused() {
         (200, completion(&[(" fine", "length")], 5))
     });
     let mut strong = proposer(&stub.url);
-    let err = search(
-        &adaptive(20, 2),
-        "how was it?",
-        Models {
-            strong: &mut strong,
-            tuned: &mut LengthScorer,
-            untuned: &mut Zero,
-        },
-    )
-    .unwrap_err();
+    let err = guided(&mut strong, &adaptive(20, 2)).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("need the engine's top log-probabilities"),

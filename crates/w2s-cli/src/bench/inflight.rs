@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use serde::Serialize;
-use w2s_core::{Method, SearchConfig};
-use w2s_engine::{can_pool, in_flight, search_pooled, Checked, Engine};
+use w2s_core::{Method, SearchConfig, SearchOutput};
+use w2s_engine::{can_pool, in_flight, search_pooled, Checked, Engine, EngineError};
 use w2s_eval::PromptItem;
 
 use crate::fail::{usage, Fail};
@@ -136,47 +136,56 @@ fn median(passes: &mut [Pass]) -> Pass {
     passes[passes.len() / 2]
 }
 
+/// A pass's strong tokens so far, or its first failure.
+struct Tally {
+    started: Instant,
+    tokens: usize,
+    failed: Option<EngineError>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            started: Instant::now(),
+            tokens: 0,
+            failed: None,
+        }
+    }
+
+    fn add(&mut self, result: Result<SearchOutput, EngineError>) -> ControlFlow<()> {
+        match result {
+            Ok(out) => {
+                self.tokens += out.stats.strong_tokens_sampled;
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn pass(self) -> Result<Pass, Fail> {
+        match self.failed {
+            Some(e) => Err(e.into()),
+            None => Ok((self.started.elapsed().as_secs_f64(), self.tokens)),
+        }
+    }
+}
+
 fn workers(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pass, Fail> {
-    let t = Instant::now();
-    let mut tokens = 0;
-    let mut failed = None;
+    let mut tally = Tally::new();
     in_flight(
         engines,
         jobs.iter(),
         |e, (config, prompt)| e.search(config, prompt),
-        |r| match r {
-            Ok(out) => {
-                tokens += out.stats.strong_tokens_sampled;
-                ControlFlow::Continue(())
-            }
-            Err(e) => {
-                failed = Some(e);
-                ControlFlow::Break(())
-            }
-        },
+        |r| tally.add(r),
     );
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok((t.elapsed().as_secs_f64(), tokens)),
-    }
+    tally.pass()
 }
 
 fn pooled(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pass, Fail> {
-    let t = Instant::now();
-    let mut tokens = 0;
-    let mut failed = None;
-    search_pooled(engines, jobs, &mut |_, _| true, &mut |_, r| match r {
-        Ok(out) => {
-            tokens += out.stats.strong_tokens_sampled;
-            ControlFlow::Continue(())
-        }
-        Err(e) => {
-            failed = Some(e);
-            ControlFlow::Break(())
-        }
-    })?;
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok((t.elapsed().as_secs_f64(), tokens)),
-    }
+    let mut tally = Tally::new();
+    search_pooled(engines, jobs, &mut |_, _| true, &mut |_, r| tally.add(r))?;
+    tally.pass()
 }
