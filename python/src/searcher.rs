@@ -427,7 +427,7 @@ pub fn evaluate(
         methods,
         seeds,
         golds: builtin,
-        judge: judge.unwrap_or_else(|| "qwen2.5-coder-1.5b-instruct".into()),
+        judge: judge.unwrap_or_else(|| w2s_eval::DEFAULT_JUDGE.into()),
         reference,
         out,
         force,

@@ -43,11 +43,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "METHOD")]
     pub reference: Option<String>,
     /// The judge model (GGUF file or name) for the `judge` and `pairwise` gold rewards.
-    #[arg(
-        long,
-        value_name = "FILE|NAME",
-        default_value = "qwen2.5-coder-1.5b-instruct"
-    )]
+    #[arg(long, value_name = "FILE|NAME", default_value = w2s_eval::DEFAULT_JUDGE)]
     pub judge: String,
     /// Output directory: results.jsonl, run.json, report.md, summary.json, plots.
     #[arg(long, value_name = "DIR")]

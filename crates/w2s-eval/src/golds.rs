@@ -57,6 +57,10 @@ impl GoldReward for JudgeGold {
     }
 }
 
+/// The judge model of the `judge` and `pairwise` gold rewards when none is named (a name
+/// `scripts/fetch-models` knows).
+pub const DEFAULT_JUDGE: &str = "qwen2.5-coder-1.5b-instruct";
+
 /// A gold reward named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoldKind {

@@ -62,7 +62,7 @@ mod trace_page;
 mod winrate;
 
 pub use error::EvalError;
-pub use golds::{parse_golds, GoldKind, JudgeGold, Vader};
+pub use golds::{parse_golds, GoldKind, JudgeGold, Vader, DEFAULT_JUDGE};
 pub use guide_check::{
     candidates as guide_candidates, check as check_guide, check_run as guide_check_run,
     run_responses, score_with, to_markdown as guide_check_markdown, Bin, GuideCheck, Response,

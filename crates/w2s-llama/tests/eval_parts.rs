@@ -1,6 +1,9 @@
 //! The parts `w2s eval` builds on, on the real GGUF files: chat templates rendered from the
 //! GGUF by minijinja, EFT (proxy tuning) and the model judge.
 
+mod common;
+
+use common::LocalModels;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use w2s_core::*;

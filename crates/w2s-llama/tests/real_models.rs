@@ -9,6 +9,9 @@
 //! A real bug (a token scored twice, skipped, scored with the wrong context, or the EOS
 //! term missing) moves the sum by whole nats.
 
+mod common;
+
+use common::LocalModels;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
