@@ -189,7 +189,7 @@ impl Searcher {
         let result = cancellable(py, |cancel| {
             let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
             let engine = &mut engines[0];
-            interrupt.arm(cancel.clone(), far_deadline());
+            interrupt.arm_cancel(cancel.clone());
             engine.set_interrupt(Some(interrupt.clone()));
             let out = engine
                 .search_with_progress(&config, prompt, &mut |_| !cancel.load(Ordering::SeqCst));
@@ -235,7 +235,7 @@ impl Searcher {
         let workers = &mut engines[..n];
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
-            interrupt.arm(cancel.clone(), far_deadline());
+            interrupt.arm_cancel(cancel.clone());
             for e in workers.iter_mut() {
                 e.set_interrupt(Some(interrupt.clone()));
             }
@@ -282,13 +282,6 @@ impl Searcher {
     fn __repr__(&self) -> String {
         format!("Searcher({})", self.describe)
     }
-}
-
-/// Far enough to never pass: a Python search has no deadline.
-fn far_deadline() -> std::time::Instant {
-    let now = std::time::Instant::now();
-    now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400))
-        .unwrap_or(now)
 }
 
 fn output_json(out: &SearchOutput) -> String {

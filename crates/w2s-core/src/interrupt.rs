@@ -14,7 +14,7 @@ use crate::error::{BackendError, ErrorKind};
 /// A stop signal and a progress beat shared between a job's owner and its backends.
 #[derive(Debug, Default)]
 pub struct Interrupt {
-    armed: Mutex<Option<(Arc<AtomicBool>, Instant)>>,
+    armed: Mutex<Option<(Arc<AtomicBool>, Option<Instant>)>>,
     beat: Mutex<Option<Instant>>,
 }
 
@@ -26,7 +26,13 @@ impl Interrupt {
 
     /// From now on, [`Interrupt::check`] fails once `cancel` is set or `deadline` passes.
     pub fn arm(&self, cancel: Arc<AtomicBool>, deadline: Instant) {
-        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((cancel, deadline));
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((cancel, Some(deadline)));
+        self.beat();
+    }
+
+    /// From now on, [`Interrupt::check`] fails once `cancel` is set (no deadline).
+    pub fn arm_cancel(&self, cancel: Arc<AtomicBool>) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((cancel, None));
         self.beat();
     }
 
@@ -55,7 +61,7 @@ impl Interrupt {
                 ErrorKind::Cancelled,
                 "cancelled: the client went away",
             )),
-            Some((_, deadline)) if Instant::now() >= *deadline => Err(BackendError::new(
+            Some((_, Some(deadline))) if Instant::now() >= *deadline => Err(BackendError::new(
                 ErrorKind::Cancelled,
                 "cancelled: the deadline passed",
             )),
@@ -85,5 +91,11 @@ mod tests {
         assert_eq!(i.check().unwrap_err().kind(), ErrorKind::Cancelled);
         i.disarm();
         assert!(i.check().is_ok());
+        // Armed with no deadline: only the flag cancels.
+        let flag = Arc::new(AtomicBool::new(false));
+        i.arm_cancel(flag.clone());
+        assert!(i.check().is_ok());
+        flag.store(true, Ordering::SeqCst);
+        assert_eq!(i.check().unwrap_err().kind(), ErrorKind::Cancelled);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use w2s_core::{Method, Role, SearchConfig};
 use w2s_engine::{Engine, EngineError};
@@ -42,9 +42,7 @@ impl Worker {
     ) -> Result<Self, EvalError> {
         if let Some(flag) = cancel {
             let interrupt = w2s_core::Interrupt::new();
-            let far = Duration::from_secs(100 * 365 * 86_400);
-            let deadline = Instant::now().checked_add(far).unwrap_or_else(Instant::now);
-            interrupt.arm(flag.clone(), deadline);
+            interrupt.arm_cancel(flag.clone());
             engine.set_interrupt(Some(interrupt));
         }
         let eft = if eft {
