@@ -7,9 +7,9 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use crate::backend::ProposerPool;
+use crate::backend::{Chunk, ExtendRequest, ProposalSetup, Proposer, ProposerPool};
 use crate::config::SearchConfig;
-use crate::error::{Role, SearchError};
+use crate::error::{BackendError, Role, SearchError};
 use crate::guide::{backend, timed, Guide};
 use crate::output::{Progress, SearchOutput, SearchStats};
 use crate::state::{Action, SearchState};
@@ -21,6 +21,28 @@ pub struct ManyJob {
     pub config: SearchConfig,
     /// The prompt, as the user gave it.
     pub prompt: String,
+}
+
+/// One strong model serving one search at a time: a pool of one place.
+pub(crate) struct Alone<'a>(pub(crate) &'a mut dyn Proposer);
+
+impl ProposerPool for Alone<'_> {
+    fn begin(&mut self, _: usize, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
+        self.0.begin(setup)
+    }
+
+    fn extend(
+        &mut self,
+        requests: &mut [(usize, Vec<ExtendRequest<'_>>)],
+    ) -> Result<Vec<Vec<Chunk>>, BackendError> {
+        requests.iter_mut().map(|(_, r)| self.0.extend(r)).collect()
+    }
+
+    fn reorder(&mut self, _: usize, parents: &[usize]) -> Result<(), BackendError> {
+        self.0.reorder(parents)
+    }
+
+    fn end(&mut self, _: usize) {}
 }
 
 struct Running {

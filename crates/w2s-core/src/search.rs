@@ -1,15 +1,15 @@
 //! Chunk-level beam search (Algorithm 1 of the method), with Best-of-N and plain
-//! sampling as configurations of it: the driver that steps one [`SearchState`] with one
-//! strong model and one guide.
+//! sampling as configurations of it: one search, with one strong model and one guide
+//! (the driver of [`crate::search_many`] with one place).
 
-use std::time::Instant;
+use std::ops::ControlFlow;
 
 use crate::backend::{Proposer, Scorer};
 use crate::config::SearchConfig;
-use crate::error::{Role, SearchError};
-use crate::guide::{backend, timed, Guide, LogRatio};
-use crate::output::{Progress, SearchOutput, SearchStats};
-use crate::state::{Action, SearchState};
+use crate::error::SearchError;
+use crate::guide::{Guide, LogRatio};
+use crate::many::{search_many_each, Alone, ManyJob};
+use crate::output::{Progress, SearchOutput};
 
 /// The three models of a weak-to-strong search.
 pub struct Models<'m> {
@@ -56,42 +56,21 @@ pub fn search_guided(
     guide: &mut dyn Guide,
     progress: &mut dyn FnMut(&Progress<'_>) -> bool,
 ) -> Result<SearchOutput, SearchError> {
-    let started = Instant::now();
-    let mut state = SearchState::new(config, prompt)?;
-    let mut stats = SearchStats::default();
-    timed(&mut stats.strong_time, || {
-        strong.begin(&state.proposal_setup())
-    })
-    .map_err(backend(Role::Strong))?;
-    guide.begin(prompt, state.rows(), config.max_new_tokens(), &mut stats)?;
-    state.set_terms(guide.terms());
-    loop {
-        match state.poll() {
-            Action::Extend(mut requests) => {
-                let chunks = timed(&mut stats.strong_time, || strong.extend(&mut requests))
-                    .map_err(backend(Role::Strong))?;
-                state.feed_chunks(chunks)?;
-            }
-            Action::Score(requests) => {
-                let values = guide.score(&requests, &mut stats)?;
-                let terms = guide.last_terms().to_vec();
-                state.feed_scores(values, &terms)?;
-            }
-            Action::Selected(p) => {
-                if !progress(&p) {
-                    return Err(SearchError::Cancelled);
-                }
-            }
-            Action::Reorder(parents) => {
-                timed(&mut stats.strong_time, || strong.reorder(parents))
-                    .map_err(backend(Role::Strong))?;
-                guide.reorder(parents, &mut stats)?;
-                state.reordered();
-            }
-            Action::Done => break,
-        }
-    }
-    guide.finish(&mut stats);
-    stats.total_time = started.elapsed();
-    Ok(state.finish(stats))
+    // One search is `search_many` with one place, its strong model a pool of one.
+    let job = ManyJob {
+        config: config.clone(),
+        prompt: prompt.to_string(),
+    };
+    let mut result = None;
+    search_many_each(
+        vec![job],
+        &mut [guide],
+        &mut Alone(strong),
+        &mut |_, p| progress(p),
+        &mut |_, r| {
+            result = Some(r);
+            ControlFlow::Break(())
+        },
+    )?;
+    result.unwrap_or(Err(SearchError::Cancelled))
 }

@@ -106,7 +106,7 @@ impl LlamaProposerPool {
         self.end(search);
         let banks = SeqBanks::at(search * 2 * self.rows, setup.rows);
         let ctx = &mut self.engine.ctx;
-        let started = Search::start(ctx, &mut self.batch, &prompt, setup, banks, None)?;
+        let started = Search::start(ctx, &mut self.batch, &prompt, setup, banks, false, None)?;
         self.searches[search] = Some(started);
         Ok(())
     }
@@ -131,7 +131,6 @@ impl LlamaProposerPool {
             &self.model,
             &mut self.batch,
             &mut jobs,
-            false,
             None,
         )
     }

@@ -166,6 +166,7 @@ impl LlamaProposer {
             &prompt,
             setup,
             banks,
+            self.record,
             self.interrupt.as_deref(),
         )?;
         self.state = Some(State { search, batch });
@@ -185,7 +186,6 @@ impl LlamaProposer {
             &engine.model,
             &mut st.batch,
             &mut jobs,
-            self.record,
             self.interrupt.as_deref(),
         )?;
         Ok(out.pop().unwrap_or_default())
@@ -230,6 +230,7 @@ impl Search {
         prompt: &[LlamaToken],
         setup: &ProposalSetup<'_>,
         banks: SeqBanks,
+        record: bool,
         interrupt: Option<&Interrupt>,
     ) -> Result<Search, LlamaError> {
         let prompt_logits = decode_prompt(ctx, batch, prompt, banks.seq(0), interrupt)?;
@@ -245,7 +246,7 @@ impl Search {
                 max_new: setup.max_new_tokens,
                 chunk_end: setup.chunk_end,
                 logprobs: setup.logprobs,
-                record: false,
+                record,
             },
         })
     }
@@ -267,13 +268,9 @@ pub(crate) fn extend_searches(
     model: &Model,
     batch: &mut LlamaBatch<'static>,
     jobs: &mut [(&mut Search, &mut [ExtendRequest<'_>])],
-    record: bool,
     interrupt: Option<&Interrupt>,
 ) -> Result<Vec<Vec<Chunk>>, LlamaError> {
     let vocab = model.llama().vocab();
-    for (search, _) in jobs.iter_mut() {
-        search.params.record = record;
-    }
     for (search, requests) in jobs.iter() {
         if requests
             .iter()

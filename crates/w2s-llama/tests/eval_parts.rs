@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::LocalModels;
-use std::sync::{Arc, Mutex, MutexGuard};
+use common::{model, LocalModels};
+use std::sync::{Mutex, MutexGuard};
 
 use w2s_core::*;
 use w2s_llama::*;
@@ -13,12 +13,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn model(name: &str) -> Arc<Model> {
-    let path = resolve_model(name);
-    assert!(path.exists(), "run scripts/fetch-models {name}");
-    Model::load(&path, LoadOptions::default()).unwrap()
 }
 
 fn template(t: &str) -> PromptTemplate {

@@ -2,7 +2,10 @@
 //! sampled in one decode per token ([`LlamaProposerPool`] driven by `search_many`),
 //! against each search alone on a proposer of its own.
 
-use std::path::PathBuf;
+#[allow(dead_code)] // shared with the tests that run whole searches
+mod common;
+
+use common::model;
 use std::sync::Arc;
 
 use w2s_core::*;
@@ -11,16 +14,6 @@ use w2s_llama::*;
 const THREADS: usize = 1;
 const POSITIVE: &str = "chat:Write a very positive movie review.||{prompt}";
 const IMDB: &str = "Here is a movie review from imdb: {prompt}";
-
-fn model(name: &str) -> Arc<Model> {
-    let path: PathBuf = resolve_model(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models {name}",
-        path.display()
-    );
-    Model::load(&path, LoadOptions::default()).unwrap()
-}
 
 fn pair(small: &Arc<Model>) -> (LlamaScorer, LlamaScorer) {
     (

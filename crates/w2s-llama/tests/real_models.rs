@@ -11,8 +11,7 @@
 
 mod common;
 
-use common::LocalModels;
-use std::path::PathBuf;
+use common::{model, LocalModels};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use w2s_core::*;
@@ -22,16 +21,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn model(name: &str) -> Arc<Model> {
-    let path: PathBuf = resolve_model(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models {name}",
-        path.display()
-    );
-    Model::load(&path, LoadOptions::default()).unwrap()
 }
 
 const THREADS: usize = 2;

@@ -1,7 +1,21 @@
-//! The three models of a search on llama.cpp, for the tests that run whole searches.
+//! What the llama.cpp tests share: the real models by name, and the three models of a
+//! search.
+
+use std::sync::Arc;
 
 use w2s_core::{search, Models, SearchConfig, SearchError, SearchOutput};
-use w2s_llama::{LlamaProposer, LlamaScorer};
+use w2s_llama::{resolve_model, LlamaProposer, LlamaScorer, LoadOptions, Model};
+
+/// A model that `scripts/fetch-models` provides, loaded (a clear failure if it is missing).
+pub fn model(name: &str) -> Arc<Model> {
+    let path = resolve_model(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-models {name}",
+        path.display()
+    );
+    Model::load(&path, LoadOptions::default()).unwrap()
+}
 
 /// A strong model and a guide pair on llama.cpp.
 pub struct LocalModels {
