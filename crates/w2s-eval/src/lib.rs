@@ -47,6 +47,7 @@ mod guide_check;
 mod line;
 mod methods;
 mod outdir;
+mod plan;
 mod plot;
 mod progress;
 mod prompts;
@@ -70,6 +71,7 @@ pub use guide_check::{
 };
 pub use methods::{parse_methods, parse_seeds, EvalMethod};
 pub use outdir::{RESULTS_FILE, RUN_FILE};
+pub use plan::EvalPlan;
 pub use progress::{print_to_stderr, to_tracing, EvalEvent, EvalEvents};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
 pub use render::{to_json, to_markdown};
