@@ -250,7 +250,8 @@ fn check_prompts(prompts: &[PromptItem], source: &str) -> Result<(), EvalError> 
 /// The guide method and EFT can run on the roles given.
 fn check_roles(c: &Checked, methods: &[EvalMethod]) -> Result<(), EvalError> {
     let custom = |r: &RoleSpec| matches!(r.source, RoleSource::Custom(_));
-    if methods.contains(&EvalMethod::Guide) && (custom(&c.engine.tuned) || custom(&c.engine.untuned))
+    if methods.contains(&EvalMethod::Guide)
+        && (custom(&c.engine.tuned) || custom(&c.engine.untuned))
     {
         return Err(usage(
             "the guide method samples from the tuned model and scores with the pair, so both must be GGUF files or URL#MODEL, not a caller's objects",
