@@ -9,6 +9,7 @@ mod errors;
 mod objects;
 mod run;
 mod searcher;
+mod settings;
 
 use pyo3::prelude::*;
 

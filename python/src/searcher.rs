@@ -8,93 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use w2s_core::{BackendError, Role, SearchOutput, ValueFn};
 use w2s_engine::{in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings};
 
 use crate::errors::{to_py, value_error, Slot};
 use crate::objects::{values, PyGold, PyScorer};
 use crate::run::cancellable;
-
-/// Model and search settings, as keyword arguments of `Searcher` and `evaluate`.
-#[derive(FromPyObject, Default)]
-#[pyo3(from_item_all)]
-pub struct Settings {
-    config: Option<PathBuf>,
-    strong: Option<String>,
-    tuned: Option<String>,
-    untuned: Option<String>,
-    strong_template: Option<String>,
-    tuned_template: Option<String>,
-    untuned_template: Option<String>,
-    threads: Option<usize>,
-    gpu_layers: Option<u32>,
-    max_new_tokens: Option<usize>,
-    beta: Option<f64>,
-    temperature: Option<f32>,
-    top_k: Option<u32>,
-    top_p: Option<f32>,
-    stop: Option<Vec<String>>,
-    guides: Option<Vec<PyGuide>>,
-    chunk_entropy: Option<f64>,
-    chunk_min: Option<usize>,
-}
-
-/// One more pair of a weighted guide (the keys of the CLI's `--guide` table; the Python
-/// layer fills every key).
-#[derive(FromPyObject)]
-#[pyo3(from_item_all)]
-pub struct PyGuide {
-    name: Option<String>,
-    weight: f64,
-    tuned: String,
-    untuned: String,
-    tuned_template: Option<String>,
-    untuned_template: Option<String>,
-}
-
-impl PyGuide {
-    fn table(self) -> w2s_engine::GuideTable {
-        w2s_engine::GuideTable {
-            name: self.name,
-            weight: self.weight,
-            tuned: self.tuned,
-            untuned: self.untuned,
-            tuned_template: self.tuned_template,
-            untuned_template: self.untuned_template,
-        }
-    }
-}
-
-impl Settings {
-    fn run_settings(self) -> RunSettings {
-        RunSettings {
-            config: self.config,
-            strong: self.strong,
-            tuned: self.tuned,
-            untuned: self.untuned,
-            strong_template: self.strong_template,
-            tuned_template: self.tuned_template,
-            untuned_template: self.untuned_template,
-            threads: self.threads,
-            gpu_layers: self.gpu_layers,
-            max_new_tokens: self.max_new_tokens,
-            beta: self.beta,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            stop: self.stop.unwrap_or_default(),
-            guides: self
-                .guides
-                .unwrap_or_default()
-                .into_iter()
-                .map(PyGuide::table)
-                .collect(),
-            chunk_entropy: self.chunk_entropy,
-            chunk_min: self.chunk_min,
-            ..RunSettings::default()
-        }
-    }
-}
+use crate::settings::{guide_table, run_settings};
 
 /// Python objects for the roles: `(role name, label, f)` scorers and `(label, f)` guide,
 /// each `f(prompt, texts, ended) -> list[float]`.
@@ -143,10 +64,10 @@ pub struct Searcher {
 impl Searcher {
     #[new]
     #[pyo3(signature = (settings, parts))]
-    fn new(py: Python<'_>, settings: Settings, parts: PyParts) -> PyResult<Self> {
+    fn new(py: Python<'_>, settings: &Bound<'_, PyDict>, parts: PyParts) -> PyResult<Self> {
         let slot = Slot::default();
+        let mut run = run_settings(settings)?;
         let parts = custom_parts(parts, &slot)?;
-        let mut run = settings.run_settings();
         parts.name_in(&mut run).map_err(|e| engine_err(&slot, e))?;
         let run = run.merged().map_err(|e| engine_err(&slot, e))?;
         let checked = run.clone().check().map_err(|e| engine_err(&slot, e))?;
@@ -370,7 +291,7 @@ impl LocalScorer {
 #[pyo3(signature = (settings, parts, golds, prompts, prompts_source, methods, seeds, task, builtin_golds, judge, reference, out, force, command, parallel=None))]
 pub fn evaluate(
     py: Python<'_>,
-    settings: Settings,
+    settings: &Bound<'_, PyDict>,
     parts: PyParts,
     golds: Vec<(String, Py<PyAny>)>,
     prompts: Vec<(String, String)>,
@@ -378,7 +299,7 @@ pub fn evaluate(
     methods: &str,
     seeds: Vec<u64>,
     task: &str,
-    builtin_golds: Option<&str>,
+    builtin_golds: Option<Vec<String>>,
     judge: Option<String>,
     reference: Option<String>,
     out: PathBuf,
@@ -386,6 +307,7 @@ pub fn evaluate(
     command: String,
     parallel: Option<usize>,
 ) -> PyResult<String> {
+    let run = run_settings(settings)?;
     let slot = Slot::default();
     let eval_err = |slot: &Slot, e: w2s_eval::EvalError| to_py(slot, e.kind(), e.to_string());
     let task = match task {
@@ -399,7 +321,7 @@ pub fn evaluate(
     };
     let methods = w2s_eval::parse_methods(methods).map_err(|e| eval_err(&slot, e))?;
     let builtin = match builtin_golds {
-        Some(g) => w2s_eval::parse_golds(g).map_err(|e| eval_err(&slot, e))?,
+        Some(g) => w2s_eval::parse_golds(&g.join(",")).map_err(|e| eval_err(&slot, e))?,
         None if golds.is_empty() => task.default_golds(),
         None => Vec::new(),
     };
@@ -414,7 +336,7 @@ pub fn evaluate(
         .collect();
     let spec = w2s_eval::EvalSpec {
         task,
-        run: settings.run_settings(),
+        run,
         prompts,
         prompts_source,
         methods,
@@ -496,14 +418,17 @@ pub fn trace_html(trace: PathBuf, html: PathBuf, gold: Option<&str>) -> PyResult
 pub fn guide_check(
     py: Python<'_>,
     run: PathBuf,
-    pairs: Vec<PyGuide>,
+    pairs: Vec<Bound<'_, PyDict>>,
     configs: Vec<PathBuf>,
     gold: Option<String>,
     bins: usize,
     threads: Option<usize>,
 ) -> PyResult<String> {
     let fail = |e: w2s_eval::EvalError| to_py(&Slot::default(), e.kind(), e.to_string());
-    let tables: Vec<w2s_engine::GuideTable> = pairs.into_iter().map(PyGuide::table).collect();
+    let tables = pairs
+        .iter()
+        .map(guide_table)
+        .collect::<PyResult<Vec<_>>>()?;
     let candidates = w2s_eval::guide_candidates(&tables, &configs).map_err(fail)?;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -193,20 +193,14 @@ def _settings(
     guide: Optional[Union[Scorer, GuideFn]],
     options: Mapping[str, Any],
 ) -> Tuple[Dict[str, Any], Tuple[list, Optional[tuple]]]:
-    known = {
-        "config", "strong_template", "tuned_template", "untuned_template", "threads",
-        "gpu_layers", "max_new_tokens", "beta", "temperature", "top_k", "top_p", "stop",
-        "guides", "chunk_entropy", "chunk_min",
-    }
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    settings: Dict[str, Any] = {k: options.get(k) for k in known}
-    if settings["config"] is not None:
+    # The native module reads the dict into the library's run settings (an unknown key
+    # raises TypeError there), so the settings are listed once, in Rust.
+    settings: Dict[str, Any] = dict(options)
+    if settings.get("config") is not None:
         settings["config"] = os.fspath(settings["config"])
-    if isinstance(settings["stop"], str):
+    if isinstance(settings.get("stop"), str):
         settings["stop"] = [settings["stop"]]
-    if settings["guides"] is not None:
+    if settings.get("guides") is not None:
         settings["guides"] = [_guide_table(g) for g in settings["guides"]]
     if strong is not None and not isinstance(strong, str):
         raise TypeError("strong must be a model name, a GGUF path or 'URL#MODEL' (a str)")
@@ -216,7 +210,7 @@ def _settings(
         if model is None or isinstance(model, (str, os.PathLike)):
             settings[role] = os.fspath(model) if model is not None else None
             continue
-        if settings[f"{role}_template"] is not None:
+        if settings.get(f"{role}_template") is not None:
             raise ValueError(
                 f"{role}_template is for a model w2s runs; the Python {role} scorer applies its own template"
             )
@@ -382,7 +376,7 @@ def _golds(gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike
     custom: List[Tuple[str, Callable[[str, str], float]]] = []
     for name, g in items:
         if isinstance(g, str):
-            builtin.extend(x.strip() for x in g.split(","))
+            builtin.append(g)
         elif callable(g):
             label = name or getattr(g, "__name__", None) or type(g).__name__
             custom.append((label, lambda p, r, g=g: float(g(p, r))))
@@ -390,7 +384,7 @@ def _golds(gold: Union[None, GoldLike, Sequence[GoldLike], Mapping[str, GoldLike
             raise TypeError(
                 f"a gold reward is 'vader', 'judge', 'pairwise' or a function f(prompt, response) -> float, not {g!r}"
             )
-    return (",".join(builtin) if builtin else None), custom
+    return (builtin or None), custom
 
 
 def _prompts(prompts: Union[str, os.PathLike, Sequence[Any]]) -> Tuple[List[Tuple[str, str]], str]:

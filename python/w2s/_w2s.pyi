@@ -44,7 +44,7 @@ def evaluate(
     methods: str,
     seeds: Sequence[int],
     task: str,
-    builtin_golds: Optional[str],
+    builtin_golds: Optional[List[str]],
     judge: Optional[str],
     reference: Optional[str],
     out: str,
