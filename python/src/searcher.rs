@@ -9,7 +9,9 @@ use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use w2s_core::{BackendError, Role, SearchOutput, ValueFn};
-use w2s_engine::{in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings};
+use w2s_engine::{
+    in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings, SearchRequest,
+};
 
 use crate::errors::{to_py, value_error, Slot};
 use crate::objects::{values, PyGold, PyScorer};
@@ -190,11 +192,11 @@ impl Searcher {
             let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
             let engine = &mut engines[0];
             interrupt.arm_cancel(cancel.clone());
-            engine.set_interrupt(Some(interrupt.clone()));
-            let out = engine
-                .search_with_progress(&config, prompt, &mut |_| !cancel.load(Ordering::SeqCst));
-            engine.set_interrupt(None);
-            out
+            let request = SearchRequest {
+                interrupt: Some(&interrupt),
+                ..SearchRequest::new(&config, prompt)
+            };
+            engine.run(&request, &mut |_| !cancel.load(Ordering::SeqCst))
         })?;
         let out = result.map_err(|e| engine_err(&self.slot, e))?;
         Ok(output_json(&out))
@@ -236,9 +238,6 @@ impl Searcher {
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
             interrupt.arm_cancel(cancel.clone());
-            for e in workers.iter_mut() {
-                e.set_interrupt(Some(interrupt.clone()));
-            }
             let mut outs: Vec<Option<String>> = vec![None; prompts.len()];
             let mut failed = None;
             in_flight(
@@ -247,7 +246,11 @@ impl Searcher {
                 |engine, (i, prompt)| {
                     let keep_going =
                         &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
-                    (i, engine.search_with_progress(&config, prompt, keep_going))
+                    let request = SearchRequest {
+                        interrupt: Some(&interrupt),
+                        ..SearchRequest::new(&config, prompt)
+                    };
+                    (i, engine.run(&request, keep_going))
                 },
                 |(i, out)| match out {
                     Ok(out) => {
@@ -267,9 +270,6 @@ impl Searcher {
                     }
                 },
             );
-            for e in workers.iter_mut() {
-                e.set_interrupt(None);
-            }
             match failed {
                 Some(e) => Err(e),
                 None => Ok(outs.into_iter().flatten().collect::<Vec<_>>()),

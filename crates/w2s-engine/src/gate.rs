@@ -74,15 +74,15 @@ pub(crate) struct GatedStrong<'a> {
 
 impl Proposer for GatedStrong<'_> {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.begin(setup)
     }
     fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.extend(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.reorder(parents)
     }
 }
@@ -96,27 +96,15 @@ pub(crate) struct GatedGuide<'a> {
 
 impl Scorer for GatedGuide<'_> {
     fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.begin(prompt, rows, max_new)
     }
     fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.score(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.reorder(parents)
     }
     fn tokens_evaluated(&self) -> u64 {

@@ -379,7 +379,6 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
     let (state, metrics) = (&shared.state, &shared.metrics);
     let gate = models.gate();
     let interrupt = state.slot(slot);
-    models.set_interrupt(Some(interrupt.clone()));
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
     let ready = || {
         shared
@@ -394,7 +393,6 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         let Ok(job) = inbox.recv() else { return };
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         let rank = shared.taken.fetch_add(1, Ordering::SeqCst);
-        models.set_rank(rank);
         if job.cancel.load(Ordering::SeqCst) {
             ready();
             let _ = job.events.send(Event::Done(Err(Failure::Cancelled)));
@@ -405,7 +403,7 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         interrupt.arm(job.cancel.clone(), job.deadline);
         let result = match &job.work {
             Work::Search(w) => {
-                run_search(&mut models, w, &job, &|| interrupt.beat()).map(Outcome::Search)
+                run_search(&mut models, w, &job, (rank, &interrupt)).map(Outcome::Search)
             }
             Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
                 Some(model) => {

@@ -3,10 +3,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use w2s_core::ErrorKind;
-use w2s_engine::{Engine, EngineError};
+use w2s_core::{ErrorKind, Interrupt};
+use w2s_engine::{Engine, EngineError, SearchRequest};
 use w2s_llama::{PlainModel, PlainSampling};
 
 use super::{Event, Failure, Finished, Job, Outcome, SearchWork};
@@ -55,16 +56,20 @@ pub(super) fn run_search(
     models: &mut Engine,
     work: &SearchWork,
     job: &Job,
-    touch: &dyn Fn(),
+    (rank, interrupt): (u64, &Arc<Interrupt>),
 ) -> Result<Finished, Failure> {
     let req = &*work.req;
-    models
-        .set_turns(&req.history, req.endpoint == crate::api::Endpoint::Chat)
-        .map_err(|e| Failure::Input(e.to_string()))?;
+    let request = SearchRequest {
+        history: &req.history,
+        chat: req.endpoint == crate::api::Endpoint::Chat,
+        rank,
+        interrupt: Some(interrupt),
+        ..SearchRequest::new(&req.config, &req.prompts[work.index])
+    };
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        models.search_with_progress(&req.config, &req.prompts[work.index], &mut |p| {
-            touch();
+        models.run(&request, &mut |p| {
+            interrupt.beat();
             if p.settled_text.len() > sent {
                 sent = p.settled_text.len();
                 let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
@@ -86,7 +91,7 @@ pub(super) fn run_search(
             .map(|b| b.text.as_str())
             .collect();
         let got = catch_unwind(AssertUnwindSafe(|| {
-            models.strong_logprobs(&req.prompts[work.index], &texts)
+            models.strong_logprobs(&request, &texts)
         }))
         .map_err(|_| Failure::Panic)?;
         Some(got.map_err(|e| {
