@@ -290,7 +290,9 @@ fn output_json(out: &SearchOutput) -> String {
 
 /// A small model on llama.cpp that scores responses: `score(prompt, texts, ended)` gives
 /// log p(text | prompt through the template), the end token's term included where
-/// `ended`, exactly as the search's local scorer computes it.
+/// `ended`, exactly as the search's local scorer computes it: a file in a weight type with
+/// no fast CPU kernel (Q4_1, Q5_1) is read through its Q8_0 copy, as a search's guide is,
+/// unless `keep_guide_weights`.
 #[pyclass(module = "w2s._w2s")]
 pub struct LocalScorer {
     scorer: Mutex<w2s_llama::LlamaScorer>,
@@ -300,13 +302,14 @@ pub struct LocalScorer {
 #[pymethods]
 impl LocalScorer {
     #[new]
-    #[pyo3(signature = (model, template=None, threads=None, gpu_layers=0))]
+    #[pyo3(signature = (model, template=None, threads=None, gpu_layers=0, keep_guide_weights=false))]
     fn new(
         py: Python<'_>,
         model: &str,
         template: Option<&str>,
         threads: Option<usize>,
         gpu_layers: u32,
+        keep_guide_weights: bool,
     ) -> PyResult<Self> {
         let slot = Slot::default();
         let template = match template {
@@ -320,8 +323,14 @@ impl LocalScorer {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let path = w2s_llama::resolve_model(model);
+        let options = w2s_llama::LoadOptions {
+            gpu_layers,
+            keep_guide_weights,
+        };
         let loaded = py
-            .detach(|| w2s_llama::Model::load(&path, w2s_llama::LoadOptions { gpu_layers }))
+            .detach(|| {
+                w2s_llama::Model::load(&w2s_llama::guide_file(&path, options, threads), options)
+            })
             .map_err(|e| {
                 let e = BackendError::from(e);
                 to_py(&slot, e.kind(), e.to_string())

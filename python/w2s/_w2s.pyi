@@ -24,7 +24,8 @@ class Searcher:
     ) -> List[str]: ...
 
 class LocalScorer:
-    """A small GGUF model on llama.cpp that scores responses exactly as the search does."""
+    """A small GGUF model on llama.cpp that scores responses exactly as the search does (a
+    Q4_1 or Q5_1 file through its Q8_0 copy, unless keep_guide_weights)."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class LocalScorer:
         template: Optional[str] = None,
         threads: Optional[int] = None,
         gpu_layers: int = 0,
+        keep_guide_weights: bool = False,
     ) -> None: ...
     def score(self, prompt: str, texts: List[str], ended: List[bool]) -> List[float]: ...
 

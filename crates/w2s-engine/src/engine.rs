@@ -61,7 +61,7 @@ impl Engine {
     pub fn build_with(spec: &EngineSpec, custom: CustomScorers<'_>) -> Result<Engine, EngineError> {
         let load = |role: Role, r: &RoleSpec| -> Result<Option<Arc<Model>>, EngineError> {
             match &r.source {
-                RoleSource::Local(path) => Model::load(path, spec.load)
+                RoleSource::Local(path) => Model::load(&guide_file(spec, role, path), spec.load)
                     .map(Some)
                     .map_err(|source| EngineError::Local { role, source }),
                 RoleSource::Remote { .. } | RoleSource::Custom(_) => Ok(None),
@@ -423,6 +423,14 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The file a local role loads: a guide's may be a faster copy ([`w2s_llama::guide_file`]).
+fn guide_file(spec: &EngineSpec, role: Role, path: &std::path::Path) -> std::path::PathBuf {
+    if role == Role::Strong {
+        return path.to_path_buf();
+    }
+    w2s_llama::guide_file(path, spec.load, spec.threads)
 }
 
 /// The template a role reads a request through: its own, or for a chat request

@@ -14,7 +14,8 @@
 //! - The judges of the evaluation harness: [`Judge`] (a rubric score) and [`PairJudge`]
 //!   (which of two answers is better, with the letters' probabilities).
 //! - [`PlainModel`], plain completions for the server's non-search requests; the bench's
-//!   raw batched sampling loop ([`raw_batch_sample`]); [`requantize`] (GGUF weight types);
+//!   raw batched sampling loop ([`raw_batch_sample`]); [`requantize`] (GGUF weight types) and
+//!   [`fast_guide`] (a guide in a type with no fast CPU kernel scored through a Q8_0 copy);
 //!   [`split_response`] (where a response starts in a joint tokenisation).
 //!
 //! The strong model and the small pair may use different tokenizers: text is handed over,
@@ -66,7 +67,7 @@ pub use model::{LoadOptions, Model};
 pub use pairwise::{letter_probs, PairJudge, Verdict};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
 pub use pool::{templated_prompt_tokens, LlamaProposerPool};
-pub use quantize::{requantize, WeightType};
+pub use quantize::{fast_guide, guide_file, requantize, slow_weight_type, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer, ScorerProfile};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
