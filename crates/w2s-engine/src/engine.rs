@@ -361,7 +361,7 @@ impl Engine {
     }
 
     /// Has every local model check `interrupt` between micro-batches of a prompt.
-    fn set_interrupt(&mut self, interrupt: Option<&Arc<Interrupt>>) {
+    pub(crate) fn set_interrupt(&mut self, interrupt: Option<&Arc<Interrupt>>) {
         if let Some(p) = self.strong.local_mut() {
             p.set_interrupt(interrupt.cloned());
         }
