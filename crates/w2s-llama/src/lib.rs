@@ -44,6 +44,7 @@ mod boundary;
 mod chat;
 mod eft;
 mod error;
+mod incremental;
 mod judge;
 mod model;
 mod pairwise;
