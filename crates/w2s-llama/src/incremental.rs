@@ -267,15 +267,6 @@ impl Plan {
         });
     }
 
-    /// Tokens planned for each of `n` row sets.
-    pub(crate) fn tokens_per_set(&self, n: usize) -> Vec<u64> {
-        let mut per = vec![0; n];
-        for f in &self.feeds {
-            per[self.targets[f.req].0] += 1;
-        }
-        per
-    }
-
     /// Stores each planned request's new ids in its row and returns each request's sum
     /// of log-probs, in plan order.
     pub(crate) fn finish(self, sets: &mut [&mut RowSet]) -> Vec<f64> {

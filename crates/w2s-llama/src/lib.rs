@@ -55,6 +55,7 @@ mod raw;
 mod scorer;
 mod seqs;
 mod strong;
+mod twin;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,7 @@ pub use quantize::{requantize, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer, ScorerProfile};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
+pub use twin::{LlamaTwinGuide, MAX_TWIN_ROWS, TWIN_BATCH};
 
 /// Models that `scripts/fetch-models` provides, by name.
 pub const KNOWN_MODELS: &[&str] = &[

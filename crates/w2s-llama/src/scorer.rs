@@ -26,7 +26,7 @@ use crate::strong::MAX_SEQUENCES;
 
 /// Tokens per scoring decode at most (and the context's batch): bounds the output and
 /// compute buffers, each tokens x vocabulary logits.
-const SCORE_BATCH: usize = 128;
+pub(crate) const SCORE_BATCH: usize = 128;
 
 /// Where a scorer's time went in the current search (since its last `begin`), measured
 /// on the calling thread around each step. `decode` is llama.cpp's forward pass; the rest
@@ -322,7 +322,10 @@ impl Scorer for LlamaScorer {
             return Err(LlamaError::Usage("reorder before begin").into());
         };
         let t = Instant::now();
-        st.set.rows = st.set.banks.reorder(&mut engine.ctx, &st.set.rows, parents)?;
+        st.set.rows = st
+            .set
+            .banks
+            .reorder(&mut engine.ctx, &st.set.rows, parents)?;
         self.profile.cache += t.elapsed();
         Ok(())
     }
