@@ -6,6 +6,10 @@
 //!   reordered by copying KV-cache sequences, never by re-encoding.
 //! - [`LlamaScorer`], a small model: scores each beam incrementally from its own KV cache,
 //!   re-evaluating only from the first token whose id changed.
+//! - [`LlamaTwinGuide`], a prompt-steered guide pair (one model file read under a tuned
+//!   and an untuned template) as one [`w2s_core::Guide`]: both halves' rows on one
+//!   context, their new tokens scored in one decode per call instead of two scorers'
+//!   two.
 //!
 //! - [`LlamaProposerPool`], the strong model for several searches at once (driven by
 //!   [`w2s_core::search_many`]): their rows on one context, sampled in one decode per token.
