@@ -6,6 +6,10 @@
 //!   reordered by copying KV-cache sequences, never by re-encoding.
 //! - [`LlamaScorer`], a small model: scores each beam incrementally from its own KV cache,
 //!   re-evaluating only from the first token whose id changed.
+//! - [`LlamaTwinGuide`], a prompt-steered guide pair (one model file read under a tuned
+//!   and an untuned template) as one [`w2s_core::Guide`]: both halves' rows on one
+//!   context, their new tokens scored in one decode per call instead of two scorers'
+//!   two.
 //!
 //! - [`LlamaProposerPool`], the strong model for several searches at once (driven by
 //!   [`w2s_core::search_many`]): their rows on one context, sampled in one decode per token.
@@ -45,6 +49,7 @@ mod boundary;
 mod chat;
 mod eft;
 mod error;
+mod incremental;
 mod judge;
 mod model;
 mod pairwise;
@@ -55,6 +60,7 @@ mod raw;
 mod scorer;
 mod seqs;
 mod strong;
+mod twin;
 
 use std::path::PathBuf;
 
@@ -71,6 +77,7 @@ pub use quantize::{fast_guide, guide_file, requantize, slow_weight_type, WeightT
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer, ScorerProfile};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
+pub use twin::{LlamaTwinGuide, MAX_TWIN_ROWS, TWIN_BATCH};
 
 /// Models that `scripts/fetch-models` provides, by name.
 pub const KNOWN_MODELS: &[&str] = &[
