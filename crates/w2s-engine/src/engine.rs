@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
+use crate::gate::{ComputeGate, GatedGuide, GatedStrong, GatedTwin, OrderedGate};
 
 use w2s_core::{
     search_guided, search_with_progress, ChatTurn, Guide, Interrupt, LogRatio, Models, Progress,
     PromptTemplate, Role, SearchConfig, SearchOutput, TermName, WeightedSum,
 };
-use w2s_llama::{LlamaProposer, LlamaScorer, Model, ScorerProfile};
+use w2s_llama::{LlamaProposer, LlamaScorer, LlamaTwinGuide, Model, ScorerProfile};
 use w2s_remote::{RemoteProposer, RemoteScorer};
 
 use crate::error::EngineError;
@@ -42,6 +42,11 @@ pub struct Engine {
     pub(crate) tuned: SmallModel,
     /// The small untuned model.
     pub(crate) untuned: SmallModel,
+    /// The pair as one guide where both are one local file under two templates (every
+    /// prompt-steered pair): both halves' rows scored in one decode.
+    pub(crate) twin: Option<LlamaTwinGuide>,
+    /// Whether the twin reads this request's templates (else the pair's scorers search).
+    twin_ready: bool,
     /// More pairs of a weighted guide ([`EngineSpec::guides`]).
     extra: Vec<ExtraPair>,
     guide: Option<Box<dyn Guide + Send>>,
@@ -116,9 +121,12 @@ impl Engine {
                 untuned: guide(Role::Untuned, &g.untuned)?,
             });
         }
+        let (tuned, untuned) = (guide(Role::Tuned, &spec.tuned)?, guide(Role::Untuned, &spec.untuned)?);
         Ok(Engine {
-            tuned: guide(Role::Tuned, &spec.tuned)?,
-            untuned: guide(Role::Untuned, &spec.untuned)?,
+            twin: twin(spec, &tuned, &untuned),
+            twin_ready: true,
+            tuned,
+            untuned,
             extra,
             strong,
             guide: None,
@@ -168,9 +176,12 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
+        let (tuned, untuned) = (guide(Role::Tuned, &self.tuned)?, guide(Role::Untuned, &self.untuned)?);
         Ok(Engine {
-            tuned: guide(Role::Tuned, &self.tuned)?,
-            untuned: guide(Role::Untuned, &self.untuned)?,
+            twin: twin(&self.spec, &tuned, &untuned),
+            twin_ready: true,
+            tuned,
+            untuned,
             extra,
             strong,
             guide: None,
@@ -201,6 +212,12 @@ impl Engine {
         };
         let (strong, tuned, untuned) = (t(Role::Strong)?, t(Role::Tuned)?, t(Role::Untuned)?);
         self.strong.set_template(strong);
+        // Templates the twin cannot render are refused by the pair's own scorers, which
+        // then search in its place, with their usual errors.
+        self.twin_ready = self
+            .twin
+            .as_mut()
+            .is_some_and(|t| t.set_templates(tuned.clone(), untuned.clone()).is_ok());
         self.tuned.set_template(tuned);
         self.untuned.set_template(untuned);
         for (p, g) in self.extra.iter_mut().zip(&self.spec.guides) {
@@ -291,6 +308,17 @@ impl Engine {
             gate,
             rank,
         };
+        let twin = self.twin.as_mut().filter(|_| self.twin_ready);
+        if let (Some(twin), true) = (twin, self.extra.is_empty()) {
+            twin.set_beta(config.beta())
+                .map_err(|e| EngineError::input(e.to_string()))?;
+            let guide = &mut GatedTwin {
+                inner: twin,
+                gate,
+                rank,
+            };
+            return Ok(search_guided(config, prompt, strong, guide, progress)?);
+        }
         let (mut tuned, mut untuned) = (gated(&mut self.tuned), gated(&mut self.untuned));
         if self.extra.is_empty() {
             let models = Models {
@@ -328,7 +356,11 @@ impl Engine {
 
     /// The work profiles of the local guide models (tuned, untuned) since their last
     /// search began.
+    /// Where both halves are one twin guide, its profile is the tuned model's.
     pub fn scorer_profiles(&self) -> [Option<ScorerProfile>; 2] {
+        if let Some(t) = self.twin.as_ref().filter(|_| self.twin_ready) {
+            return [Some(t.profile()), None];
+        }
         [&self.tuned, &self.untuned].map(|m| m.local().map(LlamaScorer::profile))
     }
 
@@ -368,6 +400,9 @@ impl Engine {
         for s in self.small_models().filter_map(SmallModel::local_mut) {
             s.set_interrupt(interrupt.cloned());
         }
+        if let Some(t) = &mut self.twin {
+            t.set_interrupt(interrupt.cloned());
+        }
     }
 
     /// Frees each local llama.cpp context that holds more than `max_tokens` tokens (a
@@ -388,6 +423,10 @@ impl Engine {
                 freed = true;
             }
         }
+        if let Some(t) = self.twin.as_mut().filter(|t| t.context_tokens() > max_tokens) {
+            t.release_context();
+            freed = true;
+        }
         freed
     }
 
@@ -398,6 +437,9 @@ impl Engine {
         }
         for s in self.small_models().filter_map(SmallModel::local_mut) {
             s.release_context();
+        }
+        if let Some(t) = &mut self.twin {
+            t.release_context();
         }
     }
 
@@ -423,6 +465,23 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The twin guide of a pair whose halves are one loaded local file (under two templates),
+/// unless the spec asks for two passes or the twin cannot read the templates.
+fn twin(spec: &EngineSpec, tuned: &SmallModel, untuned: &SmallModel) -> Option<LlamaTwinGuide> {
+    let (t, u) = (tuned.local()?, untuned.local()?);
+    if !spec.joint_guide || !Arc::ptr_eq(t.model(), u.model()) {
+        return None;
+    }
+    LlamaTwinGuide::new(
+        t.model().clone(),
+        t.template().clone(),
+        u.template().clone(),
+        1.0,
+        spec.threads,
+    )
+    .ok()
 }
 
 /// The file a local role loads: a guide's may be a faster copy ([`w2s_llama::guide_file`]).

@@ -3,7 +3,11 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, ScoreRequest, Scorer};
+use w2s_core::{
+    BackendError, Chunk, ExtendRequest, Guide, GuideScore, ProposalSetup, Proposer, ScoreRequest,
+    Scorer, SearchError, SearchStats,
+};
+use w2s_llama::LlamaTwinGuide;
 
 use crate::roles::{SmallModel, Strong};
 
@@ -84,6 +88,42 @@ impl Proposer for GatedStrong<'_> {
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
         let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.reorder(parents)
+    }
+}
+
+/// The twin guide (one model under both templates) with the compute gate held around
+/// each call.
+pub(crate) struct GatedTwin<'a> {
+    pub(crate) inner: &'a mut LlamaTwinGuide,
+    pub(crate) gate: &'a OrderedGate,
+    pub(crate) rank: u64,
+}
+
+impl Guide for GatedTwin<'_> {
+    fn begin(
+        &mut self,
+        prompt: &str,
+        rows: usize,
+        max_new: usize,
+        stats: &mut SearchStats,
+    ) -> Result<(), SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.begin(prompt, rows, max_new, stats)
+    }
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<GuideScore>, SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.score(requests, stats)
+    }
+    fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.reorder(parents, stats)
+    }
+    fn finish(&mut self, stats: &mut SearchStats) {
+        self.inner.finish(stats);
     }
 }
 

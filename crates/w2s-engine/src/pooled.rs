@@ -99,11 +99,20 @@ pub fn search_pooled(
         jobs = jobs.len(),
         "searches in flight share one context of the strong model"
     );
-    let mut ratios: Vec<LogRatio<'_>> = engines[..places]
-        .iter_mut()
-        .map(|e| LogRatio::new(&mut e.tuned, &mut e.untuned, beta))
-        .collect();
-    let mut guides: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
+    // Each place's guide: its engine's twin guide where the pair is one file, else the
+    // pair's log-ratio.
+    let mut owned: Vec<Box<dyn Guide + '_>> = Vec::with_capacity(places);
+    for e in engines[..places].iter_mut() {
+        match e.twin.as_mut() {
+            Some(twin) => {
+                twin.set_beta(beta)
+                    .map_err(|e| EngineError::input(e.to_string()))?;
+                owned.push(Box::new(twin));
+            }
+            None => owned.push(Box::new(LogRatio::new(&mut e.tuned, &mut e.untuned, beta))),
+        }
+    }
+    let mut guides: Vec<&mut dyn Guide> = owned.iter_mut().map(|g| &mut **g as &mut dyn Guide).collect();
     let jobs = jobs
         .iter()
         .map(|(config, prompt)| ManyJob {
@@ -115,7 +124,7 @@ pub fn search_pooled(
         done(job, r.map_err(EngineError::from))
     });
     drop(guides);
-    drop(ratios);
+    drop(owned);
     for e in engines[..places].iter_mut() {
         e.set_interrupt(None);
     }

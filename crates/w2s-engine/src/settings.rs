@@ -106,6 +106,10 @@ pub struct RunSettings {
         arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")
     )]
     pub keep_guide_weights: Option<bool>,
+    /// Score a guide pair that is one local file under two templates in one decode per
+    /// step (true) or with two scorers, one decode each (false) [default: true].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "BOOL"))]
+    pub joint_guide: Option<bool>,
 
     /// Weigh another tuned / untuned pair into the guide (repeatable): a TOML inline
     /// table, e.g. '{weight = 0.5, tuned = "FILE", untuned = "FILE", tuned_template = "..."}';
@@ -185,6 +189,7 @@ impl RunSettings {
             threads,
             gpu_layers,
             keep_guide_weights,
+            joint_guide,
             chunk_entropy,
             chunk_min
         ))
@@ -301,6 +306,7 @@ impl RunSettings {
                 gpu_layers: self.gpu_layers.unwrap_or(0),
                 keep_guide_weights: self.keep_guide_weights.unwrap_or(false),
             },
+            joint_guide: self.joint_guide.unwrap_or(true),
         })
     }
 

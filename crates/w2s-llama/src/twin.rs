@@ -145,6 +145,15 @@ impl LlamaTwinGuide {
         self.beta
     }
 
+    /// Weighs the log-ratio by `beta` from the next score on; an error if it is not finite.
+    pub fn set_beta(&mut self, beta: f64) -> Result<(), LlamaError> {
+        if !beta.is_finite() {
+            return Err(ConfigError::Beta(beta).into());
+        }
+        self.beta = beta;
+        Ok(())
+    }
+
     /// The model both halves read.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
