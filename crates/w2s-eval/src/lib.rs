@@ -9,6 +9,8 @@
 //!   `DIR/results.jsonl` and flushed as soon as it is done, so a killed run loses nothing
 //!   and a rerun with the same settings resumes (`run.json` records them; other settings
 //!   are refused, or moved aside with `force`). Then it writes the report.
+//!   [`EvalPlan::check`] is its first half: it checks a request into a plan before any
+//!   model loads; [`EvalPlan::run`] does the work.
 //! - [`report`] redraws `report.md`, `summary.json` and the SVG plots from
 //!   `results.jsonl` alone: per method the mean gold with a seeded 95% bootstrap interval
 //!   over prompts, paired comparisons, the guide's agreement with the gold.
@@ -47,6 +49,7 @@ mod guide_check;
 mod line;
 mod methods;
 mod outdir;
+mod plan;
 mod plot;
 mod progress;
 mod prompts;
@@ -70,6 +73,7 @@ pub use guide_check::{
 };
 pub use methods::{parse_methods, parse_seeds, EvalMethod};
 pub use outdir::{RESULTS_FILE, RUN_FILE};
+pub use plan::EvalPlan;
 pub use progress::{print_to_stderr, to_tracing, EvalEvent, EvalEvents};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
 pub use render::{to_json, to_markdown};
