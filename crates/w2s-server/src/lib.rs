@@ -28,6 +28,7 @@ mod conn;
 pub mod error;
 mod fields;
 pub mod metrics;
+pub mod openai;
 mod routes;
 pub mod worker;
 

@@ -11,17 +11,19 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::plain;
-use super::reply::{id, w2s_json, with_ignored};
+use super::reply::{id, search_usage, w2s_object, with_ignored};
 use super::{
-    accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit_all,
-    Cost, InFlight,
+    accepting, check_prompt, created, failure_error, read_body, stream, submit_all, Cost, InFlight,
 };
 use crate::api::PLAIN_MODELS;
 use crate::api::{self, CheckedRequest, Endpoint};
 use crate::error::ApiError;
+use crate::openai::{
+    finish_reason, ChatChoice, ChatLogprobs, ChatMessage, Completion, TextChoice, TextLogprobs,
+    Usage,
+};
 use crate::worker::{Event, Failure, Finished, Outcome, SearchWork, Work};
 use crate::App;
 
@@ -167,7 +169,7 @@ async fn start(
         app.metrics.first_token(started.elapsed());
     }
     app.metrics.request(200, "ok");
-    let resp = Json(full_body(app, &req, &done)).into_response();
+    let resp = full_reply(app, &req, &done);
     Ok(with_ignored(resp, &req.ignored))
 }
 
@@ -185,37 +187,11 @@ fn note_ignored(app: &App, ignored: &[String]) {
     }
 }
 
-/// A choice's `logprobs` in the endpoint's OpenAI shape.
-fn logprobs_json(endpoint: Endpoint, tokens: &[(String, f64)]) -> Value {
-    match endpoint {
-        Endpoint::Completions => {
-            let mut offset = 0;
-            let offsets: Vec<usize> = tokens
-                .iter()
-                .map(|(t, _)| {
-                    let o = offset;
-                    offset += t.len();
-                    o
-                })
-                .collect();
-            json!({"tokens": tokens.iter().map(|(t, _)| t).collect::<Vec<_>>(),
-                   "token_logprobs": tokens.iter().map(|(_, lp)| lp).collect::<Vec<_>>(),
-                   "text_offset": offsets, "top_logprobs": null})
-        }
-        Endpoint::Chat => json!({"content": tokens.iter().map(|(t, lp)| {
-            json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []})
-        }).collect::<Vec<_>>(), "refusal": null}),
-    }
-}
-
-fn full_body(app: &App, req: &CheckedRequest, done: &[Finished]) -> Value {
-    let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion, mut sampled, mut scored) = (0, 0, 0, 0);
+/// The whole answer: the best `n` beams of each prompt's search, in prompt order.
+fn full_reply(app: &App, req: &CheckedRequest, done: &[Finished]) -> Response {
+    let mut completion = 0;
+    let (mut text, mut chat) = (Vec::new(), Vec::new());
     for (p, fin) in done.iter().enumerate() {
-        let s = &fin.output.stats;
-        prompt_tokens += fin.prompt_tokens;
-        sampled += s.strong_tokens_sampled;
-        scored += s.tuned_tokens_evaluated + s.untuned_tokens_evaluated;
         for (j, b) in fin.output.beams.iter().take(req.n).enumerate() {
             completion += b.strong_tokens;
             let index = p * req.n + j;
@@ -223,33 +199,64 @@ fn full_body(app: &App, req: &CheckedRequest, done: &[Finished]) -> Value {
                 Some(Ok(all)) => all.get(j).map(Vec::as_slice),
                 _ => None,
             };
-            let logprobs = tokens.map_or(Value::Null, |t| logprobs_json(req.endpoint, t));
-            choices.push(match req.endpoint {
-                Endpoint::Completions => json!({"index": index, "text": b.text, "logprobs": logprobs,
-                                                "finish_reason": finish_reason(b.finish)}),
-                Endpoint::Chat => json!({"index": index, "message": {"role": "assistant", "content": b.text},
-                                         "logprobs": logprobs, "finish_reason": finish_reason(b.finish)}),
-            });
+            let finish = finish_reason(b.finish);
+            match req.endpoint {
+                Endpoint::Completions => text.push(TextChoice {
+                    finish_reason: Some(finish),
+                    index,
+                    logprobs: tokens.map(|t| TextLogprobs::new(t, 0)),
+                    text: b.text.clone(),
+                }),
+                Endpoint::Chat => chat.push(ChatChoice {
+                    finish_reason: finish,
+                    index,
+                    logprobs: tokens.map(ChatLogprobs::new),
+                    message: ChatMessage {
+                        content: b.text.clone(),
+                        role: "assistant",
+                    },
+                }),
+            }
         }
     }
-    let w2s = match done {
-        [one] => w2s_json(req, one),
-        many => json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
-                       "results": many.iter().map(|f| w2s_json(req, f)).collect::<Vec<_>>()}),
-    };
-    json!({
-        "id": id(app, req),
-        "object": if req.endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" },
-        "created": created(app),
-        "model": app.cfg.model_name,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            "strong_tokens_sampled": sampled,
-            "guide_tokens_scored": scored,
-        },
-        "w2s": w2s,
-    })
+    let usage = search_usage(done, completion);
+    match req.endpoint {
+        Endpoint::Completions => Json(completion_of(
+            app,
+            req,
+            "text_completion",
+            text,
+            usage,
+            done,
+        ))
+        .into_response(),
+        Endpoint::Chat => Json(completion_of(
+            app,
+            req,
+            "chat.completion",
+            chat,
+            usage,
+            done,
+        ))
+        .into_response(),
+    }
+}
+
+fn completion_of<C>(
+    app: &App,
+    req: &CheckedRequest,
+    object: &'static str,
+    choices: Vec<C>,
+    usage: Usage,
+    done: &[Finished],
+) -> Completion<C> {
+    Completion {
+        choices,
+        created: created(app),
+        id: id(app, req),
+        model: app.cfg.model_name.clone(),
+        object,
+        usage,
+        w2s: Some(w2s_object(req, done)),
+    }
 }

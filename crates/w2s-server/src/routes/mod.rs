@@ -19,7 +19,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use w2s_core::Finish;
 
 use crate::admission::Permit;
 use crate::error::ApiError;
@@ -334,11 +333,4 @@ fn created(_app: &App) -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn finish_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Eos | Finish::Stop => "stop",
-        Finish::Length => "length",
-    }
 }
