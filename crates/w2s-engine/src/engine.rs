@@ -121,7 +121,10 @@ impl Engine {
                 untuned: guide(Role::Untuned, &g.untuned)?,
             });
         }
-        let (tuned, untuned) = (guide(Role::Tuned, &spec.tuned)?, guide(Role::Untuned, &spec.untuned)?);
+        let (tuned, untuned) = (
+            guide(Role::Tuned, &spec.tuned)?,
+            guide(Role::Untuned, &spec.untuned)?,
+        );
         Ok(Engine {
             twin: twin(spec, &tuned, &untuned),
             twin_ready: true,
@@ -176,7 +179,10 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
-        let (tuned, untuned) = (guide(Role::Tuned, &self.tuned)?, guide(Role::Untuned, &self.untuned)?);
+        let (tuned, untuned) = (
+            guide(Role::Tuned, &self.tuned)?,
+            guide(Role::Untuned, &self.untuned)?,
+        );
         Ok(Engine {
             twin: twin(&self.spec, &tuned, &untuned),
             twin_ready: true,
@@ -423,7 +429,11 @@ impl Engine {
                 freed = true;
             }
         }
-        if let Some(t) = self.twin.as_mut().filter(|t| t.context_tokens() > max_tokens) {
+        if let Some(t) = self
+            .twin
+            .as_mut()
+            .filter(|t| t.context_tokens() > max_tokens)
+        {
             t.release_context();
             freed = true;
         }

@@ -112,7 +112,10 @@ pub fn search_pooled(
             None => owned.push(Box::new(LogRatio::new(&mut e.tuned, &mut e.untuned, beta))),
         }
     }
-    let mut guides: Vec<&mut dyn Guide> = owned.iter_mut().map(|g| &mut **g as &mut dyn Guide).collect();
+    let mut guides: Vec<&mut dyn Guide> = owned
+        .iter_mut()
+        .map(|g| &mut **g as &mut dyn Guide)
+        .collect();
     let jobs = jobs
         .iter()
         .map(|(config, prompt)| ManyJob {
