@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use w2s_core::{BackendError, Role, SearchOutput, ValueFn};
 use w2s_engine::{
-    in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings, SearchRequest,
+    can_pool, in_flight, parallel_for, search_pooled, CustomParts, Engine, EngineError,
+    RunSettings, SearchRequest,
 };
 
 use crate::errors::{to_py, value_error, Slot};
@@ -204,8 +205,10 @@ impl Searcher {
 
     /// Runs one search per prompt with `parallel` in flight (`None`: 1 with a local strong
     /// model, 8 with a remote one); returns the outputs as JSON text, in the prompts'
-    /// order. `progress(n)` is called as each search finishes.
-    #[pyo3(signature = (prompts, method, seed, parallel, progress, trace=false))]
+    /// order. `progress(n)` is called as each search finishes. `pooled`: with a local
+    /// strong model, the searches in flight share one context of it, their rows sampled in
+    /// one decode per token (`search_pooled`), instead of workers taking turns.
+    #[pyo3(signature = (prompts, method, seed, parallel, progress, trace=false, pooled=false))]
     #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
@@ -216,6 +219,7 @@ impl Searcher {
         parallel: Option<usize>,
         progress: Option<Py<PyAny>>,
         trace: bool,
+        pooled: bool,
     ) -> PyResult<Vec<String>> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
@@ -240,36 +244,53 @@ impl Searcher {
             interrupt.arm_cancel(cancel.clone());
             let mut outs: Vec<Option<String>> = vec![None; prompts.len()];
             let mut failed = None;
-            in_flight(
-                workers,
-                prompts.iter().enumerate(),
-                |engine, (i, prompt)| {
-                    let keep_going =
-                        &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
-                    let request = SearchRequest {
-                        interrupt: Some(&interrupt),
-                        ..SearchRequest::new(&config, prompt)
-                    };
-                    (i, engine.run(&request, keep_going))
-                },
-                |(i, out)| match out {
-                    Ok(out) => {
-                        outs[i] = Some(output_json(&out));
-                        if let Some(cb) = &progress {
-                            Python::attach(|py| {
-                                if let Err(e) = cb.call1(py, (1,)) {
-                                    e.print(py);
-                                }
-                            });
-                        }
-                        ControlFlow::Continue(())
+            let mut on_result = |i: usize, out: Result<SearchOutput, EngineError>| match out {
+                Ok(out) => {
+                    outs[i] = Some(output_json(&out));
+                    if let Some(cb) = &progress {
+                        Python::attach(|py| {
+                            if let Err(e) = cb.call1(py, (1,)) {
+                                e.print(py);
+                            }
+                        });
                     }
-                    Err(e) => {
-                        failed = Some(e);
-                        ControlFlow::Break(())
-                    }
-                },
-            );
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            };
+            if pooled && can_pool(&workers[0]) {
+                // A local strong model: the searches in flight share one context of it,
+                // their rows sampled in one decode per token.
+                let jobs: Vec<_> = prompts
+                    .iter()
+                    .map(|p| (config.clone(), p.clone()))
+                    .collect();
+                let keep_going =
+                    &mut |_: usize, _: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                if let Err(e) =
+                    search_pooled(workers, &jobs, Some(&interrupt), keep_going, &mut on_result)
+                {
+                    failed.get_or_insert(e);
+                }
+            } else {
+                in_flight(
+                    workers,
+                    prompts.iter().enumerate(),
+                    |engine, (i, prompt)| {
+                        let keep_going =
+                            &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                        let request = SearchRequest {
+                            interrupt: Some(&interrupt),
+                            ..SearchRequest::new(&config, prompt)
+                        };
+                        (i, engine.run(&request, keep_going))
+                    },
+                    |(i, out)| on_result(i, out),
+                );
+            }
             match failed {
                 Some(e) => Err(e),
                 None => Ok(outs.into_iter().flatten().collect::<Vec<_>>()),

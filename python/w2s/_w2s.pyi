@@ -21,6 +21,8 @@ class Searcher:
         seed: int,
         parallel: Optional[int],
         progress: Optional[Callable[[int], Any]],
+        trace: bool = False,
+        pooled: bool = False,
     ) -> List[str]: ...
 
 class LocalScorer:
