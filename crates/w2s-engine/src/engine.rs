@@ -362,10 +362,10 @@ impl Engine {
 
     /// The work profiles of the local guide models (tuned, untuned) since their last
     /// search began.
-    /// Where both halves are one twin guide, its profile is the tuned model's.
+    /// Where both halves are one twin guide, its work split between them as their time is.
     pub fn scorer_profiles(&self) -> [Option<ScorerProfile>; 2] {
         if let Some(t) = self.twin.as_ref().filter(|_| self.twin_ready) {
-            return [Some(t.profile()), None];
+            return t.half_profiles().map(Some);
         }
         [&self.tuned, &self.untuned].map(|m| m.local().map(LlamaScorer::profile))
     }

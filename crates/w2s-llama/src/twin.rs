@@ -70,6 +70,8 @@ pub struct LlamaTwinGuide {
     interrupt: Option<Arc<Interrupt>>,
     // Boxed: it is counters, and the guide may be held by value in enums.
     profile: Box<ScorerProfile>,
+    /// The same work split between the halves as their time is (see the type's docs).
+    halves: Box<[ScorerProfile; 2]>,
 }
 
 impl std::fmt::Debug for LlamaTwinGuide {
@@ -114,6 +116,7 @@ impl LlamaTwinGuide {
             evaluated: [0; 2],
             interrupt: None,
             profile: Box::default(),
+            halves: Box::default(),
         })
     }
 
@@ -181,6 +184,35 @@ impl LlamaTwinGuide {
         *self.profile
     }
 
+    /// [`LlamaTwinGuide::profile`] split between the halves (tuned, untuned) as their time
+    /// is: each call's durations in proportion to the tokens each half ran in it; every
+    /// decode counts for both, which ran in it.
+    pub fn half_profiles(&self) -> [ScorerProfile; 2] {
+        *self.halves
+    }
+
+    /// Adds the work since `before` to the halves' profiles, `work` deciding the shares.
+    fn split_profile(&mut self, before: ScorerProfile, work: [u64; 2]) {
+        let after = *self.profile;
+        let total = work[TUNED] + work[UNTUNED];
+        let tuned = if total == 0 {
+            0.5
+        } else {
+            work[TUNED] as f64 / total as f64
+        };
+        for (half, share) in [(TUNED, tuned), (UNTUNED, 1.0 - tuned)] {
+            let p = &mut self.halves[half];
+            let part = |a: Duration, b: Duration| a.saturating_sub(b).mul_f64(share);
+            p.setup += part(after.setup, before.setup);
+            p.tokenize += part(after.tokenize, before.tokenize);
+            p.decode += part(after.decode, before.decode);
+            p.log_softmax += part(after.log_softmax, before.log_softmax);
+            p.copies += part(after.copies, before.copies);
+            p.cache += part(after.cache, before.cache);
+            p.decodes += after.decodes.saturating_sub(before.decodes);
+        }
+    }
+
     /// Tokens each half ran through the model in the current search: (tuned, untuned).
     pub fn tokens_evaluated(&self) -> (u64, u64) {
         (self.evaluated[TUNED], self.evaluated[UNTUNED])
@@ -234,6 +266,7 @@ impl LlamaTwinGuide {
         }
         let [tuned, untuned] = self.prompts(prompt, max_new)?;
         *self.profile = ScorerProfile::default();
+        *self.halves = Default::default();
         self.evaluated = [0; 2];
         let started = Instant::now();
         // As a scorer plans its context, for both halves.
@@ -403,6 +436,7 @@ impl Guide for LlamaTwinGuide {
             .as_ref()
             .map_or([0; 2], |s| s.sets.each_ref().map(|r| r.prompt.len() as u64));
         Self::split_time(t.elapsed(), work, stats);
+        self.split_profile(ScorerProfile::default(), work);
         result
     }
 
@@ -412,10 +446,11 @@ impl Guide for LlamaTwinGuide {
         stats: &mut SearchStats,
     ) -> Result<Vec<GuideScore>, SearchError> {
         let t = Instant::now();
-        let before = self.evaluated;
+        let (before, profile) = (self.evaluated, *self.profile);
         let result = self.score_inner(requests);
         let work = [TUNED, UNTUNED].map(|h| self.evaluated[h].saturating_sub(before[h]));
         Self::split_time(t.elapsed(), work, stats);
+        self.split_profile(profile, work);
         let pairs = result.map_err(failed(Role::Tuned))?;
         Ok(pairs
             .into_iter()
@@ -428,9 +463,10 @@ impl Guide for LlamaTwinGuide {
     }
 
     fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError> {
-        let t = Instant::now();
+        let (t, profile) = (Instant::now(), *self.profile);
         let result = self.reorder_halves(parents);
         Self::split_time(t.elapsed(), [0; 2], stats);
+        self.split_profile(profile, [0; 2]);
         result.map_err(failed(Role::Tuned))
     }
 
