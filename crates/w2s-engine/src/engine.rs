@@ -314,19 +314,25 @@ impl Engine {
             gate,
             rank,
         };
-        let twin = self.twin.as_mut().filter(|_| self.twin_ready);
-        if let (Some(twin), true) = (twin, self.extra.is_empty()) {
-            twin.set_beta(config.beta())
-                .map_err(|e| EngineError::input(e.to_string()))?;
-            let guide = &mut GatedTwin {
-                inner: twin,
-                gate,
-                rank,
-            };
-            return Ok(search_guided(config, prompt, strong, guide, progress)?);
-        }
+        // The main pair: the twin guide where the pair is one file, else two scorers.
+        let mut twin = match self.twin.as_mut().filter(|_| self.twin_ready) {
+            Some(twin) => {
+                let beta = if self.extra.is_empty() { config.beta() } else { 1.0 };
+                twin.set_beta(beta)
+                    .map_err(|e| EngineError::input(e.to_string()))?;
+                Some(GatedTwin {
+                    inner: twin,
+                    gate,
+                    rank,
+                })
+            }
+            None => None,
+        };
         let (mut tuned, mut untuned) = (gated(&mut self.tuned), gated(&mut self.untuned));
         if self.extra.is_empty() {
+            if let Some(guide) = twin.as_mut() {
+                return Ok(search_guided(config, prompt, strong, guide, progress)?);
+            }
             let models = Models {
                 strong,
                 tuned: &mut tuned,
@@ -344,8 +350,11 @@ impl Engine {
             name: "main".into(),
             weight: config.beta(),
         };
-        let mut terms: Vec<(TermName, Box<dyn Guide + '_>)> =
-            vec![(main, Box::new(LogRatio::new(&mut tuned, &mut untuned, 1.0)))];
+        let main_guide: Box<dyn Guide + '_> = match twin.as_mut() {
+            Some(twin) => Box::new(twin),
+            None => Box::new(LogRatio::new(&mut tuned, &mut untuned, 1.0)),
+        };
+        let mut terms: Vec<(TermName, Box<dyn Guide + '_>)> = vec![(main, main_guide)];
         for (term, t, u) in pairs.iter_mut() {
             terms.push((term.clone(), Box::new(LogRatio::new(t, u, 1.0))));
         }
