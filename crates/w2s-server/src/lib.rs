@@ -182,20 +182,7 @@ pub async fn serve(
     spec: EngineSpec,
     on_event: &(dyn Fn(ServeEvent) + Sync),
 ) -> Result<(), ServeError> {
-    let mut upstreams: Vec<Upstream> = Vec::new();
-    for role in spec.remote_roles() {
-        if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
-            let models_url = format!("{}/models", r.url.trim_end_matches('/'));
-            if upstreams.iter().any(|u| u.models_url == models_url) {
-                continue;
-            }
-            upstreams.push(Upstream {
-                models_url,
-                api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
-                last: std::sync::Mutex::new(None),
-            });
-        }
-    }
+    let upstreams = upstreams(&spec);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
@@ -251,6 +238,39 @@ pub async fn serve(
             let _ = load_fail_tx.send(e);
         }
     });
+    match run(app, listener, load_fail_rx, on_event).await {
+        Some(e) => Err(ServeError::Models(e)),
+        None => Ok(()),
+    }
+}
+
+/// Each remote engine's `/models` address, once, for the health checks.
+fn upstreams(spec: &EngineSpec) -> Vec<Upstream> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for role in spec.remote_roles() {
+        if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
+            let models_url = format!("{}/models", r.url.trim_end_matches('/'));
+            if upstreams.iter().any(|u| u.models_url == models_url) {
+                continue;
+            }
+            upstreams.push(Upstream {
+                models_url,
+                api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+                last: std::sync::Mutex::new(None),
+            });
+        }
+    }
+    upstreams
+}
+
+/// Serves connections until a shutdown signal (then drains the requests in flight, up
+/// to the shutdown timeout) or a failure to load the models, which it returns.
+async fn run(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    load_fail_rx: tokio::sync::oneshot::Receiver<String>,
+    on_event: &(dyn Fn(ServeEvent) + Sync),
+) -> Option<String> {
     let router = routes::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let conns = conn::Connections::new(app.cfg.max_connections, app.metrics.clone());
@@ -280,10 +300,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // Let the last responses reach their clients (axum closes idle keep-alive connections).
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    match failed {
-        Some(e) => Err(ServeError::Models(e)),
-        None => Ok(()),
-    }
+    failed
 }
 
 async fn shutdown_signal() {
