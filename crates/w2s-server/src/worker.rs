@@ -253,45 +253,68 @@ fn worker_main(
     loaded: SyncSender<Result<(), String>>,
 ) {
     let state = shared.state.clone();
-    let mut models = match Engine::build(&spec) {
-        Ok(m) => m,
+    let started = Engine::build(&spec)
+        .map_err(|e| e.to_string())
+        .and_then(|mut models| {
+            let _ = info.set(model_info(&models));
+            warm_up(&mut models)?;
+            let own = start_workers(&models, parallel, jobs, &shared)?;
+            Ok((models, own))
+        });
+    let (models, own) = match started {
+        Ok(started) => started,
         Err(e) => {
             state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(e.to_string()));
+            let _ = loaded.send(Err(e));
             return;
         }
     };
-    let _ = info.set(ModelInfo {
+    state.ready.store(true, Ordering::SeqCst);
+    let _ = loaded.send(Ok(()));
+    if let Some(rx) = own {
+        serve_jobs(0, models, rx, &shared);
+    }
+}
+
+/// What the request handlers need to know of the loaded models.
+fn model_info(models: &Engine) -> ModelInfo {
+    ModelInfo {
         check: models.prompt_check(),
         plain: ROLES
             .iter()
             .map(|r| models.local_model(*r).cloned())
             .collect(),
-        paths: {
-            let mut paths: Vec<(String, Vec<String>)> = Vec::new();
-            for r in ROLES {
-                let Some(m) = models.local_model(r) else {
-                    continue;
-                };
-                let path = m.path().display().to_string();
-                match paths.iter_mut().find(|(p, _)| *p == path) {
-                    Some((_, roles)) => roles.push(r.to_string()),
-                    None => paths.push((path, vec![r.to_string()])),
-                }
+        paths: model_paths(models),
+    }
+}
+
+/// Each local model file with the roles it plays ("strong, tuned and untuned").
+fn model_paths(models: &Engine) -> Vec<(String, String)> {
+    let mut paths: Vec<(String, Vec<String>)> = Vec::new();
+    for r in ROLES {
+        let Some(m) = models.local_model(r) else {
+            continue;
+        };
+        let path = m.path().display().to_string();
+        match paths.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, roles)) => roles.push(r.to_string()),
+            None => paths.push((path, vec![r.to_string()])),
+        }
+    }
+    paths
+        .into_iter()
+        .map(|(p, roles)| match roles.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                (p, format!("{} and {last}", rest.join(", ")))
             }
-            paths
-                .into_iter()
-                .map(|(p, roles)| match roles.split_last() {
-                    Some((last, rest)) if !rest.is_empty() => {
-                        (p, format!("{} and {last}", rest.join(", ")))
-                    }
-                    _ => (p, roles.concat()),
-                })
-                .collect()
-        },
-    });
-    // Warm-up: one tiny search touches every model's weights and code paths (and checks
-    // that remote engines answer).
+            _ => (p, roles.concat()),
+        })
+        .collect()
+}
+
+/// Warm-up: one tiny search touches every model's weights and code paths (and checks
+/// that remote engines answer).
+fn warm_up(models: &mut Engine) -> Result<(), String> {
     let warm = SearchConfig::new(
         Method::Cbs { w: 1, k: 2, l: 2 },
         4,
@@ -304,11 +327,20 @@ fn worker_main(
         Ok(c) => models.search(&c, "Hello").map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(e) = warmed {
-        state.dead.store(true, Ordering::SeqCst);
-        let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
-        return;
-    }
+    warmed
+        .map(|_| ())
+        .map_err(|e| format!("warm-up search failed: {e}"))
+}
+
+/// Starts a model worker on a replica for each slot but the first, and the dispatcher
+/// that hands jobs to idle slots; returns the first slot's inbox, which the calling
+/// thread serves with the original models.
+fn start_workers(
+    models: &Engine,
+    parallel: usize,
+    jobs: Receiver<Job>,
+    shared: &Arc<Shared>,
+) -> Result<Option<Receiver<Job>>, String> {
     let (mut inboxes, mut own) = (Vec::with_capacity(parallel), None);
     for slot in 0..parallel {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -317,34 +349,21 @@ fn worker_main(
             own = Some(rx);
             continue;
         }
-        let started = models.replica().map_err(|e| e.to_string()).and_then(|m| {
+        models.replica().map_err(|e| e.to_string()).and_then(|m| {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("w2s-model-worker-{slot}"))
                 .spawn(move || serve_jobs(slot, m, rx, &shared))
                 .map(|_| ())
                 .map_err(|e| format!("could not start model worker {slot}: {e}"))
-        });
-        if let Err(e) = started {
-            state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(e));
-            return;
-        }
+        })?;
     }
     let dispatcher = shared.clone();
-    let started = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("w2s-dispatch".into())
-        .spawn(move || dispatch(jobs, inboxes, &dispatcher));
-    if let Err(e) = started {
-        state.dead.store(true, Ordering::SeqCst);
-        let _ = loaded.send(Err(format!("could not start the job dispatcher: {e}")));
-        return;
-    }
-    state.ready.store(true, Ordering::SeqCst);
-    let _ = loaded.send(Ok(()));
-    if let Some(rx) = own {
-        serve_jobs(0, models, rx, &shared);
-    }
+        .spawn(move || dispatch(jobs, inboxes, &dispatcher))
+        .map_err(|e| format!("could not start the job dispatcher: {e}"))?;
+    Ok(own)
 }
 
 /// Hands each job, in arrival order, to the idle worker with the lowest number.

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::plain;
 use super::reply::{id, search_usage, w2s_object, with_ignored};
@@ -24,7 +25,7 @@ use crate::openai::{
     finish_reason, ChatChoice, ChatLogprobs, ChatMessage, Completion, TextChoice, TextLogprobs,
     Usage,
 };
-use crate::worker::{Event, Failure, Finished, Outcome, SearchWork, Work};
+use crate::worker::{Event, Failure, Finished, ModelInfo, Outcome, SearchWork, Work};
 use crate::App;
 
 pub(super) async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
@@ -66,30 +67,72 @@ async fn start(
         }
     }
     let req = api::parse(&bytes, endpoint, &app.cfg.policy, seed)?;
-    if req.model != app.cfg.model_name {
-        let mut e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!(
-                "no model `{}` here; this server serves `{}`",
-                crate::error::truncate(&req.model, 64),
-                app.cfg.model_name
-            ),
-        );
-        e.param = Some("model".into());
-        return Err(e);
+    served_here(app, &req)?;
+    let req = Arc::new(req);
+    let prompt_cost = prompt_cost(app, info, &req).await?;
+    note_ignored(app, &req.ignored);
+    let works = (0..req.prompts.len())
+        .map(|index| {
+            Work::Search(SearchWork {
+                req: req.clone(),
+                index,
+            })
+        })
+        .collect();
+    // Admission charges the prompt work of every local model too.
+    let cost = Cost {
+        sampling: req.cost(),
+        prompt: prompt_cost,
+    };
+    let (mut rxs, mut guard) = submit_all(app, works, cost, in_flight)?;
+    let started = Instant::now();
+    if req.stream {
+        app.metrics.request(200, "ok");
+        let resp = stream::response(app.clone(), req.clone(), rxs.remove(0), guard, started);
+        return Ok(with_ignored(resp, &req.ignored));
     }
-    let param = if endpoint == Endpoint::Chat {
+    let done = collect(app, rxs, started).await?;
+    guard.done = true;
+    app.metrics.request(200, "ok");
+    let resp = full_reply(app, &req, &done);
+    Ok(with_ignored(resp, &req.ignored))
+}
+
+/// A 404 unless the request names the model this server serves.
+fn served_here(app: &App, req: &CheckedRequest) -> Result<(), ApiError> {
+    if req.model == app.cfg.model_name {
+        return Ok(());
+    }
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!(
+            "no model `{}` here; this server serves `{}`",
+            crate::error::truncate(&req.model, 64),
+            app.cfg.model_name
+        ),
+    );
+    e.param = Some("model".into());
+    Err(e)
+}
+
+/// Tokenizes each prompt (off the async threads), refusing one over the server's token
+/// limit; the prompt work of every local model, for admission.
+async fn prompt_cost(
+    app: &App,
+    info: &ModelInfo,
+    req: &Arc<CheckedRequest>,
+) -> Result<u64, ApiError> {
+    let param = if req.endpoint == Endpoint::Chat {
         "messages"
     } else {
         "prompt"
     };
-    let req = Arc::new(req);
     let max_tokens = req.config.max_new_tokens();
     let (checked, info) = (req.clone(), info.clone());
     let cap = app.cfg.max_prompt_tokens;
-    let prompt_cost = check_prompt(param, move || {
+    check_prompt(param, move || {
         let many = checked.prompts.len() > 1;
         let mut cost = 0u64;
         for (i, p) in checked.prompts.iter().enumerate() {
@@ -112,28 +155,16 @@ async fn start(
         }
         Ok(cost)
     })
-    .await?;
-    note_ignored(app, &req.ignored);
-    let works = (0..req.prompts.len())
-        .map(|index| {
-            Work::Search(SearchWork {
-                req: req.clone(),
-                index,
-            })
-        })
-        .collect();
-    // Admission charges the prompt work of every local model too.
-    let cost = Cost {
-        sampling: req.cost(),
-        prompt: prompt_cost,
-    };
-    let (mut rxs, mut guard) = submit_all(app, works, cost, in_flight)?;
-    let started = Instant::now();
-    if req.stream {
-        app.metrics.request(200, "ok");
-        let resp = stream::response(app.clone(), req.clone(), rxs.remove(0), guard, started);
-        return Ok(with_ignored(resp, &req.ignored));
-    }
+    .await
+}
+
+/// Waits for each prompt's search to finish, in prompt order, noting the time to the
+/// first settled text.
+async fn collect(
+    app: &App,
+    rxs: Vec<UnboundedReceiver<Event>>,
+    started: Instant,
+) -> Result<Vec<Finished>, ApiError> {
     let mut first = false;
     let mut done = Vec::with_capacity(rxs.len());
     for mut rx in rxs {
@@ -164,13 +195,10 @@ async fn start(
             }
         }
     }
-    guard.done = true;
     if !first {
         app.metrics.first_token(started.elapsed());
     }
-    app.metrics.request(200, "ok");
-    let resp = full_reply(app, &req, &done);
-    Ok(with_ignored(resp, &req.ignored))
+    Ok(done)
 }
 
 /// Logs each ignored field name the first time it is seen (up to a bound, so that a
