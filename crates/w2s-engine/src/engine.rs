@@ -317,7 +317,11 @@ impl Engine {
         // The main pair: the twin guide where the pair is one file, else two scorers.
         let mut twin = match self.twin.as_mut().filter(|_| self.twin_ready) {
             Some(twin) => {
-                let beta = if self.extra.is_empty() { config.beta() } else { 1.0 };
+                let beta = if self.extra.is_empty() {
+                    config.beta()
+                } else {
+                    1.0
+                };
                 twin.set_beta(beta)
                     .map_err(|e| EngineError::input(e.to_string()))?;
                 Some(GatedTwin {
