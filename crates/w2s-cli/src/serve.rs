@@ -37,13 +37,9 @@ pub fn run(args: ServeArgs) -> Result<(), Fail> {
     runtime
         .block_on(serve(cfg, settings.engine, &say))
         .map_err(|e| {
-            let code = if matches!(
-                e,
-                w2s_server::ServeError::Models(_) | w2s_server::ServeError::Bind { .. }
-            ) {
-                2
-            } else {
-                1
+            let code = match e.kind() {
+                w2s_server::ServeErrorKind::Setup => 2,
+                w2s_server::ServeErrorKind::Runtime => 1,
             };
             Fail {
                 code,

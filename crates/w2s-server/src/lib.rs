@@ -140,9 +140,31 @@ pub enum ServeError {
     /// The models could not be loaded.
     #[error("{0}")]
     Models(String),
+    /// The HTTP client that probes remote engines could not be made.
+    #[error("cannot start the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// The server failed while running.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Whose fault a [`ServeError`] is, for a front end to map once (an exit code, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeErrorKind {
+    /// The setup the user gave: models that do not load, an address that cannot be bound.
+    Setup,
+    /// The machine or the running server.
+    Runtime,
+}
+
+impl ServeError {
+    /// Whose fault this is.
+    pub fn kind(&self) -> ServeErrorKind {
+        match self {
+            ServeError::Bind { .. } | ServeError::Models(_) => ServeErrorKind::Setup,
+            ServeError::HttpClient(_) | ServeError::Io(_) => ServeErrorKind::Runtime,
+        }
+    }
 }
 
 /// A remote engine the server depends on, probed by `/health`.
@@ -193,7 +215,7 @@ pub async fn serve(
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
         .build()
-        .map_err(|e| ServeError::Models(format!("cannot start the HTTP client: {e}")))?;
+        .map_err(ServeError::HttpClient)?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

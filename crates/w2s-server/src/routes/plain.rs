@@ -49,11 +49,12 @@ pub(super) async fn answer(
             ));
         }
         model.check_fits(n, max_tokens).map_err(|e| {
-            let text = e.to_string().replace(
-                &model.path().display().to_string(),
-                &format!("the {} model", PLAIN_MODELS[role]),
-            );
-            shown.client_text(&text)
+            let own = model.path().display().to_string();
+            let name = |path: &str| match path == own {
+                true => format!("the {} model", PLAIN_MODELS[role]),
+                false => path.to_string(),
+            };
+            shown.client_error_naming(&e, &name)
         })?;
         Ok(n)
     })

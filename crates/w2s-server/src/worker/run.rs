@@ -10,7 +10,7 @@ use w2s_core::{ErrorKind, Interrupt};
 use w2s_engine::{Engine, EngineError, SearchRequest};
 use w2s_llama::{PlainModel, PlainSampling};
 
-use super::{Event, Failure, Finished, Job, Outcome, SearchWork};
+use super::{Event, Failure, Finished, Job, Outcome, Reason, SearchWork};
 use crate::api::PlainRequest;
 
 pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
@@ -23,7 +23,6 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                     tokens,
                     prompt_tokens,
                 })
-                .map_err(|e| (e.kind(), e.to_string()))
         } else {
             let s = PlainSampling {
                 n: req.n,
@@ -38,15 +37,14 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                     choices,
                     prompt_tokens,
                 })
-                .map_err(|e| (e.kind(), e.to_string()))
         }
     }));
     match outcome {
         Err(_) => Err(Failure::Panic),
         Ok(Ok(o)) => Ok(o),
-        Ok(Err((ErrorKind::Input, m))) => Err(Failure::Input(m)),
-        Ok(Err((_, m))) => {
-            tracing::error!(%m, "plain request failed");
+        Ok(Err(e)) if e.kind() == ErrorKind::Input => Err(Failure::Input(Reason::new(e))),
+        Ok(Err(e)) => {
+            tracing::error!(%e, "plain request failed");
             Err(Failure::Internal("the model failed".into()))
         }
     }
@@ -113,10 +111,10 @@ fn failure(e: EngineError, job: &Job) -> Failure {
     match e.kind() {
         ErrorKind::Cancelled if job.cancel.load(Ordering::SeqCst) => Failure::Cancelled,
         ErrorKind::Cancelled => Failure::Deadline,
-        ErrorKind::Input => Failure::Input(e.to_string()),
+        ErrorKind::Input => Failure::Input(Reason::new(e)),
         ErrorKind::Remote => {
             tracing::warn!(%e, "a remote engine failed");
-            Failure::Upstream(e.to_string())
+            Failure::Upstream(Reason::new(e))
         }
         _ => {
             tracing::error!(%e, "search failed");
