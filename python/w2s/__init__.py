@@ -44,7 +44,7 @@ from typing import (
 )
 
 from . import _w2s
-from ._w2s import LocalScorer, W2sError
+from ._w2s import LocalScorer, PairJudge, W2sError
 
 __version__ = _w2s.__version__
 
@@ -54,6 +54,7 @@ __all__ = [
     "Beam",
     "Stats",
     "LocalScorer",
+    "PairJudge",
     "W2sError",
     "Scorer",
     "GuideFn",

@@ -39,6 +39,19 @@ class LocalScorer:
     ) -> None: ...
     def score(self, prompt: str, texts: List[str], ended: List[bool]) -> List[float]: ...
 
+class PairJudge:
+    """The pairwise judge of the `pairwise` gold reward (default Qwen2.5-Coder-1.5B-Instruct),
+    the same model and prompt as `w2s eval`."""
+
+    def __init__(
+        self, model: Optional[str] = None, threads: Optional[int] = None, gpu_layers: int = 0
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    def compare(self, instruction: str, a: str, b: str) -> Tuple[float, float, float]:
+        """(P(a better) shown first, P(a better) shown second, answer mass)."""
+        ...
+
 def evaluate(
     settings: Dict[str, Any],
     parts: _Parts,
