@@ -497,14 +497,18 @@ fn twin(spec: &EngineSpec, tuned: &SmallModel, untuned: &SmallModel) -> Option<L
     if !spec.joint_guide || !Arc::ptr_eq(t.model(), u.model()) {
         return None;
     }
-    LlamaTwinGuide::new(
+    let twin = LlamaTwinGuide::new(
         t.model().clone(),
         t.template().clone(),
         u.template().clone(),
         1.0,
         spec.threads,
-    )
-    .ok()
+    );
+    match &twin {
+        Ok(_) => tracing::info!("the tuned and untuned halves score in one decode (joint guide)"),
+        Err(e) => tracing::warn!(%e, "no joint guide: the halves score in two decodes"),
+    }
+    twin.ok()
 }
 
 /// The file a local role loads: a guide's may be a faster copy ([`w2s_llama::guide_file`]).

@@ -107,7 +107,7 @@ pub struct RunSettings {
     )]
     pub keep_guide_weights: Option<bool>,
     /// Score a guide pair that is one local file under two templates in one decode per
-    /// step (true) or with two scorers, one decode each (false) [default: true].
+    /// step (true) or with two scorers, one decode each (false) [default: false].
     #[cfg_attr(feature = "clap", arg(long, value_name = "BOOL"))]
     pub joint_guide: Option<bool>,
 
@@ -306,7 +306,7 @@ impl RunSettings {
                 gpu_layers: self.gpu_layers.unwrap_or(0),
                 keep_guide_weights: self.keep_guide_weights.unwrap_or(false),
             },
-            joint_guide: self.joint_guide.unwrap_or(true),
+            joint_guide: self.joint_guide.unwrap_or(false),
         })
     }
 

@@ -655,7 +655,10 @@ mod tests {
     fn too_many_rows_inside_a_search_error_names_the_search_fields() {
         let e = SearchError::Backend {
             role: Role::Strong,
-            source: BackendError::from(LlamaError::TooManyRows { rows: 300, max: 256 }),
+            source: BackendError::from(LlamaError::TooManyRows {
+                rows: 300,
+                max: 256,
+            }),
         };
         let text = request_words(&e, &named);
         assert!(

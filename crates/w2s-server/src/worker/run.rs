@@ -23,6 +23,7 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                     tokens,
                     prompt_tokens,
                 })
+                .map_err(w2s_core::BackendError::from)
         } else {
             let s = PlainSampling {
                 n: req.n,
@@ -32,11 +33,10 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                 seed: req.seed,
                 with_tokens: req.logprobs,
             };
-            pm.sample(&req.prompt, &s)
-                .map(|choices| Outcome::Samples {
-                    choices,
-                    prompt_tokens,
-                })
+            pm.sample(&req.prompt, &s).map(|choices| Outcome::Samples {
+                choices,
+                prompt_tokens,
+            })
         }
     }));
     match outcome {
