@@ -6,6 +6,7 @@
 //! watches for Ctrl-C.
 
 mod errors;
+mod judge;
 mod objects;
 mod run;
 mod searcher;
@@ -19,6 +20,7 @@ fn _w2s(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("W2sError", m.py().get_type::<errors::W2sError>())?;
     m.add_class::<searcher::Searcher>()?;
     m.add_class::<searcher::LocalScorer>()?;
+    m.add_class::<judge::PairJudge>()?;
     m.add_function(wrap_pyfunction!(searcher::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(searcher::report, m)?)?;
     m.add_function(wrap_pyfunction!(searcher::quantize, m)?)?;

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use w2s_core::{BackendError, Role, SearchOutput, ValueFn};
-use w2s_engine::{in_flight, parallel_for, CustomParts, Engine, EngineError, RunSettings};
+use w2s_engine::{
+    can_pool, in_flight, parallel_for, search_pooled, CustomParts, Engine, EngineError,
+    RunSettings, SearchRequest,
+};
 
 use crate::errors::{to_py, value_error, Slot};
 use crate::objects::{values, PyGold, PyScorer};
@@ -111,11 +114,11 @@ impl Searcher {
             let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
             let engine = &mut engines[0];
             interrupt.arm_cancel(cancel.clone());
-            engine.set_interrupt(Some(interrupt.clone()));
-            let out = engine
-                .search_with_progress(&config, prompt, &mut |_| !cancel.load(Ordering::SeqCst));
-            engine.set_interrupt(None);
-            out
+            let request = SearchRequest {
+                interrupt: Some(&interrupt),
+                ..SearchRequest::new(&config, prompt)
+            };
+            engine.run(&request, &mut |_| !cancel.load(Ordering::SeqCst))
         })?;
         let out = result.map_err(|e| engine_err(&self.slot, e))?;
         Ok(output_json(&out))
@@ -123,8 +126,10 @@ impl Searcher {
 
     /// Runs one search per prompt with `parallel` in flight (`None`: 1 with a local strong
     /// model, 8 with a remote one); returns the outputs as JSON text, in the prompts'
-    /// order. `progress(n)` is called as each search finishes.
-    #[pyo3(signature = (prompts, method, seed, parallel, progress, trace=false))]
+    /// order. `progress(n)` is called as each search finishes. `pooled`: with a local
+    /// strong model, the searches in flight share one context of it, their rows sampled in
+    /// one decode per token (`search_pooled`), instead of workers taking turns.
+    #[pyo3(signature = (prompts, method, seed, parallel, progress, trace=false, pooled=false))]
     #[allow(clippy::too_many_arguments)]
     fn generate_batch(
         &self,
@@ -135,6 +140,7 @@ impl Searcher {
         parallel: Option<usize>,
         progress: Option<Py<PyAny>>,
         trace: bool,
+        pooled: bool,
     ) -> PyResult<Vec<String>> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
@@ -157,39 +163,54 @@ impl Searcher {
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
             interrupt.arm_cancel(cancel.clone());
-            for e in workers.iter_mut() {
-                e.set_interrupt(Some(interrupt.clone()));
-            }
             let mut outs: Vec<Option<String>> = vec![None; prompts.len()];
             let mut failed = None;
-            in_flight(
-                workers,
-                prompts.iter().enumerate(),
-                |engine, (i, prompt)| {
-                    let keep_going =
-                        &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
-                    (i, engine.search_with_progress(&config, prompt, keep_going))
-                },
-                |(i, out)| match out {
-                    Ok(out) => {
-                        outs[i] = Some(output_json(&out));
-                        if let Some(cb) = &progress {
-                            Python::attach(|py| {
-                                if let Err(e) = cb.call1(py, (1,)) {
-                                    e.print(py);
-                                }
-                            });
-                        }
-                        ControlFlow::Continue(())
+            let mut on_result = |i: usize, out: Result<SearchOutput, EngineError>| match out {
+                Ok(out) => {
+                    outs[i] = Some(output_json(&out));
+                    if let Some(cb) = &progress {
+                        Python::attach(|py| {
+                            if let Err(e) = cb.call1(py, (1,)) {
+                                e.print(py);
+                            }
+                        });
                     }
-                    Err(e) => {
-                        failed = Some(e);
-                        ControlFlow::Break(())
-                    }
-                },
-            );
-            for e in workers.iter_mut() {
-                e.set_interrupt(None);
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            };
+            if pooled && can_pool(&workers[0]) {
+                // A local strong model: the searches in flight share one context of it,
+                // their rows sampled in one decode per token.
+                let jobs: Vec<_> = prompts
+                    .iter()
+                    .map(|p| (config.clone(), p.clone()))
+                    .collect();
+                let keep_going =
+                    &mut |_: usize, _: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                if let Err(e) =
+                    search_pooled(workers, &jobs, Some(&interrupt), keep_going, &mut on_result)
+                {
+                    failed.get_or_insert(e);
+                }
+            } else {
+                in_flight(
+                    workers,
+                    prompts.iter().enumerate(),
+                    |engine, (i, prompt)| {
+                        let keep_going =
+                            &mut |_: &w2s_core::Progress<'_>| !cancel.load(Ordering::SeqCst);
+                        let request = SearchRequest {
+                            interrupt: Some(&interrupt),
+                            ..SearchRequest::new(&config, prompt)
+                        };
+                        (i, engine.run(&request, keep_going))
+                    },
+                    |(i, out)| on_result(i, out),
+                );
             }
             match failed {
                 Some(e) => Err(e),
@@ -211,7 +232,9 @@ fn output_json(out: &SearchOutput) -> String {
 
 /// A small model on llama.cpp that scores responses: `score(prompt, texts, ended)` gives
 /// log p(text | prompt through the template), the end token's term included where
-/// `ended`, exactly as the search's local scorer computes it.
+/// `ended`, exactly as the search's local scorer computes it: a file in a weight type with
+/// no fast CPU kernel (Q4_1, Q5_1) is read through its Q8_0 copy, as a search's guide is,
+/// unless `keep_guide_weights`.
 #[pyclass(module = "w2s._w2s")]
 pub struct LocalScorer {
     scorer: Mutex<w2s_llama::LlamaScorer>,
@@ -221,13 +244,14 @@ pub struct LocalScorer {
 #[pymethods]
 impl LocalScorer {
     #[new]
-    #[pyo3(signature = (model, template=None, threads=None, gpu_layers=0))]
+    #[pyo3(signature = (model, template=None, threads=None, gpu_layers=0, keep_guide_weights=false))]
     fn new(
         py: Python<'_>,
         model: &str,
         template: Option<&str>,
         threads: Option<usize>,
         gpu_layers: u32,
+        keep_guide_weights: bool,
     ) -> PyResult<Self> {
         let slot = Slot::default();
         let template = match template {
@@ -241,8 +265,14 @@ impl LocalScorer {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let path = w2s_llama::resolve_model(model);
+        let options = w2s_llama::LoadOptions {
+            gpu_layers,
+            keep_guide_weights,
+        };
         let loaded = py
-            .detach(|| w2s_llama::Model::load(&path, w2s_llama::LoadOptions { gpu_layers }))
+            .detach(|| {
+                w2s_llama::Model::load(&w2s_llama::guide_file(&path, options, threads), options)
+            })
             .map_err(|e| {
                 let e = BackendError::from(e);
                 to_py(&slot, e.kind(), e.to_string())

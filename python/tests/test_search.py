@@ -201,6 +201,18 @@ def test_searches_on_two_searchers_in_two_threads(strong, small, searcher):
     assert len(ticks) > 10
 
 
+def test_a_pooled_batch_shares_one_strong_context_and_is_seeded(searcher):
+    prompts = [PROMPT, "The film opens on a quiet street, and", "Halfway through, the hero"]
+    a = searcher.generate_batch(prompts, method="cbs:2x2x5", seed=4, parallel=3, pooled=True)
+    b = searcher.generate_batch(prompts, method="cbs:2x2x5", seed=4, parallel=3, pooled=True)
+    assert [o.prompt for o in a] == prompts
+    assert [o.text for o in a] == [o.text for o in b]
+    for o in a:
+        assert o.text.strip()
+        assert o.score == pytest.approx(o.beams[0].tuned_logprob - o.beams[0].untuned_logprob)
+        assert len(o.beams) == 4  # W * K rows
+
+
 def test_a_batch_with_searches_in_flight_equals_one_at_a_time(searcher):
     prompts = [PROMPT, "The film opens on a quiet street, and", "Halfway through, the hero", "At the end"]
     one = searcher.generate_batch(prompts, method="cbs:2x2x5", seed=4, parallel=1)

@@ -44,7 +44,7 @@ from typing import (
 )
 
 from . import _w2s
-from ._w2s import LocalScorer, W2sError
+from ._w2s import LocalScorer, PairJudge, W2sError
 
 __version__ = _w2s.__version__
 
@@ -54,6 +54,7 @@ __all__ = [
     "Beam",
     "Stats",
     "LocalScorer",
+    "PairJudge",
     "W2sError",
     "Scorer",
     "GuideFn",
@@ -305,13 +306,18 @@ class Searcher:
         progress: bool = False,
         parallel: Optional[int] = None,
         trace: bool = False,
+        pooled: bool = False,
     ) -> List[Output]:
         """`generate` for each prompt; the outputs come back in the prompts' order.
         `parallel`: searches in flight at once, each on an engine of its own over the
         shared models (default: 1 with a local strong model, whose CPU is the bottleneck;
         8 with a remote one, whose searches mostly wait on the engine; at most 64).
         `progress=True` shows a bar counting finished searches (tqdm if installed, else a
-        line on stderr)."""
+        line on stderr). `pooled=True` (a local strong model guided by the tuned / untuned
+        pair): the searches in flight share one context of the strong model, their rows
+        sampled in one decode per token, as `w2s generate --parallel N` does; batched
+        kernels round a little differently, so an answer may differ from the same seed
+        run alone."""
         prompts = list(prompts)
         for p in prompts:
             if not isinstance(p, str):
@@ -327,7 +333,8 @@ class Searcher:
         bar = _progress(len(prompts), method) if progress else None
         try:
             texts = self._native.generate_batch(
-                prompts, method, seed, parallel, bar.update if bar is not None else None, bool(trace)
+                prompts, method, seed, parallel, bar.update if bar is not None else None, bool(trace),
+                bool(pooled),
             )
         finally:
             if bar is not None:

@@ -21,10 +21,13 @@ class Searcher:
         seed: int,
         parallel: Optional[int],
         progress: Optional[Callable[[int], Any]],
+        trace: bool = False,
+        pooled: bool = False,
     ) -> List[str]: ...
 
 class LocalScorer:
-    """A small GGUF model on llama.cpp that scores responses exactly as the search does."""
+    """A small GGUF model on llama.cpp that scores responses exactly as the search does (a
+    Q4_1 or Q5_1 file through its Q8_0 copy, unless keep_guide_weights)."""
 
     def __init__(
         self,
@@ -32,8 +35,22 @@ class LocalScorer:
         template: Optional[str] = None,
         threads: Optional[int] = None,
         gpu_layers: int = 0,
+        keep_guide_weights: bool = False,
     ) -> None: ...
     def score(self, prompt: str, texts: List[str], ended: List[bool]) -> List[float]: ...
+
+class PairJudge:
+    """The pairwise judge of the `pairwise` gold reward (default Qwen2.5-Coder-1.5B-Instruct),
+    the same model and prompt as `w2s eval`."""
+
+    def __init__(
+        self, model: Optional[str] = None, threads: Optional[int] = None, gpu_layers: int = 0
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    def compare(self, instruction: str, a: str, b: str) -> Tuple[float, float, float]:
+        """(P(a better) shown first, P(a better) shown second, answer mass)."""
+        ...
 
 def evaluate(
     settings: Dict[str, Any],

@@ -82,6 +82,7 @@ def make_pairs(
     seed: int = 1,
     work: Optional[PathLike] = None,
     parallel: Optional[int] = None,
+    judge: Optional[str] = None,
     **settings: Any,
 ) -> Dict[str, Any]:
     """Samples `samples` responses per prompt from `model` (seeds seed..seed+samples-1),
@@ -89,7 +90,13 @@ def make_pairs(
     best response is paired with the worst, the second best with the second worst, and so
     on, `pairs_per_prompt` pairs at most, each with a gold margin of at least `min_margin`.
     The samples go through `w2s.evaluate` into `work` (default OUT.samples/), so an
-    interrupted run resumes. Returns counts."""
+    interrupted run resumes. Returns counts.
+
+    `gold="pairwise"`: the pairwise judge of `w2s eval` (`judge`, default
+    Qwen2.5-Coder-1.5B-Instruct) compares every two responses to a prompt in both orders,
+    and a response's gold is its mean probability of being the better one (a margin of 0.2
+    with two samples: the judge prefers one at 0.6 or more). The verdicts are kept in
+    WORK/judged.jsonl, so an interrupted run resumes there too."""
     import w2s
 
     if samples < 2:
@@ -98,10 +105,12 @@ def make_pairs(
         raise TrainError(f"pairs_per_prompt must be in 1..{samples // 2} for {samples} samples")
     out = Path(out)
     work = Path(work) if work is not None else out.with_name(out.name + ".samples")
+    pairwise = isinstance(gold, str) and gold == "pairwise"
     t0 = time.monotonic()
     w2s.evaluate(
         prompts, methods=["sample"], seeds=list(range(seed, seed + samples)), out=work,
-        strong=model, guide=_no_guide, strong_template=template, gold=gold,
+        strong=model, guide=_no_guide, strong_template=template,
+        gold={"unscored": _unscored} if pairwise else gold, judge=None if pairwise else judge,
         max_new_tokens=max_new_tokens, temperature=temperature, parallel=parallel, **settings,
     )
     seconds = time.monotonic() - t0
@@ -110,6 +119,12 @@ def make_pairs(
         for line in f:
             rec = json.loads(line)
             by_prompt.setdefault(rec["prompt_id"], []).append(rec)
+    judged = None
+    if pairwise:
+        t1 = time.monotonic()
+        judged = _judge_round_robin(by_prompt, work / "judged.jsonl", judge,
+                                    settings.get("threads"))
+        judged["seconds"] = time.monotonic() - t1
     pairs = []
     for pid, recs in by_prompt.items():
         recs.sort(key=lambda r: (-r["gold"][0]["value"], r["seed"]))
@@ -127,8 +142,75 @@ def make_pairs(
     _write_atomic(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     _log(f"{len(pairs)} pairs from {len(by_prompt)} prompts x {samples} samples -> {out} "
          f"({seconds:.0f} s sampling and scoring)")
-    return {"pairs": len(pairs), "prompts": len(by_prompt), "samples": samples,
-            "seconds": seconds, "out": str(out)}
+    res = {"pairs": len(pairs), "prompts": len(by_prompt), "samples": samples,
+           "seconds": seconds, "out": str(out)}
+    if judged is not None:
+        res["judge"] = judged
+    return res
+
+
+def _unscored(prompt: str, response: str) -> float:
+    """The samples' gold before the pairwise judge has compared them."""
+    return 0.0
+
+
+def _judge_round_robin(by_prompt: Dict[str, List[dict]], path: Path, model: Optional[str],
+                       threads: Optional[int]) -> Dict[str, Any]:
+    """Compares every two responses to each prompt with the pairwise judge, both orders
+    (verdicts appended to `path`, read back on a rerun), and sets each record's gold to
+    its mean probability of being the better response. Returns the judge's statistics."""
+    import w2s
+
+    done: Dict[Tuple[str, int, int], dict] = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    v = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interruption: judged again
+                done[(v["prompt_id"], v["a"], v["b"])] = v
+    todo = []
+    for pid, recs in sorted(by_prompt.items()):
+        recs.sort(key=lambda r: r["seed"])
+        for i in range(len(recs)):
+            for j in range(i + 1, len(recs)):
+                key = (pid, recs[i]["seed"], recs[j]["seed"])
+                if key not in done and recs[i]["response"] != recs[j]["response"]:
+                    todo.append((key, recs[i], recs[j]))
+    judge = None
+    if todo:
+        judge = w2s.PairJudge(model, threads=threads)
+        _log(f"pairwise judge {judge.path}: {len(todo)} comparisons (both orders)")
+        bar = w2s._progress(len(todo), "judge")
+        with open(path, "a", encoding="utf-8") as f:
+            for key, a, b in todo:
+                first, second, mass = judge.compare(a["prompt"], a["response"], b["response"])
+                v = {"prompt_id": key[0], "a": key[1], "b": key[2], "p_a_first": first,
+                     "p_a_second": second, "answer_mass": mass}
+                f.write(json.dumps(v) + "\n")
+                f.flush()
+                done[key] = v
+                bar.update(1)
+        bar.close()
+    disagree, masses = 0, []
+    for pid, recs in by_prompt.items():
+        wins = {r["seed"]: [] for r in recs}
+        for i in range(len(recs)):
+            for j in range(i + 1, len(recs)):
+                a, b = recs[i]["seed"], recs[j]["seed"]
+                v = done.get((pid, a, b))
+                p = 0.5 if v is None else 0.5 * (v["p_a_first"] + v["p_a_second"])
+                if v is not None:
+                    disagree += (v["p_a_first"] > 0.5) != (v["p_a_second"] > 0.5)
+                    masses.append(v["answer_mass"])
+                wins[a].append(p)
+                wins[b].append(1.0 - p)
+        for r in recs:
+            r["gold"] = [{"name": "pairwise", "value": sum(wins[r["seed"]]) / max(1, len(wins[r["seed"]]))}]
+    return {"comparisons": len(masses), "orders_disagree": disagree,
+            "answer_mass": sum(masses) / len(masses) if masses else None,
+            "model": judge.path if judge is not None else model}
 
 
 def _no_guide(prompt: str, text: str, ended: bool) -> float:
@@ -668,7 +750,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--pairs-per-prompt", type=int, default=2)
     p.add_argument("--min-margin", type=float, default=0.1)
-    p.add_argument("--gold", default="vader", help="vader, judge, or MODULE:FUNCTION(prompt, response)")
+    p.add_argument("--gold", default="vader",
+                   help="vader, judge (a 1-9 rating), pairwise, or MODULE:FUNCTION(prompt, response)")
+    p.add_argument("--judge", default=None, help="the judge model (default qwen2.5-coder-1.5b-instruct)")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1)
@@ -719,7 +803,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              samples=a.samples, pairs_per_prompt=a.pairs_per_prompt,
                              min_margin=a.min_margin, gold=gold,
                              max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                             seed=a.seed, parallel=a.parallel, threads=a.threads)
+                             seed=a.seed, parallel=a.parallel, threads=a.threads, judge=a.judge)
         elif a.step == "train":
             res = train(a.pairs, a.out, model=a.model, template=a.template, epochs=a.epochs,
                         beta=a.beta, learning_rate=a.learning_rate, batch_size=a.batch_size,

@@ -52,6 +52,12 @@ impl From<w2s_core::ConfigError> for Fail {
     }
 }
 
+impl From<w2s_server::OptionsError> for Fail {
+    fn from(e: w2s_server::OptionsError) -> Self {
+        usage(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for Fail {
     fn from(e: std::io::Error) -> Self {
         Fail {

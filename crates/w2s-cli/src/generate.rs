@@ -126,7 +126,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Fail> {
             .iter()
             .map(|item| (settings.search.clone(), item.prompt.clone()))
             .collect();
-        search_pooled(&mut engines, &jobs, &mut |_, _| true, &mut on_result)?;
+        search_pooled(&mut engines, &jobs, None, &mut |_, _| true, &mut on_result)?;
     } else {
         in_flight(
             &mut engines,

@@ -18,7 +18,7 @@ use w2s_core::{
     search, BackendError, Method, Models, PromptTemplate, SamplingParams, ScoreRequest, Scorer,
     SearchConfig,
 };
-use w2s_llama::{resolve_model, score_once, LlamaScorer, LoadOptions, Model};
+use w2s_llama::{guide_file, resolve_model, score_once, LlamaScorer, LoadOptions, Model};
 use w2s_remote::{EngineKind, RemoteProposer, RemoteScorer, RemoteSpec};
 
 const PROMPT: &str = "I rented this movie last weekend and";
@@ -31,12 +31,12 @@ fn tolerance(tokens: usize) -> f64 {
     0.05 * tokens as f64 + 0.1
 }
 
+/// The file a local guide role scores with (SmolLM2's Q4_1 file through its Q8_0 copy),
+/// as the server's tuned and untuned roles do.
 fn local(template: &str) -> LlamaScorer {
-    let model = Model::load(
-        &resolve_model("smollm2-135m-instruct"),
-        LoadOptions::default(),
-    )
-    .unwrap();
+    let options = LoadOptions::default();
+    let file = guide_file(&resolve_model("smollm2-135m-instruct"), options, 2);
+    let model = Model::load(&file, options).unwrap();
     LlamaScorer::new(model, PromptTemplate::new(template).unwrap(), 2)
 }
 

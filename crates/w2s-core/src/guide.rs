@@ -65,6 +65,39 @@ pub trait Guide {
     }
 }
 
+/// A guide borrowed: what it does, through the reference (a driver holding guides of
+/// several kinds, some borrowed, some its own, as `Box<dyn Guide>`).
+impl<G: Guide + ?Sized> Guide for &mut G {
+    fn begin(
+        &mut self,
+        prompt: &str,
+        rows: usize,
+        max_new_tokens: usize,
+        stats: &mut SearchStats,
+    ) -> Result<(), SearchError> {
+        (**self).begin(prompt, rows, max_new_tokens, stats)
+    }
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<GuideScore>, SearchError> {
+        (**self).score(requests, stats)
+    }
+    fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError> {
+        (**self).reorder(parents, stats)
+    }
+    fn finish(&mut self, stats: &mut SearchStats) {
+        (**self).finish(stats)
+    }
+    fn terms(&self) -> Vec<TermName> {
+        (**self).terms()
+    }
+    fn last_terms(&self) -> &[Vec<f64>] {
+        (**self).last_terms()
+    }
+}
+
 /// The method's guide: `beta * (log pi_tuned(y | x) - log pi_untuned(y | x))`, each
 /// small model's time and tokens in its own counters.
 pub struct LogRatio<'m> {

@@ -8,7 +8,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::spec::EngineSpec;
 
-/// The scorer of a role that a custom guide ([`Engine::set_guide`]) makes unused: every
+/// The scorer of a role that a custom guide ([`CustomParts`]) makes unused: every
 /// call is an internal error, so a search that reached it would say so.
 pub struct UnusedScorer(pub Role);
 

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use crate::gate::{ComputeGate, GatedGuide, GatedStrong, OrderedGate};
+use crate::gate::{ComputeGate, GatedGuide, GatedStrong, GatedTwin, OrderedGate};
 
 use w2s_core::{
-    score_texts, search_guided, search_with_progress, BackendError, ChatTurn, Guide, Interrupt,
-    LogRatio, Models, Progress, PromptTemplate, Role, ScoreRequest, Scorer, SearchConfig,
-    SearchOutput, TermName, WeightedSum,
+    search_guided, search_with_progress, ChatTurn, Guide, Interrupt, LogRatio, Models, Progress,
+    PromptTemplate, Role, SearchConfig, SearchOutput, TermName, WeightedSum,
 };
-use w2s_llama::{LlamaProposer, LlamaScorer, Model};
+use w2s_llama::{LlamaProposer, LlamaScorer, LlamaTwinGuide, Model, ScorerProfile};
 use w2s_remote::{RemoteProposer, RemoteScorer};
 
 use crate::error::EngineError;
 use crate::prompt_check::PromptCheck;
+use crate::request::SearchRequest;
 use crate::roles::{CustomScorers, SmallModel, Strong};
 use crate::spec::{EngineSpec, RoleSource, RoleSpec, ROLES};
 
@@ -37,17 +37,22 @@ struct ExtraPair {
 /// the strong model is remote.
 pub struct Engine {
     /// The strong model.
-    pub strong: Strong,
+    pub(crate) strong: Strong,
     /// The small tuned model.
-    pub tuned: SmallModel,
+    pub(crate) tuned: SmallModel,
     /// The small untuned model.
-    pub untuned: SmallModel,
+    pub(crate) untuned: SmallModel,
+    /// The pair as one guide where both are one local file under two templates (every
+    /// prompt-steered pair): both halves' rows scored in one decode.
+    pub(crate) twin: Option<LlamaTwinGuide>,
+    /// Whether the twin reads this request's templates (else the pair's scorers search).
+    twin_ready: bool,
     /// More pairs of a weighted guide ([`EngineSpec::guides`]).
     extra: Vec<ExtraPair>,
     guide: Option<Box<dyn Guide + Send>>,
-    spec: EngineSpec,
-    gate: Arc<OrderedGate>,
-    rank: u64,
+    pub(crate) spec: EngineSpec,
+    pub(crate) gate: Arc<OrderedGate>,
+    pub(crate) rank: u64,
 }
 
 impl Engine {
@@ -61,7 +66,7 @@ impl Engine {
     pub fn build_with(spec: &EngineSpec, custom: CustomScorers<'_>) -> Result<Engine, EngineError> {
         let load = |role: Role, r: &RoleSpec| -> Result<Option<Arc<Model>>, EngineError> {
             match &r.source {
-                RoleSource::Local(path) => Model::load(path, spec.load)
+                RoleSource::Local(path) => Model::load(&guide_file(spec, role, path), spec.load)
                     .map(Some)
                     .map_err(|source| EngineError::Local { role, source }),
                 RoleSource::Remote { .. } | RoleSource::Custom(_) => Ok(None),
@@ -116,9 +121,15 @@ impl Engine {
                 untuned: guide(Role::Untuned, &g.untuned)?,
             });
         }
+        let (tuned, untuned) = (
+            guide(Role::Tuned, &spec.tuned)?,
+            guide(Role::Untuned, &spec.untuned)?,
+        );
         Ok(Engine {
-            tuned: guide(Role::Tuned, &spec.tuned)?,
-            untuned: guide(Role::Untuned, &spec.untuned)?,
+            twin: twin(spec, &tuned, &untuned),
+            twin_ready: true,
+            tuned,
+            untuned,
             extra,
             strong,
             guide: None,
@@ -168,9 +179,15 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
+        let (tuned, untuned) = (
+            guide(Role::Tuned, &self.tuned)?,
+            guide(Role::Untuned, &self.untuned)?,
+        );
         Ok(Engine {
-            tuned: guide(Role::Tuned, &self.tuned)?,
-            untuned: guide(Role::Untuned, &self.untuned)?,
+            twin: twin(&self.spec, &tuned, &untuned),
+            twin_ready: true,
+            tuned,
+            untuned,
             extra,
             strong,
             guide: None,
@@ -191,28 +208,22 @@ impl Engine {
         Ok(engines)
     }
 
-    /// Sets the earlier chat turns the next searches render before the prompt (empty:
-    /// none), in every role's template; an input error if a role's template takes a
-    /// single user message.
-    pub fn set_history(&mut self, history: &[ChatTurn]) -> Result<(), EngineError> {
-        self.set_turns(history, false)
-    }
-
-    /// [`Engine::set_history`] for a chat request (`chat`): a role whose template was not
-    /// given and whose model has a chat template of its own (a local GGUF file's, or a
-    /// remote engine's chat API) reads the conversation through that template, as vLLM,
-    /// llama-server and the OpenAI API do for `/v1/chat/completions`.
-    pub fn set_turns(&mut self, history: &[ChatTurn], chat: bool) -> Result<(), EngineError> {
+    /// Has every role read the next search through its template with `history` before
+    /// the prompt ([`SearchRequest::history`], [`SearchRequest::chat`]).
+    fn apply_turns(&mut self, history: &[ChatTurn], chat: bool) -> Result<(), EngineError> {
         let t = |role: Role| {
             request_template(&self.spec, role, self.local_model(role).map(|m| &**m), chat)
                 .with_history(history)
                 .map_err(|e| EngineError::input(format!("the {role} model's {e}")))
         };
         let (strong, tuned, untuned) = (t(Role::Strong)?, t(Role::Tuned)?, t(Role::Untuned)?);
-        match &mut self.strong {
-            Strong::Local(p) => p.set_template(strong),
-            Strong::Remote(p) => p.set_template(strong),
-        }
+        self.strong.set_template(strong);
+        // Templates the twin cannot render are refused by the pair's own scorers, which
+        // then search in its place, with their usual errors.
+        self.twin_ready = self
+            .twin
+            .as_mut()
+            .is_some_and(|t| t.set_templates(tuned.clone(), untuned.clone()).is_ok());
         self.tuned.set_template(tuned);
         self.untuned.set_template(untuned);
         for (p, g) in self.extra.iter_mut().zip(&self.spec.guides) {
@@ -227,116 +238,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The strong model's log-probability of each token of each text as a response to
-    /// `prompt` (after the history of [`Engine::set_history`]), as (token text, log p
-    /// given everything before it), without an end token. Local: one pass of the model.
-    /// Remote: the engine echoes "prompt + text" (engines that cannot echo, such as
-    /// llama.cpp's llama-server, and chat templates give an `Unsupported` error).
-    pub fn strong_logprobs(
-        &mut self,
-        prompt: &str,
-        texts: &[&str],
-    ) -> Result<Vec<Vec<(String, f64)>>, EngineError> {
-        let template = self
-            .spec
-            .strong
-            .template
-            .with_history(self.history())
-            .map_err(|e| EngineError::input(format!("the strong model's {e}")))?;
-        let wrap = |source: BackendError| {
-            EngineError::Search(w2s_core::SearchError::Backend {
-                role: Role::Strong,
-                source,
-            })
-        };
-        let max_new = texts.iter().map(|t| t.len()).max().unwrap_or(0) + 1;
-        match &self.strong {
-            Strong::Local(p) => {
-                let mut s = LlamaScorer::new(p.model().clone(), template, self.spec.threads);
-                let _cpu = self.gate.hold(self.rank);
-                s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
-                let requests = ScoreRequest::per_text(texts, false);
-                s.score(&requests).map_err(wrap)?;
-                Ok((0..texts.len())
-                    .map(|row| {
-                        s.row_tokens(row)
-                            .into_iter()
-                            .map(|(piece, lp)| (String::from_utf8_lossy(&piece).into_owned(), lp))
-                            .collect()
-                    })
-                    .collect())
-            }
-            Strong::Remote(_) => {
-                let RoleSource::Remote { endpoint, .. } = &self.spec.strong.source else {
-                    return Err(EngineError::input("the strong model is not remote"));
-                };
-                let remote = |source| EngineError::Remote {
-                    role: Role::Strong,
-                    source,
-                };
-                let mut s = RemoteScorer::new((**endpoint).clone(), template).map_err(remote)?;
-                s.begin(prompt, texts.len().max(1), max_new).map_err(wrap)?;
-                s.token_logprobs(texts).map_err(remote)
-            }
-        }
-    }
-
-    /// The main pair's log-probabilities `(tuned, untuned)` of each text as a whole
-    /// response to `prompt`, the end term included where `ended`, through the pair's own
-    /// scorers (local or remote): the numbers the search's guide would give the texts.
-    pub fn pair_logprobs(
-        &mut self,
-        prompt: &str,
-        texts: &[&str],
-        ended: &[bool],
-    ) -> Result<Vec<(f64, f64)>, EngineError> {
-        if texts.len() != ended.len() {
-            return Err(EngineError::input(format!(
-                "{} texts but {} ended flags",
-                texts.len(),
-                ended.len()
-            )));
-        }
-        let mut values = [Vec::new(), Vec::new()];
-        let roles = [
-            (Role::Tuned, &mut self.tuned),
-            (Role::Untuned, &mut self.untuned),
-        ];
-        for (k, (role, model)) in roles.into_iter().enumerate() {
-            // Room for the longest text in the model's own tokens (a remote scorer sizes
-            // nothing by it).
-            let longest = match model.local_model() {
-                Some(m) => texts.iter().map(|t| m.tokenize_response(t).len()).max(),
-                None => texts.iter().map(|t| t.len()).max(),
-            };
-            let _cpu = crate::gate::hold_if(&self.gate, self.rank, model.local_model().is_some());
-            // At most 64 rows a call, as a search has.
-            for (texts, ended) in texts.chunks(64).zip(ended.chunks(64)) {
-                let got = score_texts(model, prompt, texts, ended, longest.unwrap_or(0) + 1)
-                    .map_err(|source| {
-                        EngineError::Search(w2s_core::SearchError::Backend { role, source })
-                    })?;
-                values[k].extend(got);
-            }
-        }
-        let [tuned, untuned] = values;
-        Ok(tuned.into_iter().zip(untuned).collect())
-    }
-
-    /// The earlier chat turns set by [`Engine::set_history`].
-    pub fn history(&self) -> &[ChatTurn] {
-        match &self.strong {
-            Strong::Local(p) => p.template().history(),
-            Strong::Remote(p) => p.template().history(),
-        }
-    }
-
-    /// Sets the rank of the next searches at the compute gate: among engines of one family
-    /// waiting for the CPU, the lowest rank goes first (e.g. a job's arrival number).
-    pub fn set_rank(&mut self, rank: u64) {
-        self.rank = rank;
-    }
-
     /// The compute gate this engine shares with its replicas; hold it around any other
     /// local model work (e.g. plain sampling) done next to their searches.
     pub fn gate(&self) -> ComputeGate {
@@ -348,38 +249,45 @@ impl Engine {
         &self.spec
     }
 
-    /// Has the next searches rank rows by `guide` instead of the tuned / untuned pair
-    /// (`None`: the pair again). The pair's models stay loaded but are not used.
-    pub fn set_guide(&mut self, guide: Option<Box<dyn Guide + Send>>) {
+    /// Has every search rank rows by `guide` instead of the tuned / untuned pair (`None`:
+    /// the pair again). The pair's models stay loaded but are not used.
+    pub(crate) fn set_guide(&mut self, guide: Option<Box<dyn Guide + Send>>) {
         self.guide = guide;
     }
 
-    /// Whether a guide of [`Engine::set_guide`] replaces the pair.
+    /// Whether a custom guide ([`crate::CustomParts`]) replaces the pair.
     pub fn has_custom_guide(&self) -> bool {
         self.guide.is_some()
     }
 
-    /// The models as the search takes them.
-    pub fn models(&mut self) -> Models<'_> {
-        Models {
-            strong: &mut self.strong,
-            tuned: &mut self.tuned,
-            untuned: &mut self.untuned,
-        }
-    }
-
-    /// Runs one search.
+    /// Runs one search of `config` on `prompt`: [`Engine::run`] with no history.
     pub fn search(
         &mut self,
         config: &SearchConfig,
         prompt: &str,
     ) -> Result<SearchOutput, EngineError> {
-        self.search_with_progress(config, prompt, &mut |_| true)
+        self.run(&SearchRequest::new(config, prompt), &mut |_| true)
     }
 
-    /// Runs one search; `progress` is called after each selection and may return `false`
-    /// to cancel it.
-    pub fn search_with_progress(
+    /// Runs one search as `request` says; `progress` is called after each selection and
+    /// may return `false` to cancel it. The request's history, interrupt and rank hold
+    /// for this search only.
+    pub fn run(
+        &mut self,
+        request: &SearchRequest<'_>,
+        progress: &mut dyn FnMut(&Progress<'_>) -> bool,
+    ) -> Result<SearchOutput, EngineError> {
+        self.apply_turns(request.history, request.chat)?;
+        self.rank = request.rank;
+        self.set_interrupt(request.interrupt);
+        let out = self.guided_search(request.config, request.prompt, progress);
+        self.set_interrupt(None);
+        out
+    }
+
+    /// The search itself, through the compute gate, with the engine's guide: the custom
+    /// one, the pair, or the pair and more pairs weighed together.
+    fn guided_search(
         &mut self,
         config: &SearchConfig,
         prompt: &str,
@@ -406,8 +314,29 @@ impl Engine {
             gate,
             rank,
         };
+        // The main pair: the twin guide where the pair is one file, else two scorers.
+        let mut twin = match self.twin.as_mut().filter(|_| self.twin_ready) {
+            Some(twin) => {
+                let beta = if self.extra.is_empty() {
+                    config.beta()
+                } else {
+                    1.0
+                };
+                twin.set_beta(beta)
+                    .map_err(|e| EngineError::input(e.to_string()))?;
+                Some(GatedTwin {
+                    inner: twin,
+                    gate,
+                    rank,
+                })
+            }
+            None => None,
+        };
         let (mut tuned, mut untuned) = (gated(&mut self.tuned), gated(&mut self.untuned));
         if self.extra.is_empty() {
+            if let Some(guide) = twin.as_mut() {
+                return Ok(search_guided(config, prompt, strong, guide, progress)?);
+            }
             let models = Models {
                 strong,
                 tuned: &mut tuned,
@@ -425,8 +354,11 @@ impl Engine {
             name: "main".into(),
             weight: config.beta(),
         };
-        let mut terms: Vec<(TermName, Box<dyn Guide + '_>)> =
-            vec![(main, Box::new(LogRatio::new(&mut tuned, &mut untuned, 1.0)))];
+        let main_guide: Box<dyn Guide + '_> = match twin.as_mut() {
+            Some(twin) => Box::new(twin),
+            None => Box::new(LogRatio::new(&mut tuned, &mut untuned, 1.0)),
+        };
+        let mut terms: Vec<(TermName, Box<dyn Guide + '_>)> = vec![(main, main_guide)];
         for (term, t, u) in pairs.iter_mut() {
             terms.push((term.clone(), Box::new(LogRatio::new(t, u, 1.0))));
         }
@@ -434,13 +366,27 @@ impl Engine {
         Ok(search_guided(config, prompt, strong, &mut guide, progress)?)
     }
 
+    /// Runs `f` on the strong model, holding the compute gate where it is local (a
+    /// benchmark's raw sampling loop next to the searches).
+    pub fn with_strong<R>(&mut self, rank: u64, f: impl FnOnce(&mut Strong) -> R) -> R {
+        let _cpu = crate::gate::hold_if(&self.gate, rank, self.strong.local().is_some());
+        f(&mut self.strong)
+    }
+
+    /// The work profiles of the local guide models (tuned, untuned) since their last
+    /// search began.
+    /// Where both halves are one twin guide, its work split between them as their time is.
+    pub fn scorer_profiles(&self) -> [Option<ScorerProfile>; 2] {
+        if let Some(t) = self.twin.as_ref().filter(|_| self.twin_ready) {
+            return t.half_profiles().map(Some);
+        }
+        [&self.tuned, &self.untuned].map(|m| m.local().map(LlamaScorer::profile))
+    }
+
     /// The loaded model of a local role.
     pub fn local_model(&self, role: Role) -> Option<&Arc<Model>> {
         match role {
-            Role::Strong => match &self.strong {
-                Strong::Local(p) => Some(p.model()),
-                Strong::Remote(_) => None,
-            },
+            Role::Strong => self.strong.local().map(LlamaProposer::model),
             Role::Tuned => self.tuned.local_model(),
             Role::Untuned => self.untuned.local_model(),
         }
@@ -453,33 +399,28 @@ impl Engine {
 
     /// Strong-model prompt tokens of the last search, where the strong model is local.
     pub fn strong_prompt_tokens(&self) -> Option<usize> {
-        match &self.strong {
-            Strong::Local(p) => Some(p.last_prompt_tokens()),
-            Strong::Remote(_) => None,
-        }
+        self.strong.local().map(LlamaProposer::last_prompt_tokens)
     }
 
     /// HTTP requests sent to remote engines so far, per role (retries included).
     pub fn requests_sent(&self) -> [u64; 3] {
-        let strong = match &self.strong {
-            Strong::Local(_) => 0,
-            Strong::Remote(p) => p.requests_sent(),
-        };
         [
-            strong,
+            self.strong.requests_sent(),
             self.tuned.requests_sent(),
             self.untuned.requests_sent(),
         ]
     }
 
-    /// Has every local model check `interrupt` between micro-batches of a prompt (see
-    /// [`w2s_core::Interrupt`]): a cancelled search stops within one piece.
-    pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
-        if let Strong::Local(p) = &mut self.strong {
-            p.set_interrupt(interrupt.clone());
+    /// Has every local model check `interrupt` between micro-batches of a prompt.
+    pub(crate) fn set_interrupt(&mut self, interrupt: Option<&Arc<Interrupt>>) {
+        if let Some(p) = self.strong.local_mut() {
+            p.set_interrupt(interrupt.cloned());
         }
         for s in self.small_models().filter_map(SmallModel::local_mut) {
-            s.set_interrupt(interrupt.clone());
+            s.set_interrupt(interrupt.cloned());
+        }
+        if let Some(t) = &mut self.twin {
+            t.set_interrupt(interrupt.cloned());
         }
     }
 
@@ -489,7 +430,7 @@ impl Engine {
     /// Whether any was freed.
     pub fn shrink_contexts(&mut self, max_tokens: usize) -> bool {
         let mut freed = false;
-        if let Strong::Local(p) = &mut self.strong {
+        if let Some(p) = self.strong.local_mut() {
             if p.context_tokens() > max_tokens {
                 p.release_context();
                 freed = true;
@@ -501,16 +442,27 @@ impl Engine {
                 freed = true;
             }
         }
+        if let Some(t) = self
+            .twin
+            .as_mut()
+            .filter(|t| t.context_tokens() > max_tokens)
+        {
+            t.release_context();
+            freed = true;
+        }
         freed
     }
 
     /// Frees the local llama.cpp contexts (the models stay loaded).
     pub fn release_contexts(&mut self) {
-        if let Strong::Local(p) = &mut self.strong {
+        if let Some(p) = self.strong.local_mut() {
             p.release_context();
         }
         for s in self.small_models().filter_map(SmallModel::local_mut) {
             s.release_context();
+        }
+        if let Some(t) = &mut self.twin {
+            t.release_context();
         }
     }
 
@@ -521,38 +473,6 @@ impl Engine {
                 .iter_mut()
                 .flat_map(|p| [&mut p.tuned, &mut p.untuned]),
         )
-    }
-
-    /// The log-probability of `text` as a whole response to `prompt` under a local guide
-    /// model (the end-of-sequence term included if `ended`), in one pass (EFT's responses
-    /// are scored this way).
-    pub fn score_text(
-        &mut self,
-        role: Role,
-        prompt: &str,
-        text: &str,
-        ended: bool,
-    ) -> Result<f64, EngineError> {
-        let guide = match role {
-            Role::Tuned => &mut self.tuned,
-            Role::Untuned => &mut self.untuned,
-            Role::Strong => {
-                return Err(EngineError::input(
-                    "score_text scores with a guide model, not the strong model",
-                ))
-            }
-        };
-        let wrap = |source: BackendError| {
-            EngineError::Search(w2s_core::SearchError::Backend { role, source })
-        };
-        let SmallModel::Local(s) = guide else {
-            return Err(EngineError::input(format!(
-                "scoring a whole text in one pass needs the {role} model local"
-            )));
-        };
-        let _g = self.gate.hold(self.rank);
-        let score = w2s_llama::score_once(s, prompt, text, ended).map_err(wrap)?;
-        Ok(score)
     }
 
     /// A checker of prompt lengths that can run on any thread.
@@ -568,6 +488,35 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The twin guide of a pair whose halves are one loaded local file (under two templates),
+/// unless the spec asks for two passes or the twin cannot read the templates.
+fn twin(spec: &EngineSpec, tuned: &SmallModel, untuned: &SmallModel) -> Option<LlamaTwinGuide> {
+    let (t, u) = (tuned.local()?, untuned.local()?);
+    if !spec.joint_guide || !Arc::ptr_eq(t.model(), u.model()) {
+        return None;
+    }
+    let twin = LlamaTwinGuide::new(
+        t.model().clone(),
+        t.template().clone(),
+        u.template().clone(),
+        1.0,
+        spec.threads,
+    );
+    match &twin {
+        Ok(_) => tracing::info!("the tuned and untuned halves score in one decode (joint guide)"),
+        Err(e) => tracing::warn!(%e, "no joint guide: the halves score in two decodes"),
+    }
+    twin.ok()
+}
+
+/// The file a local role loads: a guide's may be a faster copy ([`w2s_llama::guide_file`]).
+fn guide_file(spec: &EngineSpec, role: Role, path: &std::path::Path) -> std::path::PathBuf {
+    if role == Role::Strong {
+        return path.to_path_buf();
+    }
+    w2s_llama::guide_file(path, spec.load, spec.threads)
 }
 
 /// The template a role reads a request through: its own, or for a chat request

@@ -3,7 +3,11 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use w2s_core::{BackendError, Chunk, ExtendRequest, ProposalSetup, Proposer, ScoreRequest, Scorer};
+use w2s_core::{
+    BackendError, Chunk, ExtendRequest, Guide, GuideScore, ProposalSetup, Proposer, ScoreRequest,
+    Scorer, SearchError, SearchStats,
+};
+use w2s_llama::LlamaTwinGuide;
 
 use crate::roles::{SmallModel, Strong};
 
@@ -74,16 +78,52 @@ pub(crate) struct GatedStrong<'a> {
 
 impl Proposer for GatedStrong<'_> {
     fn begin(&mut self, setup: &ProposalSetup<'_>) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.begin(setup)
     }
     fn extend(&mut self, requests: &mut [ExtendRequest<'_>]) -> Result<Vec<Chunk>, BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.extend(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(self.gate, self.rank, matches!(self.inner, Strong::Local(_)));
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.reorder(parents)
+    }
+}
+
+/// The twin guide (one model under both templates) with the compute gate held around
+/// each call.
+pub(crate) struct GatedTwin<'a> {
+    pub(crate) inner: &'a mut LlamaTwinGuide,
+    pub(crate) gate: &'a OrderedGate,
+    pub(crate) rank: u64,
+}
+
+impl Guide for GatedTwin<'_> {
+    fn begin(
+        &mut self,
+        prompt: &str,
+        rows: usize,
+        max_new: usize,
+        stats: &mut SearchStats,
+    ) -> Result<(), SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.begin(prompt, rows, max_new, stats)
+    }
+    fn score(
+        &mut self,
+        requests: &[ScoreRequest<'_>],
+        stats: &mut SearchStats,
+    ) -> Result<Vec<GuideScore>, SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.score(requests, stats)
+    }
+    fn reorder(&mut self, parents: &[usize], stats: &mut SearchStats) -> Result<(), SearchError> {
+        let _g = self.gate.hold(self.rank);
+        self.inner.reorder(parents, stats)
+    }
+    fn finish(&mut self, stats: &mut SearchStats) {
+        self.inner.finish(stats);
     }
 }
 
@@ -96,27 +136,15 @@ pub(crate) struct GatedGuide<'a> {
 
 impl Scorer for GatedGuide<'_> {
     fn begin(&mut self, prompt: &str, rows: usize, max_new: usize) -> Result<(), BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.begin(prompt, rows, max_new)
     }
     fn score(&mut self, requests: &[ScoreRequest<'_>]) -> Result<Vec<f64>, BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.score(requests)
     }
     fn reorder(&mut self, parents: &[usize]) -> Result<(), BackendError> {
-        let _g = hold_if(
-            self.gate,
-            self.rank,
-            matches!(self.inner, SmallModel::Local(_)),
-        );
+        let _g = hold_if(self.gate, self.rank, self.inner.local().is_some());
         self.inner.reorder(parents)
     }
     fn tokens_evaluated(&self) -> u64 {

@@ -11,7 +11,9 @@
 //!   [`RunSettings::check`] turns them into an [`EngineSpec`] and a
 //!   [`w2s_core::SearchConfig`];
 //! - [`Engine::build`]: the three models for that spec (a file used by two roles is
-//!   loaded once), ready to [`Engine::search`];
+//!   loaded once), ready to [`Engine::run`] a [`SearchRequest`] (prompt, history,
+//!   configuration, rank at the compute gate, interrupt: everything that varies between
+//!   searches, passed as one value; the engine keeps none of it);
 //! - [`in_flight`]: N searches in flight together on [`Engine::replicas`], for the batch
 //!   front ends;
 //! - [`PromptCheck`]: prompt-length checks against every local model's context;
@@ -44,6 +46,8 @@ mod gate;
 mod inflight;
 mod pooled;
 mod prompt_check;
+mod request;
+mod rescore;
 mod roles;
 mod settings;
 mod spec;
@@ -55,6 +59,7 @@ pub use gate::{ComputeGate, CpuTurn, OrderedGate};
 pub use inflight::{default_parallel, in_flight, parallel_for, MAX_PARALLEL};
 pub use pooled::{can_pool, search_pooled};
 pub use prompt_check::{PromptCheck, PromptTokens};
+pub use request::SearchRequest;
 pub use roles::{CustomScorers, SmallModel, Strong};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, GuideSpec, GuideTable, ModelTables, RoleSource, RoleSpec, ROLES};

@@ -5,9 +5,11 @@
 //! whose decodes take turns at the compute gate.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use w2s_core::{
-    search_many_each, Guide, LogRatio, ManyJob, Progress, Role, SearchConfig, SearchOutput,
+    search_many_each, Guide, Interrupt, LogRatio, ManyJob, Progress, Role, SearchConfig,
+    SearchOutput,
 };
 use w2s_llama::{templated_prompt_tokens, LlamaProposerPool};
 
@@ -27,10 +29,12 @@ pub fn can_pool(engine: &Engine) -> bool {
 /// goes to `done(job, result)` as its search ends; `done` returning
 /// [`ControlFlow::Break`] ends the call (see [`w2s_core::search_many_each`]). An input
 /// error if an engine cannot pool ([`can_pool`]) or the jobs do not share one beta; a
-/// failure of the strong model ends the call with it.
+/// failure of the strong model ends the call with it. `interrupt`, where given, is checked
+/// by every local model between pieces of work (see [`w2s_core::Interrupt`]).
 pub fn search_pooled(
     engines: &mut [Engine],
     jobs: &[(SearchConfig, String)],
+    interrupt: Option<&Arc<Interrupt>>,
     progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
     done: &mut dyn FnMut(usize, Result<SearchOutput, EngineError>) -> ControlFlow<()>,
 ) -> Result<(), EngineError> {
@@ -86,16 +90,32 @@ pub fn search_pooled(
         role: Role::Strong,
         source,
     })?;
+    pool.set_interrupt(interrupt.cloned());
+    for e in engines[..places].iter_mut() {
+        e.set_interrupt(interrupt);
+    }
     tracing::info!(
         places,
         jobs = jobs.len(),
         "searches in flight share one context of the strong model"
     );
-    let mut ratios: Vec<LogRatio<'_>> = engines[..places]
+    // Each place's guide: its engine's twin guide where the pair is one file, else the
+    // pair's log-ratio.
+    let mut owned: Vec<Box<dyn Guide + '_>> = Vec::with_capacity(places);
+    for e in engines[..places].iter_mut() {
+        match e.twin.as_mut() {
+            Some(twin) => {
+                twin.set_beta(beta)
+                    .map_err(|e| EngineError::input(e.to_string()))?;
+                owned.push(Box::new(twin));
+            }
+            None => owned.push(Box::new(LogRatio::new(&mut e.tuned, &mut e.untuned, beta))),
+        }
+    }
+    let mut guides: Vec<&mut dyn Guide> = owned
         .iter_mut()
-        .map(|e| LogRatio::new(&mut e.tuned, &mut e.untuned, beta))
+        .map(|g| &mut **g as &mut dyn Guide)
         .collect();
-    let mut guides: Vec<&mut dyn Guide> = ratios.iter_mut().map(|g| g as &mut dyn Guide).collect();
     let jobs = jobs
         .iter()
         .map(|(config, prompt)| ManyJob {
@@ -103,8 +123,13 @@ pub fn search_pooled(
             prompt: prompt.clone(),
         })
         .collect();
-    search_many_each(jobs, &mut guides, &mut pool, progress, &mut |job, r| {
+    let ran = search_many_each(jobs, &mut guides, &mut pool, progress, &mut |job, r| {
         done(job, r.map_err(EngineError::from))
-    })?;
-    Ok(())
+    });
+    drop(guides);
+    drop(owned);
+    for e in engines[..places].iter_mut() {
+        e.set_interrupt(None);
+    }
+    Ok(ran?)
 }

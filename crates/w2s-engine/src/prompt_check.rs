@@ -25,7 +25,7 @@ impl PromptCheck {
     }
 
     /// [`PromptCheck::check`] for a prompt after earlier chat turns (see
-    /// [`crate::Engine::set_history`]).
+    /// [`crate::SearchRequest::history`]).
     pub fn check_chat(
         &self,
         history: &[ChatTurn],
@@ -35,7 +35,7 @@ impl PromptCheck {
         self.check_turns(history, prompt, max_new, false)
     }
 
-    /// [`PromptCheck::check_chat`] as [`crate::Engine::set_turns`] renders a request: for a chat
+    /// [`PromptCheck::check_chat`] as [`crate::Engine::run`] renders a request: for a chat
     /// request (`chat`) a role with no template given reads it through its model's own
     /// chat template.
     pub fn check_turns(

@@ -88,7 +88,46 @@ impl Scorer for SmallModel {
     }
 }
 
+impl Strong {
+    /// The llama.cpp proposer of a local strong model.
+    pub fn local(&self) -> Option<&LlamaProposer> {
+        match self {
+            Strong::Local(p) => Some(p),
+            Strong::Remote(_) => None,
+        }
+    }
+
+    pub(crate) fn local_mut(&mut self) -> Option<&mut LlamaProposer> {
+        match self {
+            Strong::Local(p) => Some(p),
+            Strong::Remote(_) => None,
+        }
+    }
+
+    pub(crate) fn set_template(&mut self, template: PromptTemplate) {
+        match self {
+            Strong::Local(p) => p.set_template(template),
+            Strong::Remote(p) => p.set_template(template),
+        }
+    }
+
+    pub(crate) fn requests_sent(&self) -> u64 {
+        match self {
+            Strong::Local(_) => 0,
+            Strong::Remote(p) => p.requests_sent(),
+        }
+    }
+}
+
 impl SmallModel {
+    /// The llama.cpp scorer of a local guide model.
+    pub fn local(&self) -> Option<&LlamaScorer> {
+        match self {
+            SmallModel::Local(s) => Some(s),
+            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
+        }
+    }
+
     /// Another scorer on the same model (a local one gets a context of its own).
     pub(crate) fn replica(
         &self,
@@ -131,10 +170,7 @@ impl SmallModel {
     }
 
     pub(crate) fn local_model(&self) -> Option<&Arc<Model>> {
-        match self {
-            SmallModel::Local(s) => Some(s.model()),
-            SmallModel::Remote(_) | SmallModel::Custom(_) => None,
-        }
+        self.local().map(LlamaScorer::model)
     }
     pub(crate) fn requests_sent(&self) -> u64 {
         match self {

@@ -98,6 +98,18 @@ pub struct RunSettings {
     /// Model layers to offload to the GPU (builds with the `cuda` feature) [default: 0].
     #[cfg_attr(feature = "clap", arg(long))]
     pub gpu_layers: Option<u32>,
+    /// Score local guide models from their files as they are. By default a guide whose
+    /// weight type has no fast CPU kernel (Q4_1, Q5_1) is scored through a Q8_0 copy made
+    /// once under the models folder's `fast/`.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")
+    )]
+    pub keep_guide_weights: Option<bool>,
+    /// Score a guide pair that is one local file under two templates in one decode per
+    /// step (true) or with two scorers, one decode each (false) [default: false].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "BOOL"))]
+    pub joint_guide: Option<bool>,
 
     /// Weigh another tuned / untuned pair into the guide (repeatable): a TOML inline
     /// table, e.g. '{weight = 0.5, tuned = "FILE", untuned = "FILE", tuned_template = "..."}';
@@ -176,6 +188,8 @@ impl RunSettings {
             seed,
             threads,
             gpu_layers,
+            keep_guide_weights,
+            joint_guide,
             chunk_entropy,
             chunk_min
         ))
@@ -290,7 +304,9 @@ impl RunSettings {
             threads,
             load: LoadOptions {
                 gpu_layers: self.gpu_layers.unwrap_or(0),
+                keep_guide_weights: self.keep_guide_weights.unwrap_or(false),
             },
+            joint_guide: self.joint_guide.unwrap_or(false),
         })
     }
 

@@ -262,6 +262,11 @@ pub struct EngineSpec {
     pub threads: usize,
     /// How local models load (GPU offload).
     pub load: LoadOptions,
+    /// Score a pair that is one local file under two templates as one guide, both halves'
+    /// rows in one decode ([`w2s_llama::LlamaTwinGuide`]); `false` (the default): two
+    /// scorers, one decode each, which measured 2% faster end to end on a 2-core CPU
+    /// (docs/performance.md), where a decode's cost per token is flat in its batch.
+    pub joint_guide: bool,
 }
 
 impl EngineSpec {
@@ -274,6 +279,7 @@ impl EngineSpec {
             guides: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             load: LoadOptions::default(),
+            joint_guide: false,
         }
     }
 

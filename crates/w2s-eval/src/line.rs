@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use w2s_core::{Method, Role, SearchConfig};
-use w2s_engine::{Engine, EngineError};
+use w2s_engine::{Engine, EngineError, SearchRequest};
 use w2s_llama::{Model, ProxyTuner};
 
 use crate::error::{usage, EvalError};
@@ -28,23 +28,25 @@ pub(crate) struct LineContext<'a> {
 /// models), the guide alone's, and EFT's contexts.
 pub(crate) struct Worker {
     engine: Engine,
+    /// Stops a search of this worker within one piece once the run is cancelled.
+    interrupt: Option<Arc<w2s_core::Interrupt>>,
     guide: Option<Engine>,
     eft: Option<ProxyTuner>,
 }
 
 impl Worker {
     pub fn new(
-        mut engine: Engine,
+        engine: Engine,
         guide: Option<Engine>,
         eft: bool,
         threads: usize,
         cancel: Option<&Arc<AtomicBool>>,
     ) -> Result<Self, EvalError> {
-        if let Some(flag) = cancel {
+        let interrupt = cancel.map(|flag| {
             let interrupt = w2s_core::Interrupt::new();
             interrupt.arm_cancel(flag.clone());
-            engine.set_interrupt(Some(interrupt));
-        }
+            interrupt
+        });
         let eft = if eft {
             let part = |r: Role| -> Result<(Arc<Model>, w2s_core::PromptTemplate), EvalError> {
                 let m = engine
@@ -61,7 +63,12 @@ impl Worker {
         } else {
             None
         };
-        Ok(Worker { engine, guide, eft })
+        Ok(Worker {
+            engine,
+            interrupt,
+            guide,
+            eft,
+        })
     }
 
     fn requests_sent(&self) -> u64 {
@@ -96,8 +103,12 @@ impl Worker {
                     (_, Some(g)) => (g, Method::Sample),
                     _ => return Err(EvalError::Internal("the guide was not set up".into())),
                 };
-                let out = searcher
-                    .search_with_progress(&config(m)?, &item.prompt, &mut |_| !cancelled())?;
+                let config = config(m)?;
+                let request = SearchRequest {
+                    interrupt: self.interrupt.as_ref(),
+                    ..SearchRequest::new(&config, &item.prompt)
+                };
+                let out = searcher.run(&request, &mut |_| !cancelled())?;
                 let (b, st) = (out.best(), &out.stats);
                 record(
                     item,

@@ -116,7 +116,17 @@ impl LlamaError {
             | LlamaError::Usage(_)
             | LlamaError::Context { .. } => ErrorKind::Internal,
             LlamaError::Cancelled(_) => ErrorKind::Cancelled,
-            _ => ErrorKind::Input,
+            LlamaError::NotFound(_)
+            | LlamaError::Unreadable { .. }
+            | LlamaError::NotGguf(_)
+            | LlamaError::Load { .. }
+            | LlamaError::PromptTooLong { .. }
+            | LlamaError::TooManyRows { .. }
+            | LlamaError::ChatTemplate { .. }
+            | LlamaError::Judge { .. }
+            | LlamaError::PoolLimit(_)
+            | LlamaError::Vocabulary(_)
+            | LlamaError::Config(_) => ErrorKind::Input,
         }
     }
 }

@@ -6,6 +6,10 @@
 //!   reordered by copying KV-cache sequences, never by re-encoding.
 //! - [`LlamaScorer`], a small model: scores each beam incrementally from its own KV cache,
 //!   re-evaluating only from the first token whose id changed.
+//! - [`LlamaTwinGuide`], a prompt-steered guide pair (one model file read under a tuned
+//!   and an untuned template) as one [`w2s_core::Guide`]: both halves' rows on one
+//!   context, their new tokens scored in one decode per call instead of two scorers'
+//!   two.
 //!
 //! - [`LlamaProposerPool`], the strong model for several searches at once (driven by
 //!   [`w2s_core::search_many`]): their rows on one context, sampled in one decode per token.
@@ -14,7 +18,8 @@
 //! - The judges of the evaluation harness: [`Judge`] (a rubric score) and [`PairJudge`]
 //!   (which of two answers is better, with the letters' probabilities).
 //! - [`PlainModel`], plain completions for the server's non-search requests; the bench's
-//!   raw batched sampling loop ([`raw_batch_sample`]); [`requantize`] (GGUF weight types);
+//!   raw batched sampling loop ([`raw_batch_sample`]); [`requantize`] (GGUF weight types) and
+//!   [`fast_guide`] (a guide in a type with no fast CPU kernel scored through a Q8_0 copy);
 //!   [`split_response`] (where a response starts in a joint tokenisation).
 //!
 //! The strong model and the small pair may use different tokenizers: text is handed over,
@@ -44,6 +49,7 @@ mod boundary;
 mod chat;
 mod eft;
 mod error;
+mod incremental;
 mod judge;
 mod model;
 mod pairwise;
@@ -54,6 +60,7 @@ mod raw;
 mod scorer;
 mod seqs;
 mod strong;
+mod twin;
 
 use std::path::PathBuf;
 
@@ -66,10 +73,11 @@ pub use model::{LoadOptions, Model};
 pub use pairwise::{letter_probs, PairJudge, Verdict};
 pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
 pub use pool::{templated_prompt_tokens, LlamaProposerPool};
-pub use quantize::{requantize, WeightType};
+pub use quantize::{fast_guide, guide_file, requantize, slow_weight_type, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer, ScorerProfile};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
+pub use twin::{LlamaTwinGuide, MAX_TWIN_ROWS, TWIN_BATCH};
 
 /// Models that `scripts/fetch-models` provides, by name.
 pub const KNOWN_MODELS: &[&str] = &[

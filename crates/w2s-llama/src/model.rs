@@ -20,6 +20,10 @@ use crate::error::LlamaError;
 pub struct LoadOptions {
     /// Layers to offload to the GPU (only with the `cuda` feature; 0 = CPU only).
     pub gpu_layers: u32,
+    /// Score with a guide file as it is even where its weight type has no fast CPU kernel
+    /// (by default such a guide is scored through a copy in one that has:
+    /// [`crate::fast_guide`]).
+    pub keep_guide_weights: bool,
 }
 
 /// A loaded GGUF model, shared by every role that uses the same file.

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use llama_cpp_2::llama_batch::LlamaBatch;
-use w2s_core::{BackendError, Chunk, ExtendRequest, PromptTemplate, ProposalSetup, ProposerPool};
+use w2s_core::{
+    BackendError, Chunk, ExtendRequest, Interrupt, PromptTemplate, ProposalSetup, ProposerPool,
+};
 
 use crate::error::LlamaError;
 use crate::model::{Model, ModelContext};
@@ -26,6 +28,7 @@ pub struct LlamaProposerPool {
     rows: usize,
     max_new: usize,
     prompt_tokens: usize,
+    interrupt: Option<Arc<Interrupt>>,
 }
 
 impl LlamaProposerPool {
@@ -67,7 +70,14 @@ impl LlamaProposerPool {
             rows,
             max_new,
             prompt_tokens,
+            interrupt: None,
         })
+    }
+
+    /// Checks `interrupt` between pieces of long work (each micro-batch of a prompt, each
+    /// token's decode): a cancelled set of searches stops within one piece.
+    pub fn set_interrupt(&mut self, interrupt: Option<Arc<Interrupt>>) {
+        self.interrupt = interrupt;
     }
 
     /// Searches the pool holds at once.
@@ -106,7 +116,16 @@ impl LlamaProposerPool {
         self.end(search);
         let banks = SeqBanks::at(search * 2 * self.rows, setup.rows);
         let ctx = &mut self.engine.ctx;
-        let started = Search::start(ctx, &mut self.batch, &prompt, setup, banks, false, None)?;
+        let interrupt = self.interrupt.as_deref();
+        let started = Search::start(
+            ctx,
+            &mut self.batch,
+            &prompt,
+            setup,
+            banks,
+            false,
+            interrupt,
+        )?;
         self.searches[search] = Some(started);
         Ok(())
     }
@@ -131,7 +150,7 @@ impl LlamaProposerPool {
             &self.model,
             &mut self.batch,
             &mut jobs,
-            None,
+            self.interrupt.as_deref(),
         )
     }
 }

@@ -7,7 +7,7 @@
 //! (1/254 of each block's largest weight), a small fraction of the 4-bit file's own error.
 
 use std::ffi::CString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::LlamaError;
 
@@ -90,4 +90,108 @@ pub fn requantize(
         path: output.to_path_buf(),
         reason: format!("cannot move the finished copy into place: {e}"),
     })
+}
+
+/// File types (`general.file_type`) whose weights llama.cpp's x86 CPU backend multiplies
+/// one dot product at a time, however large the batch: Q4_1 and Q5_1 (measured: a guide in
+/// Q4_1 scores a CBS batch 1.5x slower than its Q8_0 copy).
+const SLOW_ON_CPU: [(u32, &str); 2] = [
+    (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_1, "Q4_1"),
+    (llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q5_1, "Q5_1"),
+];
+
+/// The name of `path`'s weight type where it has no blocked CPU kernel on this machine
+/// (x86; other CPUs have other kernels and are left alone), `None` for every other file.
+pub fn slow_weight_type(path: &Path) -> Option<&'static str> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let gguf = llama_cpp_2::gguf::GgufContext::from_file(path)?;
+    let i = gguf.find_key("general.file_type");
+    if i < 0 || gguf.kv_type(i) != llama_cpp_sys_2::GGUF_TYPE_UINT32 {
+        return None;
+    }
+    let ftype = gguf.val_u32(i);
+    SLOW_ON_CPU
+        .iter()
+        .find(|(t, _)| *t == ftype)
+        .map(|(_, name)| *name)
+}
+
+/// The file a guide model is best scored from on this CPU: `path` itself, or, where its
+/// weight type has no fast kernel ([`slow_weight_type`]), a Q8_0 copy made once under
+/// `cache` (named by the file's name, size and modification time, so a changed file gets a
+/// new copy) and reused after. Q8_0 keeps more than the 4- and 5-bit types hold: the copy
+/// moves guide values by about as much as an F16 copy of the same weights does
+/// (docs/performance.md). Where the copy cannot be made (a read-only cache, a full disk),
+/// the file is used as it is, with a warning.
+pub fn fast_guide(path: &Path, cache: &Path, threads: usize) -> PathBuf {
+    let Some(slow) = slow_weight_type(path) else {
+        return path.to_path_buf();
+    };
+    let copy = cache.join(copy_name(path));
+    if copy.is_file() {
+        tracing::debug!(
+            model = %path.display(),
+            copy = %copy.display(),
+            "scoring with the Q8_0 copy of this {slow} guide (--keep-guide-weights: the file as it is)"
+        );
+        return copy;
+    }
+    let made = std::fs::create_dir_all(cache)
+        .map_err(|e| LlamaError::Unreadable {
+            path: cache.to_path_buf(),
+            reason: e.to_string(),
+        })
+        .and_then(|()| requantize(path, &copy, WeightType::Q8_0, threads));
+    match made {
+        Ok(()) => {
+            tracing::info!(
+                model = %path.display(),
+                copy = %copy.display(),
+                "this guide's {slow} weights have no fast kernel on this CPU: made a Q8_0 copy to score with, once (--keep-guide-weights: the file as it is)"
+            );
+            copy
+        }
+        Err(e) => {
+            tracing::warn!(
+                model = %path.display(),
+                "scoring this {slow} guide as it is (slower): no Q8_0 copy could be made: {e}"
+            );
+            path.to_path_buf()
+        }
+    }
+}
+
+/// The file a local guide model is scored from under `options`: its copy of
+/// [`fast_guide`] under the models folder's `fast/` (made with `threads`), unless the
+/// options keep guide weights as they are or offload the model to a GPU (whose kernels
+/// take every type).
+pub fn guide_file(path: &Path, options: crate::LoadOptions, threads: usize) -> PathBuf {
+    if options.keep_guide_weights || options.gpu_layers > 0 {
+        return path.to_path_buf();
+    }
+    fast_guide(path, &crate::models_dir().join("fast"), threads)
+}
+
+/// `NAME-PATHHASH-SIZE-MTIME.q8_0.gguf` for `path` (FNV-1a of its full path: two files of
+/// one name in two folders get two copies).
+fn copy_name(path: &Path) -> String {
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let hash = full
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    format!("{stem}-{:08x}-{size}-{mtime}.q8_0.gguf", hash as u32)
 }

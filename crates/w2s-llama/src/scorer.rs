@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::DecodeError;
-use w2s_core::sampling::log_sum_exp;
 use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
-use crate::boundary::{anchor_of, response_tokens, Anchor};
+use crate::boundary::{anchor_of, Anchor};
 use crate::error::LlamaError;
+use crate::incremental::{decode_plan, Plan, RowSet};
 use crate::model::{Model, ModelContext};
-use crate::seqs::{decode_prompt, SeqBanks};
+use crate::seqs::SeqBanks;
 use crate::strong::MAX_SEQUENCES;
 
 /// Tokens per scoring decode at most (and the context's batch): bounds the output and
 /// compute buffers, each tokens x vocabulary logits.
-const SCORE_BATCH: usize = 128;
+pub(crate) const SCORE_BATCH: usize = 128;
 
 /// Where a scorer's time went in the current search (since its last `begin`), measured
 /// on the calling thread around each step. `decode` is llama.cpp's forward pass; the rest
@@ -63,48 +63,8 @@ pub struct LlamaScorer {
 }
 
 struct State {
-    rows: Vec<Row>,
-    banks: SeqBanks,
-    prompt: Vec<LlamaToken>,
-    anchor: Option<Anchor>,
-    prompt_logits: Arc<Vec<f32>>,
-    eos: LlamaToken,
+    set: RowSet,
     batch: LlamaBatch<'static>,
-}
-
-#[derive(Clone, Default)]
-struct Row {
-    /// Prompt tokens this row's sequence drops because the response's first token merged
-    /// them (0 almost always): the response starts at position `prompt.len() - cut`.
-    cut: usize,
-    /// Response token ids scored so far (EOS last once ended).
-    ids: Vec<LlamaToken>,
-    /// log p of each id given everything before it.
-    lps: Vec<f64>,
-    /// How many of `ids` are in the KV cache (after the prompt).
-    fed: usize,
-    /// Logits after `ids[fed - 1]`, predicting the next token.
-    tail: Option<Arc<Vec<f32>>>,
-}
-
-/// One token to run through the model.
-struct Feed {
-    req: usize,
-    token: LlamaToken,
-    seq: i32,
-    pos: i32,
-    /// What its logits are for.
-    out: Out,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Out {
-    /// A prompt token re-fed before a merged response: no logits needed.
-    Nothing,
-    /// The log-probability of the request's new id `j`.
-    Next(usize),
-    /// The row's last fed token: keep its logits; `fed` becomes `j + 1`.
-    Tail(usize),
 }
 
 impl LlamaScorer {
@@ -161,7 +121,7 @@ impl LlamaScorer {
         let vocab = self.model.llama().vocab();
         self.state
             .as_ref()
-            .and_then(|s| s.rows.get(row))
+            .and_then(|s| s.set.rows.get(row))
             .map(|r| {
                 r.ids
                     .iter()
@@ -236,6 +196,7 @@ impl LlamaScorer {
         n_ctx: usize,
     ) -> Result<(), LlamaError> {
         let banks = SeqBanks::new(rows);
+        let eos = self.end_token();
         let n_ctx = u32::try_from(n_ctx).map_err(|_| LlamaError::Usage("context too large"))?;
         let engine = ModelContext::ensure(
             &mut self.engine,
@@ -246,23 +207,16 @@ impl LlamaScorer {
             self.threads,
         )?;
         let mut batch = LlamaBatch::new(SCORE_BATCH, 1);
-        let prompt_logits = decode_prompt(
+        let set = RowSet::open(
             &mut engine.ctx,
             &mut batch,
-            &prompt,
-            banks.seq(0),
+            (prompt, anchor),
+            banks,
+            rows,
+            eos,
             self.interrupt.as_deref(),
         )?;
-        banks.share_prompt(&mut engine.ctx, rows)?;
-        self.state = Some(State {
-            rows: vec![Row::default(); rows],
-            banks,
-            anchor,
-            prompt,
-            prompt_logits: Arc::new(prompt_logits),
-            eos: self.end_token(),
-            batch,
-        });
+        self.state = Some(State { set, batch });
         Ok(())
     }
 
@@ -277,20 +231,12 @@ impl LlamaScorer {
                     .ok_or(LlamaError::Usage("score before begin"))?;
                 let n_ctx = self.engine.as_ref().map_or(0, |e| e.n_ctx as usize);
                 // Every row starts afresh, so the requests alone say what is needed.
-                let needed: usize = st.prompt.len()
-                    + requests
-                        .iter()
-                        .map(|r| {
-                            response_tokens(&self.model, st.anchor.as_ref(), r.text)
-                                .1
-                                .len()
-                                + 1
-                        })
-                        .sum::<usize>();
+                let needed = st.set.cells_for(&self.model, requests);
                 let n_ctx = (2 * n_ctx).max(needed + needed / 4 + 16);
                 tracing::debug!(n_ctx, "scorer context full; growing it");
                 self.engine = None;
-                self.open(st.prompt, st.anchor, st.rows.len(), n_ctx)?;
+                let rows = st.set.rows.len();
+                self.open(st.set.prompt, st.set.anchor, rows, n_ctx)?;
                 self.try_score(requests)
             }
             other => other,
@@ -311,146 +257,24 @@ impl LlamaScorer {
         st: &mut State,
         requests: &[ScoreRequest<'_>],
     ) -> Result<Vec<f64>, LlamaError> {
-        let p = st.prompt.len();
-        let mut news: Vec<Vec<LlamaToken>> = Vec::with_capacity(requests.len());
-        let mut feeds: Vec<Feed> = Vec::new();
-        for (r, req) in requests.iter().enumerate() {
-            if req.row >= st.rows.len() {
-                return Err(LlamaError::Usage("score of a missing row"));
-            }
-            let t = Instant::now();
-            let (cut, mut new) = response_tokens(&self.model, st.anchor.as_ref(), req.text);
-            self.profile.tokenize += t.elapsed();
-            if req.ended {
-                new.push(st.eos);
-            }
-            let row = &mut st.rows[req.row];
-            let seq = st.banks.seq(req.row);
-            let base = p - cut;
-            // The prompt tokens to run again before the response (a merge changed where
-            // the response starts), and the first new id to feed.
-            let (refeed, d, start) = if cut == row.cut {
-                let d = row.ids.iter().zip(&new).take_while(|(a, b)| a == b).count();
-                // Logits predicting new[d]: the prompt's, the stored tail's, or re-feed
-                // new[d-1] (or, for a merged start, the prompt token before it).
-                if d == 0 && cut > 0 {
-                    (base - 1..base, 0, 0)
-                } else if d == 0 || (d == row.fed && row.tail.is_some()) {
-                    (base..base, d, d)
-                } else {
-                    (base..base, d, d - 1)
-                }
-            } else {
-                // Rare: the merge changed; this row starts again from the last prompt
-                // token both sequences share.
-                let lo = base.min(p - row.cut).max(1) - 1;
-                (lo..base, 0, 0)
-            };
-            let first_pos = if refeed.is_empty() {
-                base + start
-            } else {
-                refeed.start
-            };
-            if p - row.cut + row.fed > first_pos || !refeed.is_empty() {
-                let t = Instant::now();
-                engine_of(&mut self.engine)?
-                    .ctx
-                    .kv_cache_seq_rm(seq, Some(first_pos as u32), None)
-                    .map_err(LlamaError::from)?;
-                self.profile.cache += t.elapsed();
-            }
-            row.lps.truncate(d);
-            row.lps.resize(new.len(), 0.0);
-            if refeed.is_empty() && start == d && d < new.len() {
-                let t = Instant::now();
-                let logits = if d == 0 {
-                    &st.prompt_logits
-                } else {
-                    row.tail.as_ref().unwrap_or(&st.prompt_logits)
-                };
-                row.lps[d] = log_prob(logits, new[d]);
-                self.profile.log_softmax += t.elapsed();
-            }
-            let feed_end = new.len() - usize::from(req.ended);
-            row.cut = cut;
-            row.fed = start.min(feed_end);
-            row.tail = None;
-            for i in refeed.clone() {
-                feeds.push(Feed {
-                    req: r,
-                    token: st.prompt[i],
-                    seq,
-                    pos: i as i32,
-                    out: if i + 1 == base && !new.is_empty() {
-                        Out::Next(0)
-                    } else {
-                        Out::Nothing
-                    },
-                });
-            }
-            for j in start..feed_end {
-                feeds.push(Feed {
-                    req: r,
-                    token: new[j],
-                    seq,
-                    pos: (base + j) as i32,
-                    out: if j + 1 < new.len() {
-                        Out::Next(j + 1)
-                    } else {
-                        Out::Tail(j)
-                    },
-                });
-            }
-            news.push(new);
-        }
         let engine = engine_of(&mut self.engine)?;
-        let prof = &mut self.profile;
-        // llama.cpp caps a context's batch at its size; never hand it more.
-        let per_decode = SCORE_BATCH.min(engine.ctx.n_batch().max(1) as usize);
-        for piece in feeds.chunks(per_decode) {
-            // A cancelled search stops within one piece (the rows are begun afresh next).
-            crate::seqs::check(self.interrupt.as_deref())?;
-            let t = Instant::now();
-            st.batch.clear();
-            for f in piece {
-                st.batch
-                    .add(f.token, f.pos, &[f.seq], f.out != Out::Nothing)
-                    .map_err(LlamaError::from)?;
-            }
-            let t = lap(&mut prof.copies, t);
-            engine.ctx.decode(&mut st.batch).map_err(LlamaError::from)?;
-            let mut t = lap(&mut prof.decode, t);
-            prof.decodes += 1;
-            self.evaluated += piece.len() as u64;
-            for (k, f) in piece.iter().enumerate() {
-                let row = &mut st.rows[requests[f.req].row];
-                match f.out {
-                    Out::Nothing => {}
-                    Out::Next(j) => {
-                        let logits = engine.ctx.get_logits_ith(k as i32);
-                        row.lps[j] = log_prob(logits, news[f.req][j]);
-                        if j > 0 {
-                            row.fed = j;
-                        }
-                        t = lap(&mut prof.log_softmax, t);
-                    }
-                    Out::Tail(j) => {
-                        let logits = engine.ctx.get_logits_ith(k as i32);
-                        row.tail = Some(Arc::new(logits.to_vec()));
-                        row.fed = j + 1;
-                        t = lap(&mut prof.copies, t);
-                    }
-                }
-            }
-        }
-
-        let mut out = Vec::with_capacity(requests.len());
-        for (req, new) in requests.iter().zip(news) {
-            let row = &mut st.rows[req.row];
-            row.ids = new;
-            out.push(row.lps.iter().sum());
-        }
-        Ok(out)
+        let prof = &mut *self.profile;
+        let mut plan = Plan::default();
+        st.set
+            .plan(0, &self.model, &mut engine.ctx, requests, &mut plan, prof)?;
+        let mut evaluated = [self.evaluated];
+        let decoded = decode_plan(
+            &mut engine.ctx,
+            &mut st.batch,
+            &plan,
+            &mut [&mut st.set],
+            self.interrupt.as_deref(),
+            &mut evaluated,
+            prof,
+        );
+        self.evaluated = evaluated[0];
+        decoded?;
+        Ok(plan.finish(&mut [&mut st.set]))
     }
 }
 
@@ -458,21 +282,6 @@ fn engine_of(engine: &mut Option<ModelContext>) -> Result<&mut ModelContext, Lla
     engine
         .as_mut()
         .ok_or(LlamaError::Usage("score before begin"))
-}
-
-/// Adds the time since `since` to `into`; returns now.
-fn lap(into: &mut Duration, since: Instant) -> Instant {
-    let now = Instant::now();
-    *into += now - since;
-    now
-}
-
-fn log_prob(logits: &[f32], token: LlamaToken) -> f64 {
-    let v = logits
-        .get(token.0.max(0) as usize)
-        .copied()
-        .unwrap_or(f32::NEG_INFINITY);
-    v as f64 - log_sum_exp(logits)
 }
 
 /// Scores `text` as a response to `prompt` in one pass, with no cache reuse: the
@@ -513,7 +322,10 @@ impl Scorer for LlamaScorer {
             return Err(LlamaError::Usage("reorder before begin").into());
         };
         let t = Instant::now();
-        st.rows = st.banks.reorder(&mut engine.ctx, &st.rows, parents)?;
+        st.set.rows = st
+            .set
+            .banks
+            .reorder(&mut engine.ctx, &st.set.rows, parents)?;
         self.profile.cache += t.elapsed();
         Ok(())
     }

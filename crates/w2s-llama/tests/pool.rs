@@ -166,3 +166,49 @@ fn a_pool_refuses_searches_beyond_what_it_was_made_for() {
     assert!(err.to_string().contains("search 1 of a pool of 1"), "{err}");
     assert_eq!(err.kind(), ErrorKind::Input);
 }
+
+#[test]
+fn a_cancelled_pool_stops_at_its_next_piece_of_work() {
+    let strong = model("gemma-3-270m");
+    let template = PromptTemplate::new(IMDB).unwrap();
+    let mut pool = LlamaProposerPool::new(strong, template, THREADS, 2, 4, 8, 32).unwrap();
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interrupt = Interrupt::new();
+    interrupt.arm_cancel(flag.clone());
+    pool.set_interrupt(Some(interrupt.clone()));
+    let sampling = SamplingParams::default();
+    let setup = ProposalSetup {
+        prompt: "I rented this movie",
+        rows: 4,
+        max_new_tokens: 8,
+        sampling: &sampling,
+        stop: &[],
+        chunk_end: None,
+        logprobs: false,
+    };
+    pool.begin(0, &setup).unwrap();
+    let mut rngs: Vec<RowRng> = (0..4).map(|i| RowRng::new(1, i)).collect();
+    let extend = |pool: &mut LlamaProposerPool, rngs: &mut [RowRng]| {
+        let reqs = rngs
+            .iter_mut()
+            .enumerate()
+            .map(|(row, rng)| ExtendRequest {
+                row,
+                max_tokens: 2,
+                rng,
+            })
+            .collect();
+        pool.extend(&mut [(0, reqs)])
+    };
+    let before = interrupt.last_beat().unwrap();
+    assert_eq!(extend(&mut pool, &mut rngs).unwrap()[0].len(), 4);
+    assert!(
+        interrupt.last_beat().unwrap() > before,
+        "each decode checks in"
+    );
+    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = extend(&mut pool, &mut rngs).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    let err = pool.begin(1, &setup).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+}

@@ -127,7 +127,12 @@ impl RemoteError {
             RemoteError::InsideAsync | RemoteError::Init(_) | RemoteError::Usage(_) => {
                 ErrorKind::Internal
             }
-            _ => ErrorKind::Remote,
+            RemoteError::Rejected { .. }
+            | RemoteError::GaveUp { .. }
+            | RemoteError::RetryTooLate { .. }
+            | RemoteError::Malformed { .. }
+            | RemoteError::NoLogprobs { .. }
+            | RemoteError::Misaligned { .. } => ErrorKind::Remote,
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use crate::openai::{ErrorDetail, ErrorResponse};
 
 /// Longest message an error body carries (the whole body stays under 4 KB).
 const MAX_MESSAGE: usize = 1024;
@@ -66,16 +67,16 @@ impl ApiError {
         self.code.unwrap_or(self.kind)
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": truncate(&self.message, MAX_MESSAGE),
-                "type": self.kind,
-                "param": self.param.as_deref().map(|p| truncate(p, 64)),
-                "code": self.code,
-            }
-        })
+    /// The body (its `Display` is the JSON text).
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorDetail {
+                code: self.code,
+                message: truncate(&self.message, MAX_MESSAGE),
+                param: self.param.as_deref().map(|p| truncate(p, 64)),
+                kind: self.kind,
+            },
+        }
     }
 }
 

@@ -14,6 +14,10 @@
 //! /v1/models`, at most every two seconds) and answers 503 `upstream_down` while it does
 //! not answer; a search whose engine fails gets 502.
 //!
+//! A front end takes the server's options as a [`ServeOptions`] (clap's `Args` with the
+//! `clap` feature; their defaults are written once there) and checks them once into a
+//! [`ServeConfig`] with [`ServeOptions::check`].
+//!
 //! ```no_run
 //! # async fn run(spec: w2s_engine::EngineSpec) -> Result<(), Box<dyn std::error::Error>> {
 //! let config = w2s_server::ServeConfig::new(w2s_core::SearchConfig::default());
@@ -28,6 +32,8 @@ mod conn;
 pub mod error;
 mod fields;
 pub mod metrics;
+pub mod openai;
+mod options;
 mod routes;
 pub mod worker;
 
@@ -43,6 +49,7 @@ use crate::admission::Admission;
 use crate::api::Policy;
 use crate::metrics::Metrics;
 use crate::worker::{JobQueue, ModelInfo, WorkerState};
+pub use options::{OptionsError, ServeOptions, MAX_PARALLEL};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -90,28 +97,28 @@ impl ServeConfig {
     pub fn new(defaults: SearchConfig) -> Self {
         let default_cost = defaults.method().rows() as u64 * defaults.max_new_tokens() as u64;
         ServeConfig {
-            host: "127.0.0.1".into(),
-            port: 8080,
+            host: options::HOST.into(),
+            port: options::PORT,
             api_key: None,
-            model_name: "w2s".into(),
-            max_body_bytes: 2 * 1024 * 1024,
+            model_name: options::MODEL_NAME.into(),
+            max_body_bytes: options::MAX_BODY_BYTES,
             parallel: 1,
             queue_capacity: 8 * default_cost.max(1),
-            deadline: Duration::from_secs(600),
-            header_timeout: Duration::from_secs(15),
-            body_timeout: Duration::from_secs(30),
-            max_connections: 4096,
-            max_prompt_tokens: 4096,
-            shrink_above_tokens: 2048,
-            shutdown_timeout: Duration::from_secs(30),
-            watchdog: Duration::from_secs(120),
+            deadline: Duration::from_secs(options::DEADLINE_SECS),
+            header_timeout: Duration::from_secs(options::HEADER_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(options::BODY_TIMEOUT_SECS),
+            max_connections: options::MAX_CONNECTIONS,
+            max_prompt_tokens: options::MAX_PROMPT_TOKENS,
+            shrink_above_tokens: options::KEEP_CONTEXT_TOKENS,
+            shutdown_timeout: Duration::from_secs(options::SHUTDOWN_TIMEOUT_SECS),
+            watchdog: Duration::from_secs(options::WATCHDOG_SECS),
             policy: Policy {
                 defaults,
                 max_width: 16,
                 max_successors: 16,
                 max_chunk: 256,
                 max_rows_per_request: 64,
-                max_tokens: 2048,
+                max_tokens: options::MAX_TOKENS_CAP,
                 max_prompt_bytes: 1024 * 1024,
             },
         }
@@ -133,9 +140,31 @@ pub enum ServeError {
     /// The models could not be loaded.
     #[error("{0}")]
     Models(String),
+    /// The HTTP client that probes remote engines could not be made.
+    #[error("cannot start the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
     /// The server failed while running.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Whose fault a [`ServeError`] is, for a front end to map once (an exit code, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeErrorKind {
+    /// The setup the user gave: models that do not load, an address that cannot be bound.
+    Setup,
+    /// The machine or the running server.
+    Runtime,
+}
+
+impl ServeError {
+    /// Whose fault this is.
+    pub fn kind(&self) -> ServeErrorKind {
+        match self {
+            ServeError::Bind { .. } | ServeError::Models(_) => ServeErrorKind::Setup,
+            ServeError::HttpClient(_) | ServeError::Io(_) => ServeErrorKind::Runtime,
+        }
+    }
 }
 
 /// A remote engine the server depends on, probed by `/health`.
@@ -181,25 +210,12 @@ pub async fn serve(
     spec: EngineSpec,
     on_event: &(dyn Fn(ServeEvent) + Sync),
 ) -> Result<(), ServeError> {
-    let mut upstreams: Vec<Upstream> = Vec::new();
-    for role in spec.remote_roles() {
-        if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
-            let models_url = format!("{}/models", r.url.trim_end_matches('/'));
-            if upstreams.iter().any(|u| u.models_url == models_url) {
-                continue;
-            }
-            upstreams.push(Upstream {
-                models_url,
-                api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
-                last: std::sync::Mutex::new(None),
-            });
-        }
-    }
+    let upstreams = upstreams(&spec);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
         .build()
-        .map_err(|e| ServeError::Models(format!("cannot start the HTTP client: {e}")))?;
+        .map_err(ServeError::HttpClient)?;
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -250,6 +266,39 @@ pub async fn serve(
             let _ = load_fail_tx.send(e);
         }
     });
+    match run(app, listener, load_fail_rx, on_event).await {
+        Some(e) => Err(ServeError::Models(e)),
+        None => Ok(()),
+    }
+}
+
+/// Each remote engine's `/models` address, once, for the health checks.
+fn upstreams(spec: &EngineSpec) -> Vec<Upstream> {
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for role in spec.remote_roles() {
+        if let w2s_engine::RoleSource::Remote { spec: r, .. } = &spec.role(role).source {
+            let models_url = format!("{}/models", r.url.trim_end_matches('/'));
+            if upstreams.iter().any(|u| u.models_url == models_url) {
+                continue;
+            }
+            upstreams.push(Upstream {
+                models_url,
+                api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+                last: std::sync::Mutex::new(None),
+            });
+        }
+    }
+    upstreams
+}
+
+/// Serves connections until a shutdown signal (then drains the requests in flight, up
+/// to the shutdown timeout) or a failure to load the models, which it returns.
+async fn run(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    load_fail_rx: tokio::sync::oneshot::Receiver<String>,
+    on_event: &(dyn Fn(ServeEvent) + Sync),
+) -> Option<String> {
     let router = routes::router(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let conns = conn::Connections::new(app.cfg.max_connections, app.metrics.clone());
@@ -279,10 +328,7 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // Let the last responses reach their clients (axum closes idle keep-alive connections).
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    match failed {
-        Some(e) => Err(ServeError::Models(e)),
-        None => Ok(()),
-    }
+    failed
 }
 
 async fn shutdown_signal() {

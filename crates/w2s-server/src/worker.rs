@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use w2s_core::{Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
 use w2s_engine::{Engine, EngineSpec, PromptCheck, PromptTokens, ROLES};
-use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel};
+use w2s_llama::{EchoToken, LlamaError, Model, PlainChoice, PlainModel};
 
 use crate::api::{CheckedRequest, PlainRequest};
 use crate::metrics::Metrics;
@@ -94,13 +94,38 @@ pub enum Failure {
     /// The per-request deadline passed.
     Deadline,
     /// Bad input found by the backend (e.g. prompt too long for a model).
-    Input(String),
+    Input(Reason),
     /// A remote engine failed or could not be reached.
-    Upstream(String),
+    Upstream(Reason),
     /// The backend failed.
     Internal(String),
     /// The search panicked; the request fails, the server goes on.
     Panic,
+}
+
+/// The typed error behind a failure, rendered for the client where it is answered
+/// ([`ModelInfo::client_error`]).
+#[derive(Debug, Clone)]
+pub struct Reason(pub Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Reason {
+    /// `e` on its way to a client.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Reason(Arc::new(e))
+    }
+}
+
+impl From<String> for Reason {
+    fn from(message: String) -> Self {
+        let e: Box<dyn std::error::Error + Send + Sync> = message.into();
+        Reason(e.into())
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
 }
 
 /// One search to run.
@@ -184,19 +209,92 @@ impl ModelInfo {
     ) -> Result<PromptTokens, String> {
         self.check
             .check_turns(history, prompt, max_tokens, chat)
-            .map_err(|e| self.client_text(&e))
+            .map_err(|e| self.client_error(&e))
     }
 
-    /// An error's text as a client may see it: the model files' paths become the roles'
-    /// names and CLI flags the request's fields.
-    pub fn client_text(&self, e: &dyn std::fmt::Display) -> String {
-        let mut text = e.to_string();
+    /// An error as a client may see it: the model files are named by the roles they play,
+    /// and a llama.cpp limit says which request fields to change.
+    pub fn client_error(&self, e: &(dyn std::error::Error + 'static)) -> String {
+        self.client_error_naming(e, &|path| self.model_name(path))
+    }
+
+    /// [`ModelInfo::client_error`] with the model files named by `name`.
+    pub fn client_error_naming(
+        &self,
+        e: &(dyn std::error::Error + 'static),
+        name: &dyn Fn(&str) -> String,
+    ) -> String {
+        self.scrub_paths(request_words(e, name))
+    }
+
+    /// `text` with each model file's path replaced by the roles it plays.
+    pub fn scrub_paths(&self, mut text: String) -> String {
         for (path, roles) in &self.paths {
             text = text.replace(path.as_str(), &format!("the {roles} model"));
         }
-        text.replace("--max-new-tokens", "max_tokens")
-            .replace("lower W*K or N", "lower search.w * search.k or n")
+        text
     }
+
+    fn model_name(&self, path: &str) -> String {
+        match self.paths.iter().find(|(p, _)| p == path) {
+            Some((_, roles)) => format!("the {roles} model"),
+            None => path.to_string(),
+        }
+    }
+}
+
+/// `e`'s text with a llama.cpp limit inside it said in the request's words.
+fn request_words(e: &(dyn std::error::Error + 'static), name: &dyn Fn(&str) -> String) -> String {
+    let mut text = e.to_string();
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if let Some(own) = llama_error(err).and_then(|l| llama_client_text(l, name)) {
+            let inner = err.to_string();
+            text = if text.contains(&inner) {
+                text.replace(&inner, &own)
+            } else {
+                own
+            };
+            break;
+        }
+        at = err.source();
+    }
+    text
+}
+
+/// The llama.cpp error in `err`, where it is one (directly or inside a backend error).
+fn llama_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a LlamaError> {
+    err.downcast_ref::<LlamaError>().or_else(|| {
+        err.downcast_ref::<w2s_core::BackendError>()
+            .and_then(|b| b.get_ref().downcast_ref::<LlamaError>())
+    })
+}
+
+/// A llama.cpp limit in the request's words (`max_tokens`, `search.w * search.k`, `n`)
+/// instead of the command line's; `None` for an error that names no setting.
+fn llama_client_text(e: &LlamaError, name: &dyn Fn(&str) -> String) -> Option<String> {
+    Some(match e {
+        LlamaError::PromptTooLong {
+            path,
+            prompt_tokens,
+            max_new,
+            n_ctx_train,
+        } => format!(
+            "the prompt is {prompt_tokens} tokens for {}; with max_tokens {max_new} that \
+             exceeds its context of {n_ctx_train} tokens: shorten the prompt or lower max_tokens",
+            name(&path.display().to_string())
+        ),
+        LlamaError::Context { path, n_ctx } => format!(
+            "llama.cpp could not create a context of {n_ctx} tokens for {}: out of memory? \
+             lower W*K or max_tokens",
+            name(&path.display().to_string())
+        ),
+        LlamaError::TooManyRows { rows, max } => format!(
+            "{rows} rows is more than the llama.cpp backend's limit of {max}; lower \
+             search.w * search.k or n"
+        ),
+        _ => return None,
+    })
 }
 
 /// What every worker thread shares.
@@ -253,45 +351,68 @@ fn worker_main(
     loaded: SyncSender<Result<(), String>>,
 ) {
     let state = shared.state.clone();
-    let mut models = match Engine::build(&spec) {
-        Ok(m) => m,
+    let started = Engine::build(&spec)
+        .map_err(|e| e.to_string())
+        .and_then(|mut models| {
+            let _ = info.set(model_info(&models));
+            warm_up(&mut models)?;
+            let own = start_workers(&models, parallel, jobs, &shared)?;
+            Ok((models, own))
+        });
+    let (models, own) = match started {
+        Ok(started) => started,
         Err(e) => {
             state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(e.to_string()));
+            let _ = loaded.send(Err(e));
             return;
         }
     };
-    let _ = info.set(ModelInfo {
+    state.ready.store(true, Ordering::SeqCst);
+    let _ = loaded.send(Ok(()));
+    if let Some(rx) = own {
+        serve_jobs(0, models, rx, &shared);
+    }
+}
+
+/// What the request handlers need to know of the loaded models.
+fn model_info(models: &Engine) -> ModelInfo {
+    ModelInfo {
         check: models.prompt_check(),
         plain: ROLES
             .iter()
             .map(|r| models.local_model(*r).cloned())
             .collect(),
-        paths: {
-            let mut paths: Vec<(String, Vec<String>)> = Vec::new();
-            for r in ROLES {
-                let Some(m) = models.local_model(r) else {
-                    continue;
-                };
-                let path = m.path().display().to_string();
-                match paths.iter_mut().find(|(p, _)| *p == path) {
-                    Some((_, roles)) => roles.push(r.to_string()),
-                    None => paths.push((path, vec![r.to_string()])),
-                }
+        paths: model_paths(models),
+    }
+}
+
+/// Each local model file with the roles it plays ("strong, tuned and untuned").
+fn model_paths(models: &Engine) -> Vec<(String, String)> {
+    let mut paths: Vec<(String, Vec<String>)> = Vec::new();
+    for r in ROLES {
+        let Some(m) = models.local_model(r) else {
+            continue;
+        };
+        let path = m.path().display().to_string();
+        match paths.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, roles)) => roles.push(r.to_string()),
+            None => paths.push((path, vec![r.to_string()])),
+        }
+    }
+    paths
+        .into_iter()
+        .map(|(p, roles)| match roles.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                (p, format!("{} and {last}", rest.join(", ")))
             }
-            paths
-                .into_iter()
-                .map(|(p, roles)| match roles.split_last() {
-                    Some((last, rest)) if !rest.is_empty() => {
-                        (p, format!("{} and {last}", rest.join(", ")))
-                    }
-                    _ => (p, roles.concat()),
-                })
-                .collect()
-        },
-    });
-    // Warm-up: one tiny search touches every model's weights and code paths (and checks
-    // that remote engines answer).
+            _ => (p, roles.concat()),
+        })
+        .collect()
+}
+
+/// Warm-up: one tiny search touches every model's weights and code paths (and checks
+/// that remote engines answer).
+fn warm_up(models: &mut Engine) -> Result<(), String> {
     let warm = SearchConfig::new(
         Method::Cbs { w: 1, k: 2, l: 2 },
         4,
@@ -304,11 +425,20 @@ fn worker_main(
         Ok(c) => models.search(&c, "Hello").map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(e) = warmed {
-        state.dead.store(true, Ordering::SeqCst);
-        let _ = loaded.send(Err(format!("warm-up search failed: {e}")));
-        return;
-    }
+    warmed
+        .map(|_| ())
+        .map_err(|e| format!("warm-up search failed: {e}"))
+}
+
+/// Starts a model worker on a replica for each slot but the first, and the dispatcher
+/// that hands jobs to idle slots; returns the first slot's inbox, which the calling
+/// thread serves with the original models.
+fn start_workers(
+    models: &Engine,
+    parallel: usize,
+    jobs: Receiver<Job>,
+    shared: &Arc<Shared>,
+) -> Result<Option<Receiver<Job>>, String> {
     let (mut inboxes, mut own) = (Vec::with_capacity(parallel), None);
     for slot in 0..parallel {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -317,34 +447,21 @@ fn worker_main(
             own = Some(rx);
             continue;
         }
-        let started = models.replica().map_err(|e| e.to_string()).and_then(|m| {
+        models.replica().map_err(|e| e.to_string()).and_then(|m| {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("w2s-model-worker-{slot}"))
                 .spawn(move || serve_jobs(slot, m, rx, &shared))
                 .map(|_| ())
                 .map_err(|e| format!("could not start model worker {slot}: {e}"))
-        });
-        if let Err(e) = started {
-            state.dead.store(true, Ordering::SeqCst);
-            let _ = loaded.send(Err(e));
-            return;
-        }
+        })?;
     }
     let dispatcher = shared.clone();
-    let started = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("w2s-dispatch".into())
-        .spawn(move || dispatch(jobs, inboxes, &dispatcher));
-    if let Err(e) = started {
-        state.dead.store(true, Ordering::SeqCst);
-        let _ = loaded.send(Err(format!("could not start the job dispatcher: {e}")));
-        return;
-    }
-    state.ready.store(true, Ordering::SeqCst);
-    let _ = loaded.send(Ok(()));
-    if let Some(rx) = own {
-        serve_jobs(0, models, rx, &shared);
-    }
+        .spawn(move || dispatch(jobs, inboxes, &dispatcher))
+        .map_err(|e| format!("could not start the job dispatcher: {e}"))?;
+    Ok(own)
 }
 
 /// Hands each job, in arrival order, to the idle worker with the lowest number.
@@ -379,7 +496,6 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
     let (state, metrics) = (&shared.state, &shared.metrics);
     let gate = models.gate();
     let interrupt = state.slot(slot);
-    models.set_interrupt(Some(interrupt.clone()));
     let mut plain: Vec<Option<PlainModel>> = vec![None, None, None];
     let ready = || {
         shared
@@ -394,7 +510,6 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         let Ok(job) = inbox.recv() else { return };
         metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         let rank = shared.taken.fetch_add(1, Ordering::SeqCst);
-        models.set_rank(rank);
         if job.cancel.load(Ordering::SeqCst) {
             ready();
             let _ = job.events.send(Event::Done(Err(Failure::Cancelled)));
@@ -405,7 +520,7 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         interrupt.arm(job.cancel.clone(), job.deadline);
         let result = match &job.work {
             Work::Search(w) => {
-                run_search(&mut models, w, &job, &|| interrupt.beat()).map(Outcome::Search)
+                run_search(&mut models, w, &job, (rank, &interrupt)).map(Outcome::Search)
             }
             Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
                 Some(model) => {
@@ -418,10 +533,13 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
                     let _cpu = gate.hold(rank);
                     run_plain(pm, req)
                 }
-                None => Err(Failure::Input(format!(
-                    "the {} model runs on a remote engine; send plain requests to it directly",
-                    ROLES[req.role.min(2)]
-                ))),
+                None => Err(Failure::Input(
+                    format!(
+                        "the {} model runs on a remote engine; send plain requests to it directly",
+                        ROLES[req.role.min(2)]
+                    )
+                    .into(),
+                )),
             },
         };
         interrupt.disarm();
@@ -498,5 +616,64 @@ impl JobQueue {
             self.metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use w2s_core::{BackendError, Role, SearchError};
+    use w2s_engine::EngineError;
+    use w2s_llama::LlamaError;
+
+    use super::request_words;
+
+    fn named(path: &str) -> String {
+        format!("the model at {path}")
+    }
+
+    #[test]
+    fn a_prompt_too_long_is_said_in_the_request_s_fields_behind_its_role() {
+        let e = EngineError::Local {
+            role: Role::Tuned,
+            source: LlamaError::PromptTooLong {
+                path: PathBuf::from("/m/a.gguf"),
+                prompt_tokens: 900,
+                max_new: 200,
+                n_ctx_train: 1024,
+            },
+        };
+        assert_eq!(
+            request_words(&e, &named),
+            "tuned model: the prompt is 900 tokens for the model at /m/a.gguf; with max_tokens \
+             200 that exceeds its context of 1024 tokens: shorten the prompt or lower max_tokens"
+        );
+    }
+
+    #[test]
+    fn too_many_rows_inside_a_search_error_names_the_search_fields() {
+        let e = SearchError::Backend {
+            role: Role::Strong,
+            source: BackendError::from(LlamaError::TooManyRows {
+                rows: 300,
+                max: 256,
+            }),
+        };
+        let text = request_words(&e, &named);
+        assert!(
+            text.ends_with(
+                "300 rows is more than the llama.cpp backend's limit of 256; lower \
+                 search.w * search.k or n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("W*K"), "{text}");
+    }
+
+    #[test]
+    fn an_error_with_no_limit_keeps_its_text() {
+        let e = EngineError::input("the prompt is empty");
+        assert_eq!(request_words(&e, &named), e.to_string());
     }
 }

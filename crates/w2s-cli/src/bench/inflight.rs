@@ -186,6 +186,8 @@ fn workers(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pa
 
 fn pooled(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pass, Fail> {
     let mut tally = Tally::new();
-    search_pooled(engines, jobs, &mut |_, _| true, &mut |_, r| tally.add(r))?;
+    search_pooled(engines, jobs, None, &mut |_, _| true, &mut |_, r| {
+        tally.add(r)
+    })?;
     tally.pass()
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use w2s_core::{
     ExtendRequest, Method, ProposalSetup, Proposer, Role, RowRng, SearchConfig, SearchOutput,
 };
-use w2s_engine::{Checked, Engine, RunSettings, SmallModel, Strong, ROLES};
+use w2s_engine::{Checked, Engine, RunSettings, Strong, ROLES};
 use w2s_eval::{read_jsonl, PromptItem};
 use w2s_llama::{raw_batch_sample, RawBatch, ScorerProfile};
 
@@ -210,11 +210,10 @@ pub fn run(args: BenchArgs) -> Result<(), Fail> {
     };
     let report = BenchReport {
         strong: settings.engine.strong.describe(),
-        raw_baseline: match models.strong {
-            Strong::Local(_) => {
-                "llama.cpp batched sampling loop (no search, no scoring; for CBS, W rows kept and copied K times every L tokens, as the search's cache holds them)"
-            }
-            Strong::Remote(_) => "the engine's own n-sample requests for the same rows and tokens",
+        raw_baseline: if models.local_model(Role::Strong).is_some() {
+            "llama.cpp batched sampling loop (no search, no scoring; for CBS, W rows kept and copied K times every L tokens, as the search's cache holds them)"
+        } else {
+            "the engine's own n-sample requests for the same rows and tokens"
         },
         threads: settings.engine.threads,
         max_new_tokens: t,
@@ -260,7 +259,7 @@ fn measure_raw(
     models.release_contexts();
     let rows = method.rows();
     let seed = settings.search.seed();
-    match &mut models.strong {
+    models.with_strong(0, |strong| match strong {
         Strong::Local(p) => {
             let run = raw_batch_sample(
                 p.model(),
@@ -311,7 +310,7 @@ fn measure_raw(
             p.extend(&mut reqs).map_err(remote)?;
             Ok((started.elapsed().as_secs_f64(), p.requests_sent() - before))
         }
-    }
+    })
 }
 
 /// One measured search.
@@ -341,15 +340,11 @@ fn measured(models: &mut Engine, config: &SearchConfig, prompt: &str) -> Result<
     reset_peak_rss();
     let out = models.search(config, prompt)?;
     let requests = models.requests_sent().iter().sum::<u64>() - before;
-    let profile = |m: &SmallModel| match m {
-        SmallModel::Local(s) => Some(s.profile()),
-        _ => None,
-    };
     Ok(Run {
         out,
         rss: peak_rss_mb(),
         requests,
-        small: [profile(&models.tuned), profile(&models.untuned)],
+        small: models.scorer_profiles(),
         raw: [(f64::NAN, 0); 2],
     })
 }

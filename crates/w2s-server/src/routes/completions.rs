@@ -11,18 +11,21 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::plain;
-use super::reply::{id, w2s_json, with_ignored};
+use super::reply::{id, search_usage, w2s_object, with_ignored};
 use super::{
-    accepting, check_prompt, created, failure_error, finish_reason, read_body, stream, submit_all,
-    Cost, InFlight,
+    accepting, check_prompt, created, failure_error, read_body, stream, submit_all, Cost, InFlight,
 };
 use crate::api::PLAIN_MODELS;
 use crate::api::{self, CheckedRequest, Endpoint};
 use crate::error::ApiError;
-use crate::worker::{Event, Failure, Finished, Outcome, SearchWork, Work};
+use crate::openai::{
+    finish_reason, ChatChoice, ChatLogprobs, ChatMessage, Completion, TextChoice, TextLogprobs,
+    Usage,
+};
+use crate::worker::{Event, Failure, Finished, ModelInfo, Outcome, SearchWork, Work};
 use crate::App;
 
 pub(super) async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
@@ -64,30 +67,72 @@ async fn start(
         }
     }
     let req = api::parse(&bytes, endpoint, &app.cfg.policy, seed)?;
-    if req.model != app.cfg.model_name {
-        let mut e = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!(
-                "no model `{}` here; this server serves `{}`",
-                crate::error::truncate(&req.model, 64),
-                app.cfg.model_name
-            ),
-        );
-        e.param = Some("model".into());
-        return Err(e);
+    served_here(app, &req)?;
+    let req = Arc::new(req);
+    let prompt_cost = prompt_cost(app, info, &req).await?;
+    note_ignored(app, &req.ignored);
+    let works = (0..req.prompts.len())
+        .map(|index| {
+            Work::Search(SearchWork {
+                req: req.clone(),
+                index,
+            })
+        })
+        .collect();
+    // Admission charges the prompt work of every local model too.
+    let cost = Cost {
+        sampling: req.cost(),
+        prompt: prompt_cost,
+    };
+    let (mut rxs, mut guard) = submit_all(app, works, cost, in_flight)?;
+    let started = Instant::now();
+    if req.stream {
+        app.metrics.request(200, "ok");
+        let resp = stream::response(app.clone(), req.clone(), rxs.remove(0), guard, started);
+        return Ok(with_ignored(resp, &req.ignored));
     }
-    let param = if endpoint == Endpoint::Chat {
+    let done = collect(app, rxs, started).await?;
+    guard.done = true;
+    app.metrics.request(200, "ok");
+    let resp = full_reply(app, &req, &done);
+    Ok(with_ignored(resp, &req.ignored))
+}
+
+/// A 404 unless the request names the model this server serves.
+fn served_here(app: &App, req: &CheckedRequest) -> Result<(), ApiError> {
+    if req.model == app.cfg.model_name {
+        return Ok(());
+    }
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!(
+            "no model `{}` here; this server serves `{}`",
+            crate::error::truncate(&req.model, 64),
+            app.cfg.model_name
+        ),
+    );
+    e.param = Some("model".into());
+    Err(e)
+}
+
+/// Tokenizes each prompt (off the async threads), refusing one over the server's token
+/// limit; the prompt work of every local model, for admission.
+async fn prompt_cost(
+    app: &App,
+    info: &ModelInfo,
+    req: &Arc<CheckedRequest>,
+) -> Result<u64, ApiError> {
+    let param = if req.endpoint == Endpoint::Chat {
         "messages"
     } else {
         "prompt"
     };
-    let req = Arc::new(req);
     let max_tokens = req.config.max_new_tokens();
     let (checked, info) = (req.clone(), info.clone());
     let cap = app.cfg.max_prompt_tokens;
-    let prompt_cost = check_prompt(param, move || {
+    check_prompt(param, move || {
         let many = checked.prompts.len() > 1;
         let mut cost = 0u64;
         for (i, p) in checked.prompts.iter().enumerate() {
@@ -110,28 +155,16 @@ async fn start(
         }
         Ok(cost)
     })
-    .await?;
-    note_ignored(app, &req.ignored);
-    let works = (0..req.prompts.len())
-        .map(|index| {
-            Work::Search(SearchWork {
-                req: req.clone(),
-                index,
-            })
-        })
-        .collect();
-    // Admission charges the prompt work of every local model too.
-    let cost = Cost {
-        sampling: req.cost(),
-        prompt: prompt_cost,
-    };
-    let (mut rxs, mut guard) = submit_all(app, works, cost, in_flight)?;
-    let started = Instant::now();
-    if req.stream {
-        app.metrics.request(200, "ok");
-        let resp = stream::response(app.clone(), req.clone(), rxs.remove(0), guard, started);
-        return Ok(with_ignored(resp, &req.ignored));
-    }
+    .await
+}
+
+/// Waits for each prompt's search to finish, in prompt order, noting the time to the
+/// first settled text.
+async fn collect(
+    app: &App,
+    rxs: Vec<UnboundedReceiver<Event>>,
+    started: Instant,
+) -> Result<Vec<Finished>, ApiError> {
     let mut first = false;
     let mut done = Vec::with_capacity(rxs.len());
     for mut rx in rxs {
@@ -162,13 +195,10 @@ async fn start(
             }
         }
     }
-    guard.done = true;
     if !first {
         app.metrics.first_token(started.elapsed());
     }
-    app.metrics.request(200, "ok");
-    let resp = Json(full_body(app, &req, &done)).into_response();
-    Ok(with_ignored(resp, &req.ignored))
+    Ok(done)
 }
 
 /// Logs each ignored field name the first time it is seen (up to a bound, so that a
@@ -185,37 +215,11 @@ fn note_ignored(app: &App, ignored: &[String]) {
     }
 }
 
-/// A choice's `logprobs` in the endpoint's OpenAI shape.
-fn logprobs_json(endpoint: Endpoint, tokens: &[(String, f64)]) -> Value {
-    match endpoint {
-        Endpoint::Completions => {
-            let mut offset = 0;
-            let offsets: Vec<usize> = tokens
-                .iter()
-                .map(|(t, _)| {
-                    let o = offset;
-                    offset += t.len();
-                    o
-                })
-                .collect();
-            json!({"tokens": tokens.iter().map(|(t, _)| t).collect::<Vec<_>>(),
-                   "token_logprobs": tokens.iter().map(|(_, lp)| lp).collect::<Vec<_>>(),
-                   "text_offset": offsets, "top_logprobs": null})
-        }
-        Endpoint::Chat => json!({"content": tokens.iter().map(|(t, lp)| {
-            json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []})
-        }).collect::<Vec<_>>(), "refusal": null}),
-    }
-}
-
-fn full_body(app: &App, req: &CheckedRequest, done: &[Finished]) -> Value {
-    let mut choices = Vec::new();
-    let (mut prompt_tokens, mut completion, mut sampled, mut scored) = (0, 0, 0, 0);
+/// The whole answer: the best `n` beams of each prompt's search, in prompt order.
+fn full_reply(app: &App, req: &CheckedRequest, done: &[Finished]) -> Response {
+    let mut completion = 0;
+    let (mut text, mut chat) = (Vec::new(), Vec::new());
     for (p, fin) in done.iter().enumerate() {
-        let s = &fin.output.stats;
-        prompt_tokens += fin.prompt_tokens;
-        sampled += s.strong_tokens_sampled;
-        scored += s.tuned_tokens_evaluated + s.untuned_tokens_evaluated;
         for (j, b) in fin.output.beams.iter().take(req.n).enumerate() {
             completion += b.strong_tokens;
             let index = p * req.n + j;
@@ -223,33 +227,64 @@ fn full_body(app: &App, req: &CheckedRequest, done: &[Finished]) -> Value {
                 Some(Ok(all)) => all.get(j).map(Vec::as_slice),
                 _ => None,
             };
-            let logprobs = tokens.map_or(Value::Null, |t| logprobs_json(req.endpoint, t));
-            choices.push(match req.endpoint {
-                Endpoint::Completions => json!({"index": index, "text": b.text, "logprobs": logprobs,
-                                                "finish_reason": finish_reason(b.finish)}),
-                Endpoint::Chat => json!({"index": index, "message": {"role": "assistant", "content": b.text},
-                                         "logprobs": logprobs, "finish_reason": finish_reason(b.finish)}),
-            });
+            let finish = finish_reason(b.finish);
+            match req.endpoint {
+                Endpoint::Completions => text.push(TextChoice {
+                    finish_reason: Some(finish),
+                    index,
+                    logprobs: tokens.map(|t| TextLogprobs::new(t, 0)),
+                    text: b.text.clone(),
+                }),
+                Endpoint::Chat => chat.push(ChatChoice {
+                    finish_reason: finish,
+                    index,
+                    logprobs: tokens.map(ChatLogprobs::new),
+                    message: ChatMessage {
+                        content: b.text.clone(),
+                        role: "assistant",
+                    },
+                }),
+            }
         }
     }
-    let w2s = match done {
-        [one] => w2s_json(req, one),
-        many => json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
-                       "results": many.iter().map(|f| w2s_json(req, f)).collect::<Vec<_>>()}),
-    };
-    json!({
-        "id": id(app, req),
-        "object": if req.endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" },
-        "created": created(app),
-        "model": app.cfg.model_name,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            "strong_tokens_sampled": sampled,
-            "guide_tokens_scored": scored,
-        },
-        "w2s": w2s,
-    })
+    let usage = search_usage(done, completion);
+    match req.endpoint {
+        Endpoint::Completions => Json(completion_of(
+            app,
+            req,
+            "text_completion",
+            text,
+            usage,
+            done,
+        ))
+        .into_response(),
+        Endpoint::Chat => Json(completion_of(
+            app,
+            req,
+            "chat.completion",
+            chat,
+            usage,
+            done,
+        ))
+        .into_response(),
+    }
+}
+
+fn completion_of<C>(
+    app: &App,
+    req: &CheckedRequest,
+    object: &'static str,
+    choices: Vec<C>,
+    usage: Usage,
+    done: &[Finished],
+) -> Completion<C> {
+    Completion {
+        choices,
+        created: created(app),
+        id: id(app, req),
+        model: app.cfg.model_name.clone(),
+        object,
+        usage,
+        w2s: Some(w2s_object(req, done)),
+    }
 }

@@ -8,19 +8,26 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::api::PLAIN_MODELS;
+use crate::openai::{Health, ModelCard, ModelList};
 use crate::App;
 
 pub(super) async fn models(State(app): State<Arc<App>>) -> Response {
     app.metrics.request(200, "ok");
-    Json(json!({
-        "object": "list",
-        "data": std::iter::once(app.cfg.model_name.as_str()).chain(PLAIN_MODELS)
-            .map(|id| json!({"id": id, "object": "model", "created": app.started_unix, "owned_by": "w2s"}))
-            .collect::<Vec<_>>(),
-    }))
+    let data = std::iter::once(app.cfg.model_name.as_str())
+        .chain(PLAIN_MODELS)
+        .map(|id| ModelCard {
+            created: app.started_unix,
+            id: id.to_string(),
+            object: "model",
+            owned_by: "w2s",
+        })
+        .collect();
+    Json(ModelList {
+        data,
+        object: "list",
+    })
     .into_response()
 }
 
@@ -55,7 +62,7 @@ pub(super) async fn health(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"status": status}))).into_response()
+    (code, Json(Health { status })).into_response()
 }
 
 /// Whether every remote engine answers `GET /v1/models` (probed at most every two

@@ -19,12 +19,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use w2s_core::Finish;
 
 use crate::admission::Permit;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::worker::{Event, Failure, Job, ModelInfo, Work};
+use crate::worker::{Event, Failure, Job, ModelInfo, Reason, Work};
 use crate::App;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -315,17 +314,21 @@ impl Drop for Guard {
 /// The HTTP error for each way a job can fail; messages never name the server's files.
 fn failure_error(app: &App, f: Failure) -> ApiError {
     let scrub = |m: String| match app.info.get() {
-        Some(info) => info.client_text(&m),
+        Some(info) => info.scrub_paths(m),
         None => m,
     };
+    let render = |r: Reason| match app.info.get() {
+        Some(info) => info.client_error(&*r.0),
+        None => r.0.to_string(),
+    };
     match f {
-        Failure::Input(m) => ApiError::invalid("prompt", scrub(m)),
+        Failure::Input(r) => ApiError::invalid("prompt", render(r)),
         Failure::Deadline => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "deadline_exceeded",
             "the search did not finish within the server's per-request deadline; lower max_tokens or W*K"),
         Failure::Cancelled => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "cancelled", "the request was cancelled"),
         Failure::Panic => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "the search failed unexpectedly; the server goes on"),
         Failure::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", scrub(m)),
-        Failure::Upstream(m) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", scrub(m)),
+        Failure::Upstream(r) => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_failed", render(r)),
     }
 }
 
@@ -334,11 +337,4 @@ fn created(_app: &App) -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn finish_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Eos | Finish::Stop => "stop",
-        Finish::Length => "length",
-    }
 }

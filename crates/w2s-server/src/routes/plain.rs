@@ -8,11 +8,13 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
-use super::{check_prompt, created, failure_error, finish_reason, submit, InFlight};
+use super::{check_prompt, created, failure_error, submit, InFlight};
 use crate::api::{PlainRequest, PLAIN_MODELS};
 use crate::error::ApiError;
+use crate::openai::{
+    finish_reason, Completion, CompletionResponse, TextChoice, TextLogprobs, Usage,
+};
 use crate::worker::{Event, Failure, ModelInfo, Outcome, Work};
 use crate::App;
 
@@ -47,11 +49,12 @@ pub(super) async fn answer(
             ));
         }
         model.check_fits(n, max_tokens).map_err(|e| {
-            let text = e.to_string().replace(
-                &model.path().display().to_string(),
-                &format!("the {} model", PLAIN_MODELS[role]),
-            );
-            shown.client_text(&text)
+            let own = model.path().display().to_string();
+            let name = |path: &str| match path == own {
+                true => format!("the {} model", PLAIN_MODELS[role]),
+                false => path.to_string(),
+            };
+            shown.client_error_naming(&e, &name)
         })?;
         Ok(n)
     })
@@ -77,7 +80,7 @@ pub(super) async fn answer(
     ))
 }
 
-fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiError> {
+fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<CompletionResponse, ApiError> {
     let id = format!(
         "cmpl-w2s-{:x}",
         app.next_seed.fetch_add(1, Ordering::SeqCst)
@@ -89,37 +92,36 @@ fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiErr
             prompt_tokens,
         } => {
             let completion = tokens.len().saturating_sub(prompt_tokens);
-            let logprobs = json!({
-                "tokens": tokens.iter().map(|t| t.text.clone()).collect::<Vec<_>>(),
-                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-                "text_offset": tokens.iter().map(|t| t.offset).collect::<Vec<_>>(),
-                "top_logprobs": null,
-            });
-            (
-                vec![
-                    json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "length"}),
-                ],
-                prompt_tokens,
-                completion,
-            )
+            let logprobs = TextLogprobs {
+                text_offset: tokens.iter().map(|t| t.offset).collect(),
+                token_logprobs: tokens.iter().map(|t| t.logprob).collect(),
+                tokens: tokens.into_iter().map(|t| t.text).collect(),
+                top_logprobs: (),
+            };
+            let choice = TextChoice {
+                finish_reason: Some("length"),
+                index: 0,
+                logprobs: Some(logprobs),
+                text,
+            };
+            (vec![choice], prompt_tokens, completion)
         }
         Outcome::Samples {
             choices,
             prompt_tokens,
         } => {
             let completion: usize = choices.iter().map(|c| c.n_tokens).sum();
-            let out = choices.iter().enumerate().map(|(i, c)| {
-                let logprobs = if req.logprobs {
-                    let mut offset = req.prompt.len();
-                    let offsets: Vec<usize> = c.tokens.iter().map(|(t, _)| { let o = offset; offset += t.len(); o }).collect();
-                    json!({"tokens": c.tokens.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
-                           "token_logprobs": c.tokens.iter().map(|(_, lp)| *lp).collect::<Vec<_>>(),
-                           "text_offset": offsets, "top_logprobs": null})
-                } else {
-                    Value::Null
-                };
-                json!({"index": i, "text": c.text, "logprobs": logprobs, "finish_reason": finish_reason(c.finish)})
-            }).collect();
+            let start = req.prompt.len();
+            let out = choices
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| TextChoice {
+                    finish_reason: Some(finish_reason(c.finish)),
+                    index: i,
+                    logprobs: req.logprobs.then(|| TextLogprobs::new(&c.tokens, start)),
+                    text: c.text,
+                })
+                .collect();
             (out, prompt_tokens, completion)
         }
         Outcome::Search(_) => {
@@ -129,9 +131,18 @@ fn body(app: &App, req: &PlainRequest, outcome: Outcome) -> Result<Value, ApiErr
             ))
         }
     };
-    Ok(json!({
-        "id": id, "object": "text_completion", "created": created(app), "model": PLAIN_MODELS[req.role],
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion},
-    }))
+    Ok(Completion {
+        choices,
+        created: created(app),
+        id,
+        model: PLAIN_MODELS[req.role].to_string(),
+        object: "text_completion",
+        usage: Usage {
+            completion_tokens: completion,
+            prompt_tokens,
+            total_tokens: prompt_tokens + completion,
+            ..Usage::default()
+        },
+        w2s: None,
+    })
 }

@@ -1,14 +1,13 @@
 //! The pieces of a search's answer shared by the full, the streamed and the plain
-//! replies: the response id, the `w2s` object, the ignored-fields header.
+//! replies: the response id, the `w2s` object and usage, the ignored-fields header.
 
 use std::sync::atomic::Ordering;
 
 use axum::response::Response;
-use serde_json::{json, Value};
-use w2s_core::Beam;
+use serde_json::Value;
 
-use super::finish_reason;
 use crate::api::{CheckedRequest, Endpoint};
+use crate::openai::{BeamFacts, GuideLogprobs, SearchFacts, Timings, Usage, W2s};
 use crate::worker::Finished;
 use crate::App;
 
@@ -57,34 +56,62 @@ pub(super) fn id(app: &App, req: &CheckedRequest) -> String {
     )
 }
 
-fn beam_json(b: &Beam) -> Value {
-    json!({"text": b.text, "score": b.score, "tuned_logprob": b.tuned_logprob,
-           "untuned_logprob": b.untuned_logprob, "finish_reason": finish_reason(b.finish),
-           "strong_tokens": b.strong_tokens})
+/// The facts of one search for the `w2s` object: the search that ran, and its beams if
+/// asked for. With `logprobs`, the guide's log-probabilities of each returned choice, and
+/// why the strong model's are missing if they are.
+pub(super) fn search_facts(req: &CheckedRequest, fin: &Finished) -> SearchFacts {
+    let beams = &fin.output.beams;
+    let unavailable = match &fin.strong_logprobs {
+        Some(Err(why)) if req.logprobs => Some(crate::error::truncate(why, 300)),
+        _ => None,
+    };
+    SearchFacts {
+        beams: req
+            .return_beams
+            .then(|| beams.iter().map(BeamFacts::from).collect()),
+        logprobs: req
+            .logprobs
+            .then(|| beams.iter().take(req.n).map(GuideLogprobs::from).collect()),
+        logprobs_unavailable: unavailable,
+        method: req.config.method().to_string(),
+        score: fin.output.best().score,
+        seed: req.config.seed(),
+        timings: Timings::from(&fin.output.stats),
+        trace: fin
+            .output
+            .trace
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or(Value::Null)),
+    }
 }
 
-/// The `w2s` object of a response: the search that ran, and its beams if asked for.
-/// With `logprobs`, the guide's log-probabilities of each returned choice, and why the
-/// strong model's are missing if they are.
-pub(super) fn w2s_json(req: &CheckedRequest, fin: &Finished) -> Value {
-    let st = &fin.output.stats;
-    let mut v = json!({"method": req.config.method().to_string(), "seed": req.config.seed(),
-                       "score": fin.output.best().score,
-                       "timings": {"strong_s": st.strong_time.as_secs_f64(), "tuned_s": st.tuned_time.as_secs_f64(),
-                                   "untuned_s": st.untuned_time.as_secs_f64(), "total_s": st.total_time.as_secs_f64()}});
-    if req.return_beams {
-        v["beams"] = Value::Array(fin.output.beams.iter().map(beam_json).collect());
+/// The `w2s` object of a whole answer: one search's facts, or each prompt's.
+pub(super) fn w2s_object(req: &CheckedRequest, done: &[Finished]) -> W2s {
+    match done {
+        [one] => W2s::One(Box::new(search_facts(req, one))),
+        many => W2s::Many {
+            method: req.config.method().to_string(),
+            results: many.iter().map(|f| search_facts(req, f)).collect(),
+            seed: req.config.seed(),
+        },
     }
-    if let Some(trace) = &fin.output.trace {
-        v["trace"] = serde_json::to_value(trace).unwrap_or(Value::Null);
+}
+
+/// The usage of searches whose choices hold `completion` tokens: their prompts, and the
+/// work of the searches behind them.
+pub(super) fn search_usage(done: &[Finished], completion: usize) -> Usage {
+    let (mut prompt, mut sampled, mut scored) = (0, 0, 0);
+    for fin in done {
+        let s = &fin.output.stats;
+        prompt += fin.prompt_tokens;
+        sampled += s.strong_tokens_sampled;
+        scored += s.tuned_tokens_evaluated + s.untuned_tokens_evaluated;
     }
-    if req.logprobs {
-        v["logprobs"] = fin.output.beams.iter().take(req.n).map(|b| {
-            json!({"score": b.score, "tuned_logprob": b.tuned_logprob, "untuned_logprob": b.untuned_logprob})
-        }).collect();
-        if let Some(Err(why)) = &fin.strong_logprobs {
-            v["logprobs_unavailable"] = json!(crate::error::truncate(why, 300));
-        }
+    Usage {
+        completion_tokens: completion,
+        guide_tokens_scored: Some(scored),
+        prompt_tokens: prompt,
+        strong_tokens_sampled: Some(sampled),
+        total_tokens: prompt + completion,
     }
-    v
 }

@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use super::reply::{id, w2s_json};
-use super::{created, failure_error, finish_reason, Guard};
+use super::reply::{id, search_facts, search_usage};
+use super::{created, failure_error, Guard};
 use crate::api::{CheckedRequest, Endpoint};
+use crate::openai::{
+    finish_reason, ChatChunkChoice, ChatDelta, CompletionChunk, TextChoice, Usage, W2s,
+};
 use crate::worker::{Event, Outcome};
 use crate::App;
 
@@ -28,47 +31,69 @@ struct StreamState {
     ended: bool,
 }
 
-fn chunk(st: &StreamState, delta: &str, finish: Option<&str>, extra: Option<Value>) -> SseEvent {
-    let choice = match st.req.endpoint {
+/// A chunk with one choice: `delta` is the new text, `finish` ends the stream's choice,
+/// with the search's facts and (unless it comes alone in a last chunk) its usage.
+fn chunk(
+    st: &StreamState,
+    delta: &str,
+    finish: Option<&'static str>,
+    usage: Option<Usage>,
+    w2s: Option<W2s>,
+) -> SseEvent {
+    match st.req.endpoint {
         Endpoint::Completions => {
-            json!({"index": 0, "text": delta, "logprobs": null, "finish_reason": finish})
+            let choice = TextChoice {
+                finish_reason: finish,
+                index: 0,
+                logprobs: None,
+                text: delta.to_string(),
+            };
+            event(&chunk_of(st, vec![choice], usage, w2s))
         }
         Endpoint::Chat => {
-            let mut d = json!({});
-            if !st.first || !delta.is_empty() {
-                d["content"] = json!(delta);
-            }
-            if !st.first {
-                d["role"] = json!("assistant");
-            }
-            json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish})
-        }
-    };
-    let object = if st.req.endpoint == Endpoint::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let mut v = json!({"id": st.id, "object": object, "created": created(&st.app),
-                       "model": st.app.cfg.model_name, "choices": [choice]});
-    if let Some(Value::Object(m)) = extra {
-        for (k, val) in m {
-            v[k] = val;
+            let choice = ChatChunkChoice {
+                delta: ChatDelta {
+                    content: (!st.first || !delta.is_empty()).then(|| delta.to_string()),
+                    role: (!st.first).then_some("assistant"),
+                },
+                finish_reason: finish,
+                index: 0,
+                logprobs: (),
+            };
+            event(&chunk_of(st, vec![choice], usage, w2s))
         }
     }
-    SseEvent::default().data(v.to_string())
 }
 
 /// The last chunk of `stream_options.include_usage`: no choices, the usage.
-fn usage_chunk(st: &StreamState, usage: Value) -> SseEvent {
-    let object = if st.req.endpoint == Endpoint::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
+fn usage_chunk(st: &StreamState, usage: Usage) -> SseEvent {
+    event(&chunk_of::<TextChoice>(st, Vec::new(), Some(usage), None))
+}
+
+fn chunk_of<C>(
+    st: &StreamState,
+    choices: Vec<C>,
+    usage: Option<Usage>,
+    w2s: Option<W2s>,
+) -> CompletionChunk<C> {
+    let object = match st.req.endpoint {
+        Endpoint::Chat => "chat.completion.chunk",
+        Endpoint::Completions => "text_completion",
     };
-    let v = json!({"id": st.id, "object": object, "created": created(&st.app),
-                   "model": st.app.cfg.model_name, "choices": [], "usage": usage});
-    SseEvent::default().data(v.to_string())
+    CompletionChunk {
+        choices,
+        created: created(&st.app),
+        id: st.id.clone(),
+        model: st.app.cfg.model_name.clone(),
+        object,
+        usage,
+        w2s,
+    }
+}
+
+/// A server-sent event carrying `body` as JSON.
+fn event(body: &impl Serialize) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(body).unwrap_or_default())
 }
 
 /// Streams the text every surviving beam shares as soon as it is settled, then the rest
@@ -105,7 +130,7 @@ pub(super) fn response(
                     if !st.first {
                         st.app.metrics.first_token(st.started.elapsed());
                     }
-                    let e = chunk(&st, &delta, None, None);
+                    let e = chunk(&st, &delta, None, None, None);
                     st.first = true;
                     st.sent = text.len();
                     vec![e]
@@ -125,24 +150,19 @@ pub(super) fn response(
                     if !st.first {
                         st.app.metrics.first_token(st.started.elapsed());
                     }
-                    evs.push(chunk(&st, rest, None, None));
+                    evs.push(chunk(&st, rest, None, None, None));
                     st.first = true;
                 }
-                let s = &fin.output.stats;
-                let usage = json!({"prompt_tokens": fin.prompt_tokens, "completion_tokens": best.strong_tokens,
-                    "total_tokens": fin.prompt_tokens + best.strong_tokens, "strong_tokens_sampled": s.strong_tokens_sampled,
-                    "guide_tokens_scored": s.tuned_tokens_evaluated + s.untuned_tokens_evaluated});
+                let usage = search_usage(std::slice::from_ref(&fin), best.strong_tokens);
                 // With `include_usage` the usage comes alone in a last chunk with no
                 // choices, as OpenAI sends it; otherwise it rides on the finish chunk.
-                let mut extra = json!({"w2s": w2s_json(&st.req, &fin)});
-                if !st.req.include_usage {
-                    extra["usage"] = usage.clone();
-                }
+                let w2s = W2s::One(Box::new(search_facts(&st.req, &fin)));
                 evs.push(chunk(
                     &st,
                     "",
                     Some(finish_reason(best.finish)),
-                    Some(extra),
+                    (!st.req.include_usage).then_some(usage),
+                    Some(w2s),
                 ));
                 if st.req.include_usage {
                     evs.push(usage_chunk(&st, usage));
@@ -160,10 +180,7 @@ pub(super) fn response(
                 st.ended = true;
                 let e = failure_error(&st.app, f);
                 st.app.metrics.request(e.status.as_u16(), e.metric_kind());
-                vec![
-                    SseEvent::default().data(e.body().to_string()),
-                    SseEvent::default().data("[DONE]"),
-                ]
+                vec![event(&e.body()), SseEvent::default().data("[DONE]")]
             }
             None => {
                 st.guard.done = true;

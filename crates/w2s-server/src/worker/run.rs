@@ -3,13 +3,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use w2s_core::ErrorKind;
-use w2s_engine::{Engine, EngineError};
+use w2s_core::{ErrorKind, Interrupt};
+use w2s_engine::{Engine, EngineError, SearchRequest};
 use w2s_llama::{PlainModel, PlainSampling};
 
-use super::{Event, Failure, Finished, Job, Outcome, SearchWork};
+use super::{Event, Failure, Finished, Job, Outcome, Reason, SearchWork};
 use crate::api::PlainRequest;
 
 pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
@@ -22,7 +23,7 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                     tokens,
                     prompt_tokens,
                 })
-                .map_err(|e| (e.kind(), e.to_string()))
+                .map_err(w2s_core::BackendError::from)
         } else {
             let s = PlainSampling {
                 n: req.n,
@@ -32,20 +33,18 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
                 seed: req.seed,
                 with_tokens: req.logprobs,
             };
-            pm.sample(&req.prompt, &s)
-                .map(|choices| Outcome::Samples {
-                    choices,
-                    prompt_tokens,
-                })
-                .map_err(|e| (e.kind(), e.to_string()))
+            pm.sample(&req.prompt, &s).map(|choices| Outcome::Samples {
+                choices,
+                prompt_tokens,
+            })
         }
     }));
     match outcome {
         Err(_) => Err(Failure::Panic),
         Ok(Ok(o)) => Ok(o),
-        Ok(Err((ErrorKind::Input, m))) => Err(Failure::Input(m)),
-        Ok(Err((_, m))) => {
-            tracing::error!(%m, "plain request failed");
+        Ok(Err(e)) if e.kind() == ErrorKind::Input => Err(Failure::Input(Reason::new(e))),
+        Ok(Err(e)) => {
+            tracing::error!(%e, "plain request failed");
             Err(Failure::Internal("the model failed".into()))
         }
     }
@@ -55,16 +54,20 @@ pub(super) fn run_search(
     models: &mut Engine,
     work: &SearchWork,
     job: &Job,
-    touch: &dyn Fn(),
+    (rank, interrupt): (u64, &Arc<Interrupt>),
 ) -> Result<Finished, Failure> {
     let req = &*work.req;
-    models
-        .set_turns(&req.history, req.endpoint == crate::api::Endpoint::Chat)
-        .map_err(|e| Failure::Input(e.to_string()))?;
+    let request = SearchRequest {
+        history: &req.history,
+        chat: req.endpoint == crate::api::Endpoint::Chat,
+        rank,
+        interrupt: Some(interrupt),
+        ..SearchRequest::new(&req.config, &req.prompts[work.index])
+    };
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        models.search_with_progress(&req.config, &req.prompts[work.index], &mut |p| {
-            touch();
+        models.run(&request, &mut |p| {
+            interrupt.beat();
             if p.settled_text.len() > sent {
                 sent = p.settled_text.len();
                 let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
@@ -86,7 +89,7 @@ pub(super) fn run_search(
             .map(|b| b.text.as_str())
             .collect();
         let got = catch_unwind(AssertUnwindSafe(|| {
-            models.strong_logprobs(&req.prompts[work.index], &texts)
+            models.strong_logprobs(&request, &texts)
         }))
         .map_err(|_| Failure::Panic)?;
         Some(got.map_err(|e| {
@@ -108,10 +111,10 @@ fn failure(e: EngineError, job: &Job) -> Failure {
     match e.kind() {
         ErrorKind::Cancelled if job.cancel.load(Ordering::SeqCst) => Failure::Cancelled,
         ErrorKind::Cancelled => Failure::Deadline,
-        ErrorKind::Input => Failure::Input(e.to_string()),
+        ErrorKind::Input => Failure::Input(Reason::new(e)),
         ErrorKind::Remote => {
             tracing::warn!(%e, "a remote engine failed");
-            Failure::Upstream(e.to_string())
+            Failure::Upstream(Reason::new(e))
         }
         _ => {
             tracing::error!(%e, "search failed");
