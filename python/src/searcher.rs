@@ -1,6 +1,6 @@
 //! The classes and functions of `w2s._w2s`. Each takes settings as the CLI does and hands
-//! them to the library; results go back as JSON text that the Python layer turns into
-//! typed objects.
+//! them to the library; a search's result goes back as an `Output` object, summaries as
+//! JSON text.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use w2s_engine::{
 
 use crate::errors::{to_py, value_error, Slot};
 use crate::objects::{values, PyGold, PyScorer};
+use crate::results::Output;
 use crate::run::cancellable;
 use crate::settings::{guide_table, run_settings};
 
@@ -92,7 +93,7 @@ impl Searcher {
         })
     }
 
-    /// Runs one search; returns the output as JSON text.
+    /// Runs one search; returns its `Output`.
     #[pyo3(signature = (prompt, method, seed, trace=false))]
     fn generate(
         &self,
@@ -101,7 +102,7 @@ impl Searcher {
         method: &str,
         seed: u64,
         trace: bool,
-    ) -> PyResult<String> {
+    ) -> PyResult<Output> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
         let config = run
@@ -121,11 +122,11 @@ impl Searcher {
             engine.run(&request, &mut |_| !cancel.load(Ordering::SeqCst))
         })?;
         let out = result.map_err(|e| engine_err(&self.slot, e))?;
-        Ok(output_json(&out))
+        Output::new(py, &out, prompt, method, seed)
     }
 
     /// Runs one search per prompt with `parallel` in flight (`None`: 1 with a local strong
-    /// model, 8 with a remote one); returns the outputs as JSON text, in the prompts'
+    /// model, 8 with a remote one); returns their `Output`s in the prompts'
     /// order. `progress(n)` is called as each search finishes. `pooled`: with a local
     /// strong model, the searches in flight share one context of it, their rows sampled in
     /// one decode per token (`search_pooled`), instead of workers taking turns.
@@ -141,7 +142,7 @@ impl Searcher {
         progress: Option<Py<PyAny>>,
         trace: bool,
         pooled: bool,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<Vec<Output>> {
         let mut run = self.run.clone();
         run.method = Some(method.to_string());
         let err = |e| engine_err(&self.slot, e);
@@ -163,11 +164,11 @@ impl Searcher {
         let interrupt = w2s_core::Interrupt::new();
         let result = cancellable(py, |cancel| {
             interrupt.arm_cancel(cancel.clone());
-            let mut outs: Vec<Option<String>> = vec![None; prompts.len()];
+            let mut outs: Vec<Option<SearchOutput>> = vec![None; prompts.len()];
             let mut failed = None;
             let mut on_result = |i: usize, out: Result<SearchOutput, EngineError>| match out {
                 Ok(out) => {
-                    outs[i] = Some(output_json(&out));
+                    outs[i] = Some(out);
                     if let Some(cb) = &progress {
                         Python::attach(|py| {
                             if let Err(e) = cb.call1(py, (1,)) {
@@ -217,17 +218,18 @@ impl Searcher {
                 None => Ok(outs.into_iter().flatten().collect::<Vec<_>>()),
             }
         })?;
-        result.map_err(err)
+        let outs = result.map_err(err)?;
+        prompts
+            .iter()
+            .zip(&outs)
+            .map(|(prompt, out)| Output::new(py, out, prompt, method, seed))
+            .collect()
     }
 
     /// Which model plays which role.
     fn __repr__(&self) -> String {
         format!("Searcher({})", self.describe)
     }
-}
-
-fn output_json(out: &SearchOutput) -> String {
-    serde_json::to_string(out).unwrap_or_else(|_| "{}".into())
 }
 
 /// A small model on llama.cpp that scores responses: `score(prompt, texts, ended)` gives

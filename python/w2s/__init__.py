@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
 from typing import (
     Any,
     Callable,
@@ -44,7 +43,7 @@ from typing import (
 )
 
 from . import _w2s
-from ._w2s import LocalScorer, PairJudge, W2sError
+from ._w2s import Beam, LocalScorer, Output, PairJudge, Stats, W2sError
 
 __version__ = _w2s.__version__
 
@@ -86,78 +85,6 @@ GuideFn = Callable[[str, str, bool], float]
 
 ScorerLike = Union[str, Scorer, GuideFn]
 GoldLike = Union[str, Callable[[str, str], float]]
-
-
-@dataclass(frozen=True)
-class Beam:
-    """One finished candidate."""
-
-    text: str
-    #: The guide's value (beta * (tuned - untuned) for the pair).
-    score: float
-    #: log p_tuned(text | prompt); None when a custom guide replaced the pair.
-    tuned_logprob: Optional[float]
-    untuned_logprob: Optional[float]
-    #: "eos", "stop" or "length".
-    finish: str
-    strong_tokens: int
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Counters and timings (seconds) of one search."""
-
-    strong_tokens_sampled: int
-    chunks: int
-    tuned_tokens_evaluated: int
-    untuned_tokens_evaluated: int
-    strong_time: float
-    tuned_time: float
-    untuned_time: float
-    total_time: float
-    #: Time in a custom guide (0 with the tuned / untuned pair).
-    guide_time: float = 0.0
-
-
-@dataclass(frozen=True)
-class Output:
-    """The result of one search: every finished row, best first."""
-
-    prompt: str
-    method: str
-    seed: int
-    beams: List[Beam]
-    stats: Stats
-    #: Every step of the search (candidates, their values, kept or pruned) when it was
-    #: asked for with `trace=True`; the shape `w2s generate --trace` writes.
-    trace: Optional[Dict[str, Any]] = None
-
-    @property
-    def text(self) -> str:
-        """The best response."""
-        return self.beams[0].text
-
-    @property
-    def score(self) -> float:
-        """The best response's guide value."""
-        return self.beams[0].score
-
-    def to_dict(self) -> Dict[str, Any]:
-        """A plain dict (JSON-ready)."""
-        return asdict(self)
-
-    @staticmethod
-    def _from_json(prompt: str, method: str, seed: int, text: str) -> "Output":
-        d = json.loads(text)
-        beams = [Beam(**b) for b in d["beams"]]
-        return Output(
-            prompt=prompt,
-            method=method,
-            seed=seed,
-            beams=beams,
-            stats=Stats(**d["stats"]),
-            trace=d.get("trace"),
-        )
 
 
 def _label(obj: Any) -> str:
@@ -295,8 +222,7 @@ class Searcher:
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        text = self._native.generate(prompt, method, seed, bool(trace))
-        return Output._from_json(prompt, method, seed, text)
+        return self._native.generate(prompt, method, seed, bool(trace))
 
     def generate_batch(
         self,
@@ -332,14 +258,14 @@ class Searcher:
             return []
         bar = _progress(len(prompts), method) if progress else None
         try:
-            texts = self._native.generate_batch(
+            outs = self._native.generate_batch(
                 prompts, method, seed, parallel, bar.update if bar is not None else None, bool(trace),
                 bool(pooled),
             )
         finally:
             if bar is not None:
                 bar.close()
-        return [Output._from_json(p, method, seed, t) for p, t in zip(prompts, texts)]
+        return outs
 
     def __repr__(self) -> str:
         return repr(self._native)
@@ -546,8 +472,8 @@ def to_records(outputs: Iterable[Output]) -> List[Dict[str, Any]]:
     for o in outputs:
         best = o.beams[0]
         row: Dict[str, Any] = {"prompt": o.prompt, "method": o.method, "seed": o.seed}
-        row.update({k: v for k, v in asdict(best).items()})
-        row.update(asdict(o.stats))
+        row.update(best.to_dict())
+        row.update(o.stats.to_dict())
         rows.append(row)
     return rows
 

@@ -11,9 +11,61 @@ class W2sError(RuntimeError):
 _Batched = Callable[[str, List[str], List[bool]], List[float]]
 _Parts = Tuple[List[Tuple[str, str, _Batched]], Optional[Tuple[str, _Batched]]]
 
+class Beam:
+    """One finished candidate."""
+
+    text: str
+    #: The guide's value (beta * (tuned - untuned) for the pair).
+    score: float
+    #: log p_tuned(text | prompt); None when a custom guide replaced the pair.
+    tuned_logprob: Optional[float]
+    untuned_logprob: Optional[float]
+    #: "eos", "stop" or "length".
+    finish: str
+    strong_tokens: int
+    def to_dict(self) -> Dict[str, Any]: ...
+
+class Stats:
+    """Counters and timings (seconds) of one search."""
+
+    strong_tokens_sampled: int
+    chunks: int
+    tuned_tokens_evaluated: int
+    untuned_tokens_evaluated: int
+    strong_time: float
+    tuned_time: float
+    untuned_time: float
+    total_time: float
+    #: Time in a custom guide (0 with the tuned / untuned pair).
+    guide_time: float
+    def to_dict(self) -> Dict[str, Any]: ...
+
+class Output:
+    """The result of one search: every finished row, best first."""
+
+    prompt: str
+    method: str
+    seed: int
+    beams: List[Beam]
+    stats: Stats
+    #: Every step of the search when asked for with `trace=True`; the shape
+    #: `w2s generate --trace` writes.
+    trace: Optional[Dict[str, Any]]
+    @property
+    def text(self) -> str:
+        """The best response."""
+        ...
+    @property
+    def score(self) -> float:
+        """The best response's guide value."""
+        ...
+    def to_dict(self) -> Dict[str, Any]:
+        """A plain dict (JSON-ready)."""
+        ...
+
 class Searcher:
     def __init__(self, settings: Dict[str, Any], parts: _Parts) -> None: ...
-    def generate(self, prompt: str, method: str, seed: int) -> str: ...
+    def generate(self, prompt: str, method: str, seed: int, trace: bool = False) -> Output: ...
     def generate_batch(
         self,
         prompts: List[str],
@@ -23,7 +75,7 @@ class Searcher:
         progress: Optional[Callable[[int], Any]],
         trace: bool = False,
         pooled: bool = False,
-    ) -> List[str]: ...
+    ) -> List[Output]: ...
 
 class LocalScorer:
     """A small GGUF model on llama.cpp that scores responses exactly as the search does (a
