@@ -57,6 +57,7 @@ mod render;
 mod report;
 mod run;
 mod scoring;
+mod spec;
 mod stats;
 mod store;
 mod summary;
@@ -78,7 +79,8 @@ pub use progress::{print_to_stderr, to_tracing, EvalEvent, EvalEvents};
 pub use prompts::{parse_jsonl, read_jsonl, PromptItem};
 pub use render::{to_json, to_markdown};
 pub use report::report;
-pub use run::{evaluate, evaluate_with, EvalSpec, Plugins, Task};
+pub use run::{evaluate, evaluate_with, Task};
+pub use spec::{EvalSpec, Plugins};
 pub use store::{read_records, GoldScore, PairScore, Record, Timings};
 pub use summary::{summarize, Interval, MethodSummary, Paired, Summary};
 pub use trace_page::{

@@ -16,7 +16,7 @@ use crate::methods::EvalMethod;
 use crate::outdir::model_name;
 use crate::progress::{to_tracing, EvalEvents};
 use crate::prompts::PromptItem;
-use crate::run::{EvalSpec, Plugins};
+use crate::spec::{EvalSpec, Plugins};
 use crate::task::Task;
 
 /// An evaluation whose every setting has been checked, ready to [`run`](EvalPlan::run).

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use w2s_core::GoldReward;
-use w2s_engine::{in_flight, CustomParts, Engine, EngineError, EngineSpec, RunSettings};
+use w2s_engine::{in_flight, CustomParts, Engine, EngineError, EngineSpec};
 use w2s_llama::Rubric;
 
 use crate::error::EvalError;
-use crate::golds::GoldKind;
 use crate::line::{LineContext, Sink, Worker};
 use crate::methods::EvalMethod;
 use crate::outdir;
@@ -21,62 +20,10 @@ use crate::plan::{EvalPlan, Plan};
 use crate::progress::{EvalEvent, EvalEvents, Progress};
 use crate::prompts::PromptItem;
 use crate::scoring::Scoring;
+use crate::spec::{EvalSpec, Plugins};
 use crate::store::{Key, Store};
 use crate::summary::Summary;
 pub use crate::task::Task;
-
-/// One evaluation: which models, which prompts, which methods and seeds, scored how,
-/// written where.
-#[derive(Debug, Clone)]
-pub struct EvalSpec {
-    /// The task.
-    pub task: Task,
-    /// Models, templates and sampling settings (any role may be remote). The method and
-    /// seed come from `methods` and `seeds`, so those settings must be unset.
-    pub run: RunSettings,
-    /// The prompts, in order; ids must be unique.
-    pub prompts: Vec<PromptItem>,
-    /// Where the prompts came from (recorded in `run.json`).
-    pub prompts_source: String,
-    /// Methods to compare.
-    pub methods: Vec<EvalMethod>,
-    /// Seeds: every method runs every prompt with each.
-    pub seeds: Vec<u64>,
-    /// Gold rewards, the primary one first.
-    pub golds: Vec<GoldKind>,
-    /// The judge model (GGUF file or name) for [`GoldKind::Judge`] and
-    /// [`GoldKind::Pairwise`].
-    pub judge: String,
-    /// The method whose response to each (seed, prompt) the pairwise judge compares the
-    /// others with (`sample` when `None`); it must be one of `methods`.
-    pub reference: Option<String>,
-    /// The output directory.
-    pub out: PathBuf,
-    /// If `out` holds a run with other settings, move it to `out/previous-N`.
-    pub force: bool,
-    /// The command line that started the run (recorded in `run.json` and the report).
-    pub command: String,
-    /// Searches in flight at once (`None`: [`w2s_engine::default_parallel`]). Each line's
-    /// response does not depend on it where the engines are deterministic.
-    pub parallel: Option<usize>,
-}
-
-/// What a library caller adds to an evaluation (e.g. Python objects): custom model parts
-/// and gold rewards of its own, which come before the spec's (the first gold reward is
-/// the report's primary one).
-#[derive(Default)]
-pub struct Plugins {
-    /// Scorers for the tuned / untuned roles, or a guide replacing the pair.
-    pub parts: CustomParts,
-    /// Gold rewards, each with a unique [`GoldReward::name`].
-    pub golds: Vec<Box<dyn GoldReward + Send>>,
-    /// Set to stop the run: the line in progress stops within a token of the local
-    /// models (or at its next chunk) and is redone on resume; every finished line is kept.
-    pub cancel: Option<Arc<AtomicBool>>,
-    /// Where the run's notes and finished lines go ([`crate::print_to_stderr`] draws
-    /// them as `w2s eval` does); `None`: `tracing`.
-    pub events: Option<EvalEvents>,
-}
 
 /// Runs an evaluation, resuming what `spec.out` already holds, and writes the report;
 /// returns its summary. Everything is checked and every model loaded before the output

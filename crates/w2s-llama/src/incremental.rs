@@ -24,8 +24,28 @@ use w2s_core::{Interrupt, ScoreRequest};
 use crate::boundary::{response_tokens, Anchor};
 use crate::error::LlamaError;
 use crate::model::Model;
-use crate::scorer::ScorerProfile;
 use crate::seqs::{decode_prompt, SeqBanks};
+
+/// Where a scorer's time went in the current search (since its last `begin`), measured
+/// on the calling thread around each step. `decode` is llama.cpp's forward pass; the rest
+/// is work around it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScorerProfile {
+    /// Context creation (or reuse) and the prompt's encoding.
+    pub setup: Duration,
+    /// Tokenising responses.
+    pub tokenize: Duration,
+    /// `llama_decode` on response tokens.
+    pub decode: Duration,
+    /// Log-softmax over the vocabulary for each scored token.
+    pub log_softmax: Duration,
+    /// Keeping each row's last logits and building batches.
+    pub copies: Duration,
+    /// KV-cache removals and the beam reorders' sequence copies.
+    pub cache: Duration,
+    /// `llama_decode` calls on response tokens.
+    pub decodes: u64,
+}
 
 /// One prompt template's rows on a context: the prompt and each row's scored tokens.
 pub(crate) struct RowSet {

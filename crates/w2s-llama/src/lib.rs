@@ -68,6 +68,7 @@ pub use boundary::split_response;
 pub use chat::{render_chat, Message};
 pub use eft::{same_vocabulary, EftOutput, ProxyTuner};
 pub use error::LlamaError;
+pub use incremental::ScorerProfile;
 pub use judge::{Judge, Rubric};
 pub use model::{LoadOptions, Model};
 pub use pairwise::{letter_probs, PairJudge, Verdict};
@@ -75,7 +76,7 @@ pub use plain::{EchoToken, PlainChoice, PlainModel, PlainSampling};
 pub use pool::{templated_prompt_tokens, LlamaProposerPool};
 pub use quantize::{fast_guide, guide_file, requantize, slow_weight_type, WeightType};
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
-pub use scorer::{score_once, LlamaScorer, ScorerProfile};
+pub use scorer::{score_once, LlamaScorer};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
 pub use twin::{LlamaTwinGuide, MAX_TWIN_ROWS, TWIN_BATCH};
 

@@ -10,7 +10,7 @@
 //! [`crate::split_response`]), so "prompt excluded" is exact on every vocabulary.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
@@ -19,7 +19,7 @@ use w2s_core::{BackendError, Interrupt, PromptTemplate, ScoreRequest, Scorer};
 
 use crate::boundary::{anchor_of, Anchor};
 use crate::error::LlamaError;
-use crate::incremental::{decode_plan, Plan, RowSet};
+use crate::incremental::{decode_plan, Plan, RowSet, ScorerProfile};
 use crate::model::{Model, ModelContext};
 use crate::seqs::SeqBanks;
 use crate::strong::MAX_SEQUENCES;
@@ -27,27 +27,6 @@ use crate::strong::MAX_SEQUENCES;
 /// Tokens per scoring decode at most (and the context's batch): bounds the output and
 /// compute buffers, each tokens x vocabulary logits.
 pub(crate) const SCORE_BATCH: usize = 128;
-
-/// Where a scorer's time went in the current search (since its last `begin`), measured
-/// on the calling thread around each step. `decode` is llama.cpp's forward pass; the rest
-/// is work around it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ScorerProfile {
-    /// Context creation (or reuse) and the prompt's encoding.
-    pub setup: Duration,
-    /// Tokenising responses.
-    pub tokenize: Duration,
-    /// `llama_decode` on response tokens.
-    pub decode: Duration,
-    /// Log-softmax over the vocabulary for each scored token.
-    pub log_softmax: Duration,
-    /// Keeping each row's last logits and building batches.
-    pub copies: Duration,
-    /// KV-cache removals and the beam reorders' sequence copies.
-    pub cache: Duration,
-    /// `llama_decode` calls on response tokens.
-    pub decodes: u64,
-}
 
 /// A small model that scores responses (the tuned or the untuned one of a guide pair).
 pub struct LlamaScorer {

@@ -22,9 +22,10 @@ use w2s_core::{
 
 use crate::boundary::anchor_of;
 use crate::error::LlamaError;
+use crate::incremental::ScorerProfile;
 use crate::incremental::{decode_plan, Plan, RowSet};
 use crate::model::{Model, ModelContext};
-use crate::scorer::{ScorerProfile, SCORE_BATCH};
+use crate::scorer::SCORE_BATCH;
 use crate::seqs::SeqBanks;
 use crate::strong::MAX_SEQUENCES;
 
