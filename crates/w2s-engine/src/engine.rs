@@ -9,14 +9,13 @@ use w2s_core::{
     search_guided, search_with_progress, ChatTurn, Guide, Interrupt, LogRatio, Models, Progress,
     PromptTemplate, Role, SearchConfig, SearchOutput, TermName, WeightedSum,
 };
-use w2s_llama::{LlamaProposer, LlamaScorer, LlamaTwinGuide, Model, ScorerProfile};
+use w2s_llama::{LlamaProposer, LlamaScorer, LlamaTwinGuide, Model};
 use w2s_remote::{RemoteProposer, RemoteScorer};
 
 use crate::error::EngineError;
-use crate::prompt_check::PromptCheck;
 use crate::request::SearchRequest;
 use crate::roles::{CustomScorers, SmallModel, Strong};
-use crate::spec::{EngineSpec, RoleSource, RoleSpec, ROLES};
+use crate::spec::{EngineSpec, RoleSource, RoleSpec};
 
 /// One more pair of a weighted guide.
 struct ExtraPair {
@@ -46,7 +45,7 @@ pub struct Engine {
     /// prompt-steered pair): both halves' rows scored in one decode.
     pub(crate) twin: Option<LlamaTwinGuide>,
     /// Whether the twin reads this request's templates (else the pair's scorers search).
-    twin_ready: bool,
+    pub(crate) twin_ready: bool,
     /// More pairs of a weighted guide ([`EngineSpec::guides`]).
     extra: Vec<ExtraPair>,
     guide: Option<Box<dyn Guide + Send>>,
@@ -212,7 +211,7 @@ impl Engine {
     /// the prompt ([`SearchRequest::history`], [`SearchRequest::chat`]).
     fn apply_turns(&mut self, history: &[ChatTurn], chat: bool) -> Result<(), EngineError> {
         let t = |role: Role| {
-            request_template(&self.spec, role, self.local_model(role).map(|m| &**m), chat)
+            request_template(&self.spec, role, self.role_model(role).map(|m| &**m), chat)
                 .with_history(history)
                 .map_err(|e| EngineError::input(format!("the {role} model's {e}")))
         };
@@ -373,18 +372,8 @@ impl Engine {
         f(&mut self.strong)
     }
 
-    /// The work profiles of the local guide models (tuned, untuned) since their last
-    /// search began.
-    /// Where both halves are one twin guide, its work split between them as their time is.
-    pub fn scorer_profiles(&self) -> [Option<ScorerProfile>; 2] {
-        if let Some(t) = self.twin.as_ref().filter(|_| self.twin_ready) {
-            return t.half_profiles().map(Some);
-        }
-        [&self.tuned, &self.untuned].map(|m| m.local().map(LlamaScorer::profile))
-    }
-
-    /// The loaded model of a local role.
-    pub fn local_model(&self, role: Role) -> Option<&Arc<Model>> {
+    /// The loaded model of a local role (public through [`crate::LocalModels`]).
+    pub(crate) fn role_model(&self, role: Role) -> Option<&Arc<Model>> {
         match role {
             Role::Strong => self.strong.local().map(LlamaProposer::model),
             Role::Tuned => self.tuned.local_model(),
@@ -395,11 +384,6 @@ impl Engine {
     /// A role's template.
     pub fn template(&self, role: Role) -> &PromptTemplate {
         &self.spec.role(role).template
-    }
-
-    /// Strong-model prompt tokens of the last search, where the strong model is local.
-    pub fn strong_prompt_tokens(&self) -> Option<usize> {
-        self.strong.local().map(LlamaProposer::last_prompt_tokens)
     }
 
     /// HTTP requests sent to remote engines so far, per role (retries included).
@@ -424,69 +408,13 @@ impl Engine {
         }
     }
 
-    /// Frees each local llama.cpp context that holds more than `max_tokens` tokens (a
-    /// context grows to the largest request seen and would keep that memory); the next
-    /// search makes a new one of its size.
-    /// Whether any was freed.
-    pub fn shrink_contexts(&mut self, max_tokens: usize) -> bool {
-        let mut freed = false;
-        if let Some(p) = self.strong.local_mut() {
-            if p.context_tokens() > max_tokens {
-                p.release_context();
-                freed = true;
-            }
-        }
-        for s in self.small_models().filter_map(SmallModel::local_mut) {
-            if s.context_tokens() > max_tokens {
-                s.release_context();
-                freed = true;
-            }
-        }
-        if let Some(t) = self
-            .twin
-            .as_mut()
-            .filter(|t| t.context_tokens() > max_tokens)
-        {
-            t.release_context();
-            freed = true;
-        }
-        freed
-    }
-
-    /// Frees the local llama.cpp contexts (the models stay loaded).
-    pub fn release_contexts(&mut self) {
-        if let Some(p) = self.strong.local_mut() {
-            p.release_context();
-        }
-        for s in self.small_models().filter_map(SmallModel::local_mut) {
-            s.release_context();
-        }
-        if let Some(t) = &mut self.twin {
-            t.release_context();
-        }
-    }
-
     /// Every small model: the main pair, then each extra pair's.
-    fn small_models(&mut self) -> impl Iterator<Item = &mut SmallModel> {
+    pub(crate) fn small_models(&mut self) -> impl Iterator<Item = &mut SmallModel> {
         [&mut self.tuned, &mut self.untuned].into_iter().chain(
             self.extra
                 .iter_mut()
                 .flat_map(|p| [&mut p.tuned, &mut p.untuned]),
         )
-    }
-
-    /// A checker of prompt lengths that can run on any thread.
-    pub fn prompt_check(&self) -> PromptCheck {
-        PromptCheck {
-            roles: ROLES
-                .into_iter()
-                .map(|r| {
-                    let model = self.local_model(r).cloned();
-                    let chat = request_template(&self.spec, r, model.as_deref(), true);
-                    (r, model, self.template(r).clone(), chat)
-                })
-                .collect(),
-        }
     }
 }
 
@@ -521,7 +449,7 @@ fn guide_file(spec: &EngineSpec, role: Role, path: &std::path::Path) -> std::pat
 
 /// The template a role reads a request through: its own, or for a chat request
 /// (`chat`) where none was given, the model's own chat template if it has one.
-fn request_template(
+pub(crate) fn request_template(
     spec: &EngineSpec,
     role: Role,
     local: Option<&Model>,

@@ -18,7 +18,7 @@ use crate::{Engine, EngineError};
 /// Whether `engine` can run pooled: a local strong model guided by the tuned / untuned
 /// pair alone (no custom guide, no more pairs).
 pub fn can_pool(engine: &Engine) -> bool {
-    engine.local_model(Role::Strong).is_some()
+    engine.role_model(Role::Strong).is_some()
         && !engine.has_custom_guide()
         && engine.spec().guides.is_empty()
 }
@@ -51,7 +51,7 @@ pub fn search_pooled(
         return Err(EngineError::input("pooled searches must share one beta"));
     }
     let model = first
-        .local_model(Role::Strong)
+        .role_model(Role::Strong)
         .ok_or_else(|| EngineError::input("no local strong model"))?
         .clone();
     let template = first.template(Role::Strong).clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use w2s_core::{Method, Role, SearchConfig};
-use w2s_engine::{Engine, EngineError, SearchRequest};
+use w2s_engine::{Engine, EngineError, LocalModels, SearchRequest};
 use w2s_llama::{Model, ProxyTuner};
 
 use crate::error::{usage, EvalError};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use w2s_core::{Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
-use w2s_engine::{Engine, EngineSpec, PromptCheck, PromptTokens, ROLES};
+use w2s_engine::{Engine, EngineSpec, LocalModels, PromptCheck, PromptTokens, ROLES};
 use w2s_llama::{EchoToken, LlamaError, Model, PlainChoice, PlainModel};
 
 use crate::api::{CheckedRequest, PlainRequest};

@@ -9,7 +9,7 @@ use serde::Serialize;
 use w2s_core::{
     ExtendRequest, Method, ProposalSetup, Proposer, Role, RowRng, SearchConfig, SearchOutput,
 };
-use w2s_engine::{Checked, Engine, RunSettings, Strong, ROLES};
+use w2s_engine::{Checked, Engine, LocalModels, RunSettings, Strong, ROLES};
 use w2s_eval::{read_jsonl, PromptItem};
 use w2s_llama::{raw_batch_sample, RawBatch, ScorerProfile};
 

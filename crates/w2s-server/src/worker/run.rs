@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use w2s_core::{ErrorKind, Interrupt};
-use w2s_engine::{Engine, EngineError, SearchRequest};
+use w2s_engine::{Engine, EngineError, LocalModels, SearchRequest};
 use w2s_llama::{PlainModel, PlainSampling};
 
 use super::{Event, Failure, Finished, Job, Outcome, Reason, SearchWork};
