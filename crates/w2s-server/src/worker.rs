@@ -89,7 +89,7 @@ pub struct Finished {
 }
 
 /// Why a search produced no answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Failure {
     /// The client went away.
     Cancelled,
@@ -460,7 +460,7 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
                 s.tuned_time + s.untuned_time,
             );
         }
-        if result.as_ref().err() == Some(&Failure::Panic) {
+        if matches!(result, Err(Failure::Panic)) {
             // Contexts may be half-updated: start them afresh.
             models.release_contexts();
             plain = vec![None, None, None];

@@ -27,12 +27,6 @@ impl From<String> for Reason {
     }
 }
 
-impl PartialEq for Reason {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.to_string() == other.0.to_string()
-    }
-}
-
 impl ModelInfo {
     /// An error as a client may see it: the model files are named by the roles they play,
     /// and a llama.cpp limit says which request fields to change.
