@@ -158,6 +158,20 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
         .await;
     assert!(gone.is_err(), "the long prompt finished within 2 s");
     let left = Instant::now();
+    // The client's socket closes as its request is dropped; the server frees the queue
+    // share when it reads the close, which it counts.
+    let noticed = loop {
+        let m = c.get(s.url("/metrics")).send().await.unwrap();
+        assert_eq!(m.status(), 200);
+        if m.text().await.unwrap().contains("w2s_disconnects_total 1") {
+            break left.elapsed();
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(3),
+            "the server did not notice the client leave within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let health = c.get(s.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "{:?}", health.text().await);
     assert_eq!(s.complete(&c, &normal).await, 200);
@@ -167,7 +181,8 @@ async fn a_long_prompt_is_cancelled_when_its_client_leaves_and_health_stays_ok()
         "the next request took {next:?} after the long prompt's client left ({alone:?} alone)"
     );
     eprintln!(
-        "next request {:.2} s after the client left ({:.2} s alone)",
+        "client's leave noticed after {:.3} s; next request {:.2} s after the client left ({:.2} s alone)",
+        noticed.as_secs_f64(),
         next.as_secs_f64(),
         alone.as_secs_f64()
     );
