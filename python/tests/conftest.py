@@ -59,3 +59,16 @@ def searcher(strong, small):
         threads=2,
         max_new_tokens=20,
     )
+
+
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this test even where the runner was started with
+    SIGINT ignored (a background job of a non-interactive shell inherits that, and Python
+    then installs no handler of its own)."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+

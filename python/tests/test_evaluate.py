@@ -82,7 +82,8 @@ def test_the_example_script_runs(strong, small, tmp_path):
     assert (tmp_path / "results.jsonl").exists()
 
 
-def test_ctrl_c_stops_an_evaluation_and_a_rerun_resumes(strong, small, tmp_path, sentiment_prompts):
+def test_ctrl_c_stops_an_evaluation_and_a_rerun_resumes(strong, small, tmp_path, sentiment_prompts,
+                                                       ctrl_c):
     import signal
     import threading
     import time

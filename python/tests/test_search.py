@@ -164,7 +164,7 @@ def test_a_guide_that_raises_or_misbehaves_is_reported(strong):
         s.generate(PROMPT, method="bon:2")
 
 
-def test_ctrl_c_stops_a_long_search_within_a_second(searcher):
+def test_ctrl_c_stops_a_long_search_within_a_second(searcher, ctrl_c):
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     started = time.monotonic()
     timer.start()
