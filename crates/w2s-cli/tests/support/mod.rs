@@ -1,4 +1,5 @@
 pub mod bad_bodies;
 pub mod eval;
+pub mod hostile;
 pub mod server;
 pub mod vllm;
