@@ -89,7 +89,7 @@ pub use error::{BackendError, ConfigError, ErrorKind, Role, SearchError};
 pub use gold::GoldReward;
 pub use guide::{check_weights, Guide, GuideScore, LogRatio, ValueFn, WeightedSum};
 pub use interrupt::Interrupt;
-pub use many::{search_many, search_many_each, ManyJob};
+pub use many::{search_many, search_many_each, ManyJob, Places};
 pub use output::{Beam, Progress, SearchOutput, SearchStats};
 pub use rng::RowRng;
 pub use search::{search, search_guided, search_with_progress, Models};

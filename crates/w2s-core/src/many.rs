@@ -99,29 +99,124 @@ pub fn search_many_each(
         ));
     }
     let mut queue = jobs.into_iter().enumerate();
-    let mut running: Vec<Option<Running>> = (0..guides.len()).map(|_| None).collect();
-    let mut stopped = false;
-    while !stopped {
-        for (slot, place) in running.iter_mut().enumerate() {
-            while place.is_none() && !stopped {
+    let mut places = Places::new(guides.len());
+    let ran = loop {
+        let mut stopped = false;
+        for (slot, guide) in guides.iter_mut().enumerate() {
+            while places.is_free(slot) && !stopped {
                 let Some((job, spec)) = queue.next() else {
                     break;
                 };
-                match start(slot, job, spec, &mut *guides[slot], strong) {
-                    Ok(run) => *place = Some(run),
-                    Err(e) => {
-                        strong.end(slot);
-                        stopped = done(job, Err(e)).is_break();
-                    }
+                if let Err(e) = places.start(slot, job, spec, &mut **guide, strong) {
+                    stopped = done(job, Err(e)).is_break();
                 }
             }
         }
-        if stopped || running.iter().all(Option::is_none) {
-            break;
+        if stopped || places.is_empty() {
+            break Ok(());
         }
+        match places.step(guides, strong, progress, done) {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    places.clear(strong);
+    ran
+}
+
+/// Searches in flight in numbered places, stepped together: the driver of
+/// [`search_many_each`], for a caller whose jobs arrive while others run (a server).
+/// Each place holds one search at a time, served by the place's guide and by the strong
+/// model's pool under the place's number; [`Places::step`] takes every running search to
+/// its next chunk and samples those chunks in one call of the pool.
+pub struct Places {
+    running: Vec<Option<Running>>,
+}
+
+impl Places {
+    /// `n` empty places.
+    pub fn new(n: usize) -> Self {
+        Places {
+            running: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    /// How many places there are.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether no search runs.
+    pub fn is_empty(&self) -> bool {
+        self.running.iter().all(Option::is_none)
+    }
+
+    /// Whether place `slot` exists and holds no search.
+    pub fn is_free(&self, slot: usize) -> bool {
+        self.running.get(slot).is_some_and(Option::is_none)
+    }
+
+    /// Searches running.
+    pub fn running(&self) -> usize {
+        self.running.iter().filter(|r| r.is_some()).count()
+    }
+
+    /// Starts job number `job` in the free place `slot`: the strong model's
+    /// [`ProposerPool::begin`] under `slot`, then `guide`'s [`Guide::begin`]. `guide`
+    /// must be the one [`Places::step`] will be given for `slot`. A failure (the job's
+    /// prompt, its guide, a place not free) is the job's: the place stays free.
+    pub fn start(
+        &mut self,
+        slot: usize,
+        job: usize,
+        spec: ManyJob,
+        guide: &mut dyn Guide,
+        strong: &mut dyn ProposerPool,
+    ) -> Result<(), SearchError> {
+        if !self.is_free(slot) {
+            return Err(SearchError::OutOfTurn(format!(
+                "place {slot} is not free (of {})",
+                self.len()
+            )));
+        }
+        match start(slot, job, spec, guide, strong) {
+            Ok(run) => {
+                self.running[slot] = Some(run);
+                Ok(())
+            }
+            Err(e) => {
+                strong.end(slot);
+                Err(e)
+            }
+        }
+    }
+
+    /// One round: every running search served by its place's guide (`guides[slot]`)
+    /// up to its next chunk or its end, then the chunks of all that want one sampled in
+    /// one call of `strong`. A search that ends (done, failed, cancelled by `progress`)
+    /// goes to `done(job, result)` and frees its place; `done` returning
+    /// [`ControlFlow::Break`] stops the round (the searches still running stay in their
+    /// places) and is returned. A failure of `strong` in the combined call is `Err`,
+    /// every search left in its place: [`Places::clear`] drops them.
+    pub fn step(
+        &mut self,
+        guides: &mut [&mut dyn Guide],
+        strong: &mut dyn ProposerPool,
+        progress: &mut dyn FnMut(usize, &Progress<'_>) -> bool,
+        done: &mut dyn FnMut(usize, Result<SearchOutput, SearchError>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, SearchError> {
+        if guides.len() < self.len() {
+            return Err(SearchError::OutOfTurn(format!(
+                "{} guides for {} places",
+                guides.len(),
+                self.len()
+            )));
+        }
+        let mut stopped = false;
         // Every search up to its next chunk (or its end).
-        let mut due = vec![false; running.len()];
-        for (slot, place) in running.iter_mut().enumerate() {
+        let mut due = vec![false; self.len()];
+        for (slot, place) in self.running.iter_mut().enumerate() {
             let Some(run) = place.as_mut().filter(|_| !stopped) else {
                 continue;
             };
@@ -139,7 +234,7 @@ pub fn search_many_each(
         }
         // Their chunks in one call: polling again asks for the same rows.
         let mut batch = Vec::new();
-        for (slot, place) in running.iter_mut().enumerate() {
+        for (slot, place) in self.running.iter_mut().enumerate() {
             if let (true, Some(run)) = (due[slot] && !stopped, place.as_mut()) {
                 if let Action::Extend(requests) = run.state.poll() {
                     batch.push((slot, requests));
@@ -147,7 +242,7 @@ pub fn search_many_each(
             }
         }
         if batch.is_empty() {
-            continue;
+            return Ok(flow(stopped));
         }
         let t = Instant::now();
         let chunks = strong.extend(&mut batch).map_err(backend(Role::Strong))?;
@@ -165,24 +260,40 @@ pub fn search_many_each(
         }
         let share = t.elapsed() / asked.len() as u32;
         for (slot, chunks) in asked.into_iter().zip(chunks) {
-            let Some(run) = running[slot].as_mut().filter(|_| !stopped) else {
+            let Some(run) = self.running[slot].as_mut().filter(|_| !stopped) else {
                 continue;
             };
             run.stats.strong_time += share;
             if let Err(e) = run.state.feed_chunks(chunks) {
                 let job = run.job;
-                running[slot] = None;
+                self.running[slot] = None;
                 strong.end(slot);
                 stopped |= done(job, Err(e)).is_break();
             }
         }
+        Ok(flow(stopped))
     }
-    for (slot, place) in running.iter_mut().enumerate() {
-        if place.take().is_some() {
-            strong.end(slot);
+
+    /// Drops every running search (its place's [`ProposerPool::end`] called) and returns
+    /// their job numbers.
+    pub fn clear(&mut self, strong: &mut dyn ProposerPool) -> Vec<usize> {
+        let mut dropped = Vec::new();
+        for (slot, place) in self.running.iter_mut().enumerate() {
+            if let Some(run) = place.take() {
+                strong.end(slot);
+                dropped.push(run.job);
+            }
         }
+        dropped
     }
-    Ok(())
+}
+
+fn flow(stopped: bool) -> ControlFlow<()> {
+    if stopped {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
 }
 
 fn start(

@@ -280,3 +280,56 @@ fn a_done_that_breaks_ends_the_call_and_frees_every_place() {
     ended.sort();
     assert_eq!(ended, [0, 1], "the finished place and the dropped one");
 }
+
+#[test]
+fn places_take_searches_as_they_arrive_and_each_gets_its_own_result() {
+    let first = config(Method::Cbs { w: 2, k: 3, l: 4 }, 24, 1);
+    let later = config(Method::Cbs { w: 2, k: 2, l: 3 }, 12, 2);
+    let mut pool = Pool::default();
+    let mut results: Vec<Option<SearchOutput>> = vec![None, None, None];
+    with_places(2, |guides| {
+        let mut places = Places::new(2);
+        places
+            .start(0, 0, job(&first, "one"), &mut *guides[0], &mut pool)
+            .unwrap();
+        let mut steps = 0;
+        loop {
+            // The second search arrives after two rounds of the first; the third waits
+            // for a free place, then takes the second's.
+            if steps == 2 {
+                places
+                    .start(1, 1, job(&later, "two"), &mut *guides[1], &mut pool)
+                    .unwrap();
+                let busy = places.start(1, 2, job(&later, "three"), &mut *guides[1], &mut pool);
+                assert!(matches!(busy, Err(SearchError::OutOfTurn(_))), "{busy:?}");
+            }
+            if steps > 2 && results[1].is_some() && results[2].is_none() && places.is_free(1) {
+                places
+                    .start(1, 2, job(&later, "three"), &mut *guides[1], &mut pool)
+                    .unwrap();
+            }
+            if places.is_empty() {
+                break;
+            }
+            let flow = places
+                .step(guides, &mut pool, &mut |_, _| true, &mut |job, r| {
+                    results[job] = Some(r.unwrap());
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap();
+            assert!(flow.is_continue());
+            steps += 1;
+        }
+        assert_eq!(places.running(), 0);
+    });
+    for (i, (c, p)) in [(&first, "one"), (&later, "two"), (&later, "three")]
+        .into_iter()
+        .enumerate()
+    {
+        let got = results[i]
+            .take()
+            .unwrap_or_else(|| panic!("{p} never ended"));
+        assert_eq!(got.beams, alone(c, p).beams, "{p}");
+    }
+    assert_eq!(pool.widest, 2, "the searches in flight shared calls");
+}

@@ -209,7 +209,11 @@ impl Engine {
 
     /// Has every role read the next search through its template with `history` before
     /// the prompt ([`SearchRequest::history`], [`SearchRequest::chat`]).
-    fn apply_turns(&mut self, history: &[ChatTurn], chat: bool) -> Result<(), EngineError> {
+    pub(crate) fn apply_turns(
+        &mut self,
+        history: &[ChatTurn],
+        chat: bool,
+    ) -> Result<(), EngineError> {
         let t = |role: Role| {
             request_template(&self.spec, role, self.role_model(role).map(|m| &**m), chat)
                 .with_history(history)

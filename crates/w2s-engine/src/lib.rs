@@ -50,6 +50,7 @@ mod prompt_check;
 mod request;
 mod rescore;
 mod roles;
+mod search_pool;
 mod settings;
 mod spec;
 
@@ -63,5 +64,6 @@ pub use pooled::{can_pool, search_pooled};
 pub use prompt_check::{PromptCheck, PromptTokens};
 pub use request::SearchRequest;
 pub use roles::{CustomScorers, SmallModel, Strong};
+pub use search_pool::{Admission, SearchPool};
 pub use settings::{read_config, shown_f32, Checked, RunSettings};
 pub use spec::{EngineSpec, GuideSpec, GuideTable, ModelTables, RoleSource, RoleSpec, ROLES};

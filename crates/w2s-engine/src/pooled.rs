@@ -99,18 +99,13 @@ pub fn search_pooled(
         jobs = jobs.len(),
         "searches in flight share one context of the strong model"
     );
-    // Each place's guide: its engine's twin guide where the pair is one file, else the
-    // pair's log-ratio.
     let mut owned: Vec<Box<dyn Guide + '_>> = Vec::with_capacity(places);
     for e in engines[..places].iter_mut() {
-        match e.twin.as_mut() {
-            Some(twin) => {
-                twin.set_beta(beta)
-                    .map_err(|e| EngineError::input(e.to_string()))?;
-                owned.push(Box::new(twin));
-            }
-            None => owned.push(Box::new(LogRatio::new(&mut e.tuned, &mut e.untuned, beta))),
+        if let Some(twin) = e.twin.as_mut() {
+            twin.set_beta(beta)
+                .map_err(|e| EngineError::input(e.to_string()))?;
         }
+        owned.push(place_guide(e, beta));
     }
     let mut guides: Vec<&mut dyn Guide> = owned
         .iter_mut()
@@ -132,4 +127,14 @@ pub fn search_pooled(
         e.set_interrupt(None);
     }
     Ok(ran?)
+}
+
+/// A place's guide: its engine's twin guide where the pair is one file that reads the
+/// search's templates (its beta set by the caller), else the pair's log-ratio at `beta`.
+pub(crate) fn place_guide(e: &mut Engine, beta: f64) -> Box<dyn Guide + '_> {
+    let ready = e.twin_ready;
+    match e.twin.as_mut().filter(|_| ready) {
+        Some(twin) => Box::new(twin),
+        None => Box::new(LogRatio::new(&mut e.tuned, &mut e.untuned, beta)),
+    }
 }

@@ -80,9 +80,32 @@ impl LlamaProposerPool {
         self.interrupt = interrupt;
     }
 
+    /// The most searches of `rows` rows one pool can hold (each takes two banks of
+    /// `rows` of a context's 256 sequence ids); 0 where one search is too wide.
+    pub fn max_searches(rows: usize) -> usize {
+        MAX_SEQ / (2 * rows.max(1))
+    }
+
     /// Searches the pool holds at once.
     pub fn capacity(&self) -> usize {
         self.searches.len()
+    }
+
+    /// Reads the prompts of the searches begun from now on through `template` (a
+    /// server's requests each bring their chat history and template).
+    pub fn set_template(&mut self, template: PromptTemplate) {
+        self.template = template;
+    }
+
+    /// Whether a search of `rows` rows (W * K), `max_new` new tokens and a templated
+    /// prompt of `prompt_tokens` tokens fits the pool as it was made.
+    pub fn fits(&self, rows: usize, max_new: usize, prompt_tokens: usize) -> bool {
+        rows <= self.rows && max_new <= self.max_new && prompt_tokens <= self.prompt_tokens
+    }
+
+    /// Tokens of cache the pool's context holds (its memory, whatever runs).
+    pub fn context_tokens(&self) -> usize {
+        self.engine.ctx.n_ctx() as usize
     }
 
     fn begin_inner(

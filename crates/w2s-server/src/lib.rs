@@ -3,9 +3,11 @@
 //! `POST /v1/completions` and `POST /v1/chat/completions` answer with text chosen by the
 //! search; any OpenAI client gets aligned output by changing its base URL. Searches run on
 //! worker threads (`--parallel` of them, each with contexts of its own over the shared
-//! models, their local forward passes taking turns at a compute gate), fed by a queue
-//! whose admitted cost (W*K*max_tokens) is capped: beyond it a request gets 429 with
-//! `Retry-After` at once.
+//! models, their local forward passes taking turns at a compute gate), or with `--pooled`
+//! on one thread that steps all of them together on one context of the local strong
+//! model ([`w2s_engine::SearchPool`]: their rows sampled in one decode per token), fed by
+//! a queue whose admitted cost (W*K*max_tokens) is capped: beyond it a request gets 429
+//! with `Retry-After` at once.
 //! Every body is validated into a checked request before any model work; errors have the
 //! OpenAI shape. A client that disconnects cancels its search within one chunk.
 //!
@@ -67,6 +69,9 @@ pub struct ServeConfig {
     /// Searches (and plain requests) run at once, each on its own worker thread and
     /// contexts over the shared models (default 1).
     pub parallel: usize,
+    /// The searches in flight share one context of the local strong model, the rows of
+    /// all of them sampled in one decode per token (default false: a worker each).
+    pub pooled: bool,
     /// Admission cap in W*K*max_tokens units, running and queued requests together:
     /// beyond it, 429.
     pub queue_capacity: u64,
@@ -103,6 +108,7 @@ impl ServeConfig {
             model_name: options::MODEL_NAME.into(),
             max_body_bytes: options::MAX_BODY_BYTES,
             parallel: 1,
+            pooled: false,
             queue_capacity: 8 * default_cost.max(1),
             deadline: Duration::from_secs(options::DEADLINE_SECS),
             header_timeout: Duration::from_secs(options::HEADER_TIMEOUT_SECS),
@@ -231,7 +237,7 @@ pub async fn serve(
     let (tx, rx) = std::sync::mpsc::channel();
     let loaded = worker::start(
         spec,
-        cfg.parallel,
+        (cfg.parallel, cfg.pooled),
         cfg.shrink_above_tokens,
         rx,
         worker.clone(),

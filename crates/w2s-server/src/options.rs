@@ -51,6 +51,14 @@ pub struct ServeOptions {
     /// when it is remote (searches overlap their waits on the engine)].
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub parallel: Option<usize>,
+    /// The searches in flight share one context of the local strong model: the rows of
+    /// all of them are sampled in one decode per token, on one thread, instead of a
+    /// worker each taking turns at the CPU (more throughput with several in flight; a
+    /// search's text may differ from the same seed alone, as batched kernels round a
+    /// little differently). Needs a local strong model guided by the tuned / untuned
+    /// pair alone [--parallel then defaults to 8].
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub pooled: bool,
     /// Admission cap in W*K*max_tokens units, running and queued requests together
     /// [default: parallel + 7 default requests].
     #[cfg_attr(feature = "clap", arg(long))]
@@ -96,6 +104,7 @@ impl Default for ServeOptions {
             model_name: MODEL_NAME.into(),
             max_body_bytes: MAX_BODY_BYTES,
             parallel: None,
+            pooled: false,
             queue_capacity: None,
             deadline_secs: DEADLINE_SECS,
             header_timeout_secs: HEADER_TIMEOUT_SECS,
@@ -148,9 +157,10 @@ impl ServeOptions {
             Some(0) => return Err(OptionsError::Zero("--parallel")),
             Some(n) if n > MAX_PARALLEL => return Err(OptionsError::TooParallel(n)),
             Some(n) => n,
-            None if remote_strong => 8,
+            None if remote_strong || self.pooled => 8,
             None => 1,
         };
+        cfg.pooled = self.pooled;
         let default_cost = cfg.queue_capacity / 8;
         cfg.queue_capacity = default_cost * (cfg.parallel as u64 + 7);
         if let Some(c) = self.queue_capacity {

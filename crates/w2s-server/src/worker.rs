@@ -11,13 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use w2s_core::{Interrupt, Method, SamplingParams, SearchConfig, SearchOutput};
-use w2s_engine::{Engine, EngineSpec, LocalModels, PromptCheck, PromptTokens, ROLES};
+use w2s_engine::{
+    can_pool, Engine, EngineSpec, LocalModels, PromptCheck, PromptTokens, SearchPool, ROLES,
+};
 use w2s_llama::{EchoToken, Model, PlainChoice, PlainModel};
 
 use crate::api::{CheckedRequest, PlainRequest};
 use crate::metrics::Metrics;
 
 mod client;
+mod pooled;
 mod run;
 pub use client::Reason;
 use run::{run_plain, run_search};
@@ -144,6 +147,16 @@ impl WorkerState {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())[slot].0 = busy;
     }
 
+    /// Marks `slot` busy with `interrupt` (a pooled search's own) as the one it beats.
+    fn run_in(&self, slot: usize, interrupt: Arc<Interrupt>) {
+        interrupt.beat();
+        let mut t = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        while t.len() <= slot {
+            t.push((false, Interrupt::new()));
+        }
+        t[slot] = (true, interrupt);
+    }
+
     /// The longest any running job has gone without progress: a long job that beats is
     /// not stalled, only one that stops beating.
     pub fn stalled_for(&self) -> Option<Duration> {
@@ -211,7 +224,7 @@ struct Shared {
 /// `state.ready` is set) and serves jobs. Load failures arrive on the returned channel.
 pub fn start(
     spec: EngineSpec,
-    parallel: usize,
+    (parallel, pooled): (usize, bool),
     shrink_above: usize,
     jobs: Receiver<Job>,
     state: Arc<WorkerState>,
@@ -230,14 +243,17 @@ pub fn start(
     });
     std::thread::Builder::new()
         .name("w2s-model-worker-0".into())
-        .spawn(move || worker_main(spec, parallel.max(1), jobs, shared, info, loaded_tx))
+        .spawn(move || {
+            let parallel = parallel.max(1);
+            worker_main(spec, (parallel, pooled), jobs, shared, info, loaded_tx)
+        })
         .map_err(|e| format!("could not start the model worker thread: {e}"))?;
     Ok(loaded_rx)
 }
 
 fn worker_main(
     spec: EngineSpec,
-    parallel: usize,
+    (parallel, pooled): (usize, bool),
     jobs: Receiver<Job>,
     shared: Arc<Shared>,
     info: Arc<std::sync::OnceLock<ModelInfo>>,
@@ -248,11 +264,19 @@ fn worker_main(
         .map_err(|e| e.to_string())
         .and_then(|mut models| {
             let _ = info.set(model_info(&models));
+            if pooled && !can_pool(&models) {
+                return Err("--pooled needs a local strong model guided by the tuned / untuned pair alone (no remote strong model, no custom guide, no more pairs); drop --pooled to run a worker per search".into());
+            }
             warm_up(&mut models)?;
+            if pooled {
+                models.release_contexts();
+                let pool = SearchPool::new(models, parallel).map_err(|e| e.to_string())?;
+                return Ok(Serve::Pooled(Box::new(pool), jobs));
+            }
             let own = start_workers(&models, parallel, jobs, &shared)?;
-            Ok((models, own))
+            Ok(Serve::Workers(Box::new(models), own))
         });
-    let (models, own) = match started {
+    let serve = match started {
         Ok(started) => started,
         Err(e) => {
             state.dead.store(true, Ordering::SeqCst);
@@ -262,9 +286,19 @@ fn worker_main(
     };
     state.ready.store(true, Ordering::SeqCst);
     let _ = loaded.send(Ok(()));
-    if let Some(rx) = own {
-        serve_jobs(0, models, rx, &shared);
+    match serve {
+        Serve::Workers(models, Some(rx)) => serve_jobs(0, *models, rx, &shared),
+        Serve::Workers(_, None) => {}
+        Serve::Pooled(pool, jobs) => pooled::serve_pooled(*pool, jobs, &shared),
     }
+}
+
+/// How the first worker thread serves once the models are loaded.
+enum Serve {
+    /// As worker 0 of several, each with contexts of its own (its inbox, if any).
+    Workers(Box<Engine>, Option<Receiver<Job>>),
+    /// Every search on one pool.
+    Pooled(Box<SearchPool>, Receiver<Job>),
 }
 
 /// What the request handlers need to know of the loaded models.
@@ -415,39 +449,20 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
             Work::Search(w) => {
                 run_search(&mut models, w, &job, (rank, &interrupt)).map(Outcome::Search)
             }
-            Work::Plain(req) => match models.local_model(ROLES[req.role.min(2)]) {
-                Some(model) => {
-                    let model = model.clone();
-                    let pm = plain[req.role.min(2)].get_or_insert_with(|| {
-                        let mut pm = PlainModel::new(model, shared.threads);
-                        pm.set_interrupt(Some(interrupt.clone()));
-                        pm
-                    });
-                    let _cpu = gate.hold(rank);
-                    run_plain(pm, req)
-                }
-                None => Err(Failure::Input(
-                    format!(
-                        "the {} model runs on a remote engine; send plain requests to it directly",
-                        ROLES[req.role.min(2)]
-                    )
-                    .into(),
-                )),
-            },
+            Work::Plain(req) => {
+                let run = PlainRun {
+                    threads: shared.threads,
+                    interrupt: &interrupt,
+                };
+                run.run(&models, &mut plain, req, Some((&gate, rank)))
+            }
         };
         interrupt.disarm();
         state.set_busy(slot, false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
         // A context grown for a long request is given back rather than kept.
         let mut freed = models.shrink_contexts(shared.shrink_above);
-        for p in plain.iter_mut() {
-            if p.as_ref()
-                .is_some_and(|p| p.context_tokens() > shared.shrink_above)
-            {
-                *p = None;
-                freed = true;
-            }
-        }
+        freed |= shrink_plain(&mut plain, shared.shrink_above);
         if freed {
             give_back_freed_memory();
         }
@@ -470,6 +485,54 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         ready();
         let _ = job.events.send(Event::Done(result));
     }
+}
+
+/// A plain request's run: the worker's threads and the interrupt its model checks.
+struct PlainRun<'a> {
+    threads: usize,
+    interrupt: &'a Arc<Interrupt>,
+}
+
+impl PlainRun<'_> {
+    /// Runs `req` on its role's local model (kept in `plain` for the next), holding
+    /// `gate` at `rank` where given; an input failure where the role is remote.
+    fn run(
+        &self,
+        models: &Engine,
+        plain: &mut [Option<PlainModel>],
+        req: &PlainRequest,
+        gate: Option<(&w2s_engine::ComputeGate, u64)>,
+    ) -> Result<Outcome, Failure> {
+        let role = req.role.min(2);
+        let Some(model) = models.local_model(ROLES[role]) else {
+            return Err(Failure::Input(
+                format!(
+                    "the {} model runs on a remote engine; send plain requests to it directly",
+                    ROLES[role]
+                )
+                .into(),
+            ));
+        };
+        let pm = plain[role].get_or_insert_with(|| {
+            let mut pm = PlainModel::new(model.clone(), self.threads);
+            pm.set_interrupt(Some(self.interrupt.clone()));
+            pm
+        });
+        let _cpu = gate.map(|(g, rank)| g.hold(rank));
+        run_plain(pm, req)
+    }
+}
+
+/// Frees each plain model whose context grew past `max_tokens`; whether any was.
+fn shrink_plain(plain: &mut [Option<PlainModel>], max_tokens: usize) -> bool {
+    let mut freed = false;
+    for p in plain.iter_mut() {
+        if p.as_ref().is_some_and(|p| p.context_tokens() > max_tokens) {
+            *p = None;
+            freed = true;
+        }
+    }
+    freed
 }
 
 /// Returns freed heap pages to the system (glibc keeps them otherwise).

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use w2s_core::{ErrorKind, Interrupt};
+use w2s_core::{ErrorKind, Interrupt, SearchOutput};
 use w2s_engine::{Engine, EngineError, LocalModels, SearchRequest};
 use w2s_llama::{PlainModel, PlainSampling};
 
@@ -50,29 +50,45 @@ pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outco
     }
 }
 
+/// The engine's request for `work`: its prompt, history and settings, `rank` at the
+/// compute gate, `interrupt` checked by every local model.
+pub(super) fn search_request<'a>(
+    work: &'a SearchWork,
+    rank: u64,
+    interrupt: &'a Arc<Interrupt>,
+) -> SearchRequest<'a> {
+    let req = &*work.req;
+    SearchRequest {
+        history: &req.history,
+        chat: req.endpoint == crate::api::Endpoint::Chat,
+        rank,
+        interrupt: Some(interrupt),
+        ..SearchRequest::new(&req.config, &req.prompts[work.index])
+    }
+}
+
+/// Sends the text every kept beam shares once it grows; whether the search may go on
+/// (its client is there and its deadline not passed).
+pub(super) fn report(job: &Job, sent: &mut usize, settled: &str) -> bool {
+    if settled.len() > *sent {
+        *sent = settled.len();
+        let _ = job.events.send(Event::Settled(settled.to_string()));
+    }
+    !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
+}
+
 pub(super) fn run_search(
     models: &mut Engine,
     work: &SearchWork,
     job: &Job,
     (rank, interrupt): (u64, &Arc<Interrupt>),
 ) -> Result<Finished, Failure> {
-    let req = &*work.req;
-    let request = SearchRequest {
-        history: &req.history,
-        chat: req.endpoint == crate::api::Endpoint::Chat,
-        rank,
-        interrupt: Some(interrupt),
-        ..SearchRequest::new(&req.config, &req.prompts[work.index])
-    };
+    let request = search_request(work, rank, interrupt);
     let mut sent = 0usize;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         models.run(&request, &mut |p| {
             interrupt.beat();
-            if p.settled_text.len() > sent {
-                sent = p.settled_text.len();
-                let _ = job.events.send(Event::Settled(p.settled_text.to_string()));
-            }
-            !job.cancel.load(Ordering::SeqCst) && Instant::now() < job.deadline
+            report(job, &mut sent, p.settled_text)
         })
     }));
     let output = match outcome {
@@ -81,6 +97,18 @@ pub(super) fn run_search(
         Ok(Err(e)) => return Err(failure(e, job)),
     };
     let prompt_tokens = models.strong_prompt_tokens().unwrap_or(0);
+    finished(models, (work, &request), output, prompt_tokens)
+}
+
+/// A search's answer: its output, and where the request asks for them the strong
+/// model's log-probabilities of the returned choices.
+pub(super) fn finished(
+    models: &mut Engine,
+    (work, request): (&SearchWork, &SearchRequest<'_>),
+    output: SearchOutput,
+    prompt_tokens: usize,
+) -> Result<Finished, Failure> {
+    let req = &*work.req;
     let strong_logprobs = if req.logprobs {
         let texts: Vec<&str> = output
             .beams
@@ -88,10 +116,8 @@ pub(super) fn run_search(
             .take(req.n)
             .map(|b| b.text.as_str())
             .collect();
-        let got = catch_unwind(AssertUnwindSafe(|| {
-            models.strong_logprobs(&request, &texts)
-        }))
-        .map_err(|_| Failure::Panic)?;
+        let got = catch_unwind(AssertUnwindSafe(|| models.strong_logprobs(request, &texts)))
+            .map_err(|_| Failure::Panic)?;
         Some(got.map_err(|e| {
             tracing::warn!(%e, "no strong-model log-probabilities");
             e.to_string()
@@ -107,7 +133,7 @@ pub(super) fn run_search(
 }
 
 /// What a failed search tells its client, decided by the error's kind.
-fn failure(e: EngineError, job: &Job) -> Failure {
+pub(super) fn failure(e: EngineError, job: &Job) -> Failure {
     match e.kind() {
         ErrorKind::Cancelled if job.cancel.load(Ordering::SeqCst) => Failure::Cancelled,
         ErrorKind::Cancelled => Failure::Deadline,
