@@ -3,7 +3,8 @@
 //! sampled in one decode per token. Requests that arrive while others run join them,
 //! a request too large for the context waits and the context is made anew, chats keep
 //! their history and template, streams and log-probabilities come back, a client that
-//! leaves frees its place, and a search alone gives the text a worker gives.
+//! leaves frees its place, plain requests run between steps, and a search alone gives the
+//! text a worker gives.
 
 #![allow(clippy::await_holding_lock)]
 
@@ -144,6 +145,10 @@ async fn a_client_that_leaves_frees_its_place_and_the_others_finish() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A plain request to one model runs between the pool's steps.
+    let plain = json!({"model": "tuned", "prompt": "The film was", "max_tokens": 4, "seed": 1});
+    let reply = answer(&c, &s, path, &plain).await;
+    assert!(!text(&reply).is_empty(), "{reply}");
     // A stream on the pool: its settled text arrives in pieces and adds up to the answer.
     let mut body = request(34, 12, (2, 2));
     body["stream"] = json!(true);

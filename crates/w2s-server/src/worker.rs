@@ -23,7 +23,7 @@ mod client;
 mod pooled;
 mod run;
 pub use client::Reason;
-use run::{run_plain, run_search};
+use run::{run_search, shrink_plain, PlainRun};
 
 /// What the worker tells a request's handler.
 #[derive(Debug)]
@@ -466,15 +466,7 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
         if freed {
             give_back_freed_memory();
         }
-        if let Ok(Outcome::Search(f)) = &result {
-            let s = &f.output.stats;
-            metrics.search_done(
-                s.strong_tokens_sampled as u64,
-                s.strong_time,
-                s.tuned_tokens_evaluated + s.untuned_tokens_evaluated,
-                s.tuned_time + s.untuned_time,
-            );
-        }
+        count_work(metrics, &result);
         if matches!(result, Err(Failure::Panic)) {
             // Contexts may be half-updated: start them afresh.
             models.release_contexts();
@@ -487,52 +479,17 @@ fn serve_jobs(slot: usize, mut models: Engine, inbox: Receiver<Job>, shared: &Sh
     }
 }
 
-/// A plain request's run: the worker's threads and the interrupt its model checks.
-struct PlainRun<'a> {
-    threads: usize,
-    interrupt: &'a Arc<Interrupt>,
-}
-
-impl PlainRun<'_> {
-    /// Runs `req` on its role's local model (kept in `plain` for the next), holding
-    /// `gate` at `rank` where given; an input failure where the role is remote.
-    fn run(
-        &self,
-        models: &Engine,
-        plain: &mut [Option<PlainModel>],
-        req: &PlainRequest,
-        gate: Option<(&w2s_engine::ComputeGate, u64)>,
-    ) -> Result<Outcome, Failure> {
-        let role = req.role.min(2);
-        let Some(model) = models.local_model(ROLES[role]) else {
-            return Err(Failure::Input(
-                format!(
-                    "the {} model runs on a remote engine; send plain requests to it directly",
-                    ROLES[role]
-                )
-                .into(),
-            ));
-        };
-        let pm = plain[role].get_or_insert_with(|| {
-            let mut pm = PlainModel::new(model.clone(), self.threads);
-            pm.set_interrupt(Some(self.interrupt.clone()));
-            pm
-        });
-        let _cpu = gate.map(|(g, rank)| g.hold(rank));
-        run_plain(pm, req)
+/// Adds a finished search's work to the throughput metrics.
+fn count_work(metrics: &Metrics, result: &Result<Outcome, Failure>) {
+    if let Ok(Outcome::Search(f)) = result {
+        let s = &f.output.stats;
+        metrics.search_done(
+            s.strong_tokens_sampled as u64,
+            s.strong_time,
+            s.tuned_tokens_evaluated + s.untuned_tokens_evaluated,
+            s.tuned_time + s.untuned_time,
+        );
     }
-}
-
-/// Frees each plain model whose context grew past `max_tokens`; whether any was.
-fn shrink_plain(plain: &mut [Option<PlainModel>], max_tokens: usize) -> bool {
-    let mut freed = false;
-    for p in plain.iter_mut() {
-        if p.as_ref().is_some_and(|p| p.context_tokens() > max_tokens) {
-            *p = None;
-            freed = true;
-        }
-    }
-    freed
 }
 
 /// Returns freed heap pages to the system (glibc keeps them otherwise).

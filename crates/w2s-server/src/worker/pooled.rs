@@ -17,8 +17,8 @@ use w2s_llama::PlainModel;
 
 use super::run::{failure, finished, report, search_request};
 use super::{
-    give_back_freed_memory, shrink_plain, Event, Failure, Job, Outcome, PlainRun, SearchWork,
-    Shared, Work,
+    count_work, give_back_freed_memory, shrink_plain, Event, Failure, Job, Outcome, PlainRun,
+    SearchWork, Shared, Work,
 };
 
 /// A search admitted to the pool.
@@ -223,15 +223,7 @@ impl Pooled<'_> {
         a.interrupt.disarm();
         self.shared.state.set_busy(a.place, false);
         metrics.in_flight_searches.fetch_sub(1, Ordering::SeqCst);
-        if let Ok(Outcome::Search(f)) = &result {
-            let s = &f.output.stats;
-            metrics.search_done(
-                s.strong_tokens_sampled as u64,
-                s.strong_time,
-                s.tuned_tokens_evaluated + s.untuned_tokens_evaluated,
-                s.tuned_time + s.untuned_time,
-            );
-        }
+        count_work(metrics, &result);
         let _ = a.job.events.send(Event::Done(result));
     }
 

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use w2s_core::{ErrorKind, Interrupt, SearchOutput};
-use w2s_engine::{Engine, EngineError, LocalModels, SearchRequest};
+use w2s_engine::{Engine, EngineError, LocalModels, SearchRequest, ROLES};
 use w2s_llama::{PlainModel, PlainSampling};
 
 use super::{Event, Failure, Finished, Job, Outcome, Reason, SearchWork};
 use crate::api::PlainRequest;
 
-pub(super) fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
+fn run_plain(pm: &mut PlainModel, req: &PlainRequest) -> Result<Outcome, Failure> {
     let prompt_tokens = pm.model().tokenize_prompt(&req.prompt).len();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         if req.echo {
@@ -154,4 +154,52 @@ pub(super) fn failure(e: EngineError, job: &Job) -> Failure {
             })
         }
     }
+}
+
+/// A plain request's run: the worker's threads and the interrupt its model checks.
+pub(super) struct PlainRun<'a> {
+    pub(super) threads: usize,
+    pub(super) interrupt: &'a Arc<Interrupt>,
+}
+
+impl PlainRun<'_> {
+    /// Runs `req` on its role's local model (kept in `plain` for the next), holding
+    /// `gate` at `rank` where given; an input failure where the role is remote.
+    pub(super) fn run(
+        &self,
+        models: &Engine,
+        plain: &mut [Option<PlainModel>],
+        req: &PlainRequest,
+        gate: Option<(&w2s_engine::ComputeGate, u64)>,
+    ) -> Result<Outcome, Failure> {
+        let role = req.role.min(2);
+        let Some(model) = models.local_model(ROLES[role]) else {
+            return Err(Failure::Input(
+                format!(
+                    "the {} model runs on a remote engine; send plain requests to it directly",
+                    ROLES[role]
+                )
+                .into(),
+            ));
+        };
+        let pm = plain[role].get_or_insert_with(|| {
+            let mut pm = PlainModel::new(model.clone(), self.threads);
+            pm.set_interrupt(Some(self.interrupt.clone()));
+            pm
+        });
+        let _cpu = gate.map(|(g, rank)| g.hold(rank));
+        run_plain(pm, req)
+    }
+}
+
+/// Frees each plain model whose context grew past `max_tokens`; whether any was.
+pub(super) fn shrink_plain(plain: &mut [Option<PlainModel>], max_tokens: usize) -> bool {
+    let mut freed = false;
+    for p in plain.iter_mut() {
+        if p.as_ref().is_some_and(|p| p.context_tokens() > max_tokens) {
+            *p = None;
+            freed = true;
+        }
+    }
+    freed
 }
