@@ -191,7 +191,10 @@ impl Engine {
             strong,
             guide: None,
             spec: self.spec.clone(),
-            gate: self.gate.clone(),
+            gate: {
+                self.gate.share();
+                self.gate.clone()
+            },
             rank: 0,
         })
     }

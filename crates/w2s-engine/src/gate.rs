@@ -20,6 +20,10 @@ use crate::roles::{SmallModel, Strong};
 pub struct OrderedGate {
     state: Mutex<GateState>,
     turn: Condvar,
+    /// Engines on other threads take turns here: each turn ends by ending its thread's
+    /// CPU helper threads ([`w2s_llama::release_cpu_threads`]), so that only the thread
+    /// computing holds a team and the CPU is never oversubscribed by idle teams.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +49,19 @@ impl OrderedGate {
     }
 }
 
+impl OrderedGate {
+    /// Marks the gate as taken by engines on several threads.
+    pub(crate) fn share(&self) {
+        self.shared
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Drop for CpuTurn<'_> {
     fn drop(&mut self) {
+        if self.0.shared.load(std::sync::atomic::Ordering::Relaxed) {
+            w2s_llama::release_cpu_threads();
+        }
         let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
         s.held = false;
         drop(s);

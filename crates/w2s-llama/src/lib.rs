@@ -60,6 +60,7 @@ mod raw;
 mod scorer;
 mod seqs;
 mod strong;
+mod threads;
 mod twin;
 
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ pub use quantize::{fast_guide, guide_file, requantize, slow_weight_type, WeightT
 pub use raw::{raw_batch_sample, RawBatch, RawRun};
 pub use scorer::{score_once, LlamaScorer};
 pub use strong::{LlamaProposer, MAX_SEQUENCES};
+pub use threads::release_cpu_threads;
 pub use twin::{LlamaTwinGuide, MAX_TWIN_ROWS, TWIN_BATCH};
 
 /// Models that `scripts/fetch-models` provides, by name.
