@@ -220,6 +220,7 @@ impl Plan {
             cancel,
         };
         let mut failed = None;
+        let workers_computing = workers.len() > 1;
         in_flight(
             workers,
             fresh,
@@ -229,6 +230,11 @@ impl Plan {
             },
             |(line, started)| {
                 let result = line.and_then(|rec| sink.finish(rec, "", started));
+                if workers_computing {
+                    // Gold rewards scored on this thread beside the workers: its CPU helper
+                    // team would make more threads than CPUs (every wait a wake-up).
+                    w2s_llama::release_cpu_threads();
+                }
                 match result {
                     Ok(()) if !cancelled() => ControlFlow::Continue(()),
                     Ok(()) => {

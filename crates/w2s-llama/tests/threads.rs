@@ -36,7 +36,10 @@ fn a_thread_releases_its_cpu_helpers_and_computes_the_same_after() {
     })
     .join()
     .unwrap();
-    assert!(kept > before, "a 2-thread pass starts a helper ({before} -> {kept})");
+    assert!(
+        kept > before,
+        "a 2-thread pass starts a helper ({before} -> {kept})"
+    );
     assert!(after < kept, "released: {kept} -> {after} threads");
     assert_eq!(values.0, values.1, "the same value with a new team");
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use w2s_core::{Method, SearchConfig, SearchOutput};
-use w2s_engine::{can_pool, in_flight, search_pooled, Checked, Engine, EngineError};
+use w2s_engine::{can_pool, in_flight, search_pooled, Checked, Engine, EngineError, SearchRequest};
 use w2s_eval::PromptItem;
 
 use crate::fail::{usage, Fail};
@@ -175,10 +175,18 @@ impl Tally {
 
 fn workers(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pass, Fail> {
     let mut tally = Tally::new();
+    // Each search's rank at the compute gate is its place in the queue, as the server's
+    // arrival number: the oldest search in flight computes first.
     in_flight(
         engines,
-        jobs.iter(),
-        |e, (config, prompt)| e.search(config, prompt),
+        jobs.iter().enumerate(),
+        |e, (rank, (config, prompt))| {
+            let request = SearchRequest {
+                rank: rank as u64,
+                ..SearchRequest::new(config, prompt)
+            };
+            e.run(&request, &mut |_| true)
+        },
         |r| tally.add(r),
     );
     tally.pass()
@@ -189,5 +197,8 @@ fn pooled(engines: &mut [Engine], jobs: &[(SearchConfig, String)]) -> Result<Pas
     search_pooled(engines, jobs, None, &mut |_, _| true, &mut |_, r| {
         tally.add(r)
     })?;
+    // The pool computed on this thread: its CPU helper team would stay beside the
+    // workers' of the next pass (more threads than CPUs make every wait a wake-up).
+    w2s_llama::release_cpu_threads();
     tally.pass()
 }
