@@ -131,25 +131,17 @@ async fn prompts_over_the_token_cap_are_refused_and_cost_admission() {
         assert!(t.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&body(long_prompt(80)))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        r.status(),
+        s.complete(&c, &body(long_prompt(80))).await,
         429,
         "a prompt of 3 x 80 tokens + 4 must wait for an empty queue of 200"
     );
     assert_eq!(running.await.unwrap(), 200);
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&body(long_prompt(80)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "alone, it runs");
+    assert_eq!(
+        s.complete(&c, &body(long_prompt(80))).await,
+        200,
+        "alone, it runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,14 +216,8 @@ async fn errors_to_clients_name_no_server_paths_or_flags() {
         json!({"model": "tuned", "prompt": long_prompt(9000), "max_tokens": 4}),
         json!({"model": "w2s", "prompt": long_prompt(9000), "max_tokens": 4}),
     ] {
-        let r = c
-            .post(s.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400);
-        let v: Value = r.json().await.unwrap();
+        let (status, v) = s.post(&c, "/v1/completions", &body).await;
+        assert_eq!(status, 400);
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains("max_tokens 4"), "{m}");
         assert!(m.contains("model"), "{m}");

@@ -40,6 +40,8 @@ struct Pooled<'a> {
     active: HashMap<usize, Active>,
     plain: Vec<Option<PlainModel>>,
     plain_interrupt: Arc<Interrupt>,
+    /// The number of the next search admitted.
+    next_id: usize,
 }
 
 /// Serves jobs from `inbox` on `pool` until the inbox closes and nothing is left.
@@ -51,6 +53,7 @@ pub(super) fn serve_pooled(pool: SearchPool, inbox: Receiver<Job>, shared: &Shar
         active: HashMap::new(),
         plain: vec![None, None, None],
         plain_interrupt: Interrupt::new(),
+        next_id: 0,
     };
     let mut open = true;
     loop {
@@ -82,7 +85,6 @@ impl Pooled<'_> {
     fn admit_waiting(&mut self) {
         let metrics = &self.shared.metrics;
         while let Some(job) = self.waiting.pop_front() {
-            let rank = self.shared.taken.fetch_add(1, Ordering::SeqCst);
             let Work::Search(work) = &job.work else {
                 metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
                 self.run_plain(job);
@@ -101,9 +103,12 @@ impl Pooled<'_> {
             let work = work.clone();
             let interrupt = Interrupt::new();
             interrupt.arm(job.cancel.clone(), job.deadline);
-            let request = search_request(&work, rank, &interrupt);
+            // The pool has no compute gate: the number only names the job, and is taken
+            // once the job is admitted.
+            let id = self.next_id;
+            let request = search_request(&work, id as u64, &interrupt);
             let pool = &mut self.pool;
-            let admitted = catch_unwind(AssertUnwindSafe(|| pool.admit(rank as usize, &request)));
+            let admitted = catch_unwind(AssertUnwindSafe(|| pool.admit(id, &request)));
             match admitted {
                 Ok(Ok(Admission::Wait)) => {
                     self.waiting.push_front(job);
@@ -124,7 +129,8 @@ impl Pooled<'_> {
                         interrupt,
                         sent: 0,
                     };
-                    self.active.insert(rank as usize, active);
+                    self.active.insert(id, active);
+                    self.next_id += 1;
                 }
                 Ok(Err(e)) => {
                     metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
